@@ -1,0 +1,3 @@
+"""AegisIPC operators' command line, ``ipc``."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,47 @@
+"""AegisIPC client SDK: the one way a program talks AegisIPC.
+
+The public API is re-exported here; everything else lives in private modules. Router and
+tools that speak the wire protocol itself import ``ipc_client_sdk.protocol``.
+"""
+
+from ipc_client_sdk._admin import AdminClient
+from ipc_client_sdk._client import ClientState, IPCClient
+from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
+from ipc_client_sdk._contracts import PROTOCOL_VERSION, ErrorCode, ErrorInfo, RouterStatus
+from ipc_client_sdk._errors import (
+    CallTimeoutError,
+    ClientStateError,
+    CodecError,
+    CodecReason,
+    IPCConnectionError,
+    IPCError,
+    PayloadTooLargeError,
+    RemoteError,
+    RouterUnavailableError,
+    ServiceUnavailableError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "PROTOCOL_VERSION",
+    "AdminClient",
+    "CallTimeoutError",
+    "ClientState",
+    "ClientStateError",
+    "Codec",
+    "CodecError",
+    "CodecReason",
+    "ErrorCode",
+    "ErrorInfo",
+    "IPCClient",
+    "IPCConnectionError",
+    "IPCError",
+    "PayloadTooLargeError",
+    "RemoteError",
+    "RouterStatus",
+    "RouterUnavailableError",
+    "ServiceUnavailableError",
+    "__version__",
+]

@@ -1,0 +1,73 @@
+"""Operator operations on the router, over ``<prefix>.admin.<op>`` request/reply."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+
+from ipc_client_sdk._contracts import AdminReply, AdminRequest, ErrorCode, RouterStatus
+from ipc_client_sdk._errors import IPCConnectionError, RemoteError, RouterUnavailableError
+from ipc_client_sdk._nats import servers_label
+
+if TYPE_CHECKING:
+    from ipc_client_sdk._client import IPCClient
+
+ROUTER = "ipc-router"
+
+
+class AdminClient:
+    """Admin operations, reached as ``client.admin``. Any running router answers."""
+
+    def __init__(self, client: IPCClient) -> None:
+        self._client = client
+
+    async def status(self, *, timeout: float | None = None) -> RouterStatus:
+        """The answering router's identity, uptime, NATS server and counts.
+
+        Raises:
+            RouterUnavailableError: no router answered within the timeout.
+            IPCConnectionError: the NATS connection is gone.
+        """
+        result = await self.request("status", timeout=timeout)
+        status: RouterStatus = self._client.codec.validate(result, RouterStatus)
+        return status
+
+    async def request(
+        self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send admin operation ``op`` and return its result.
+
+        Raises:
+            RouterUnavailableError: nobody answers on the admin subject, or not in time.
+            RemoteError: the router refused or failed the operation (``code`` says how).
+            CodecError: the answer could not be decoded.
+            IPCConnectionError: the NATS connection is gone.
+        """
+        client = self._client
+        subject = client.subjects.admin(op)
+        timeout = client.request_timeout if timeout is None else timeout
+        data = client.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
+        try:
+            msg = await client.nats.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError as e:
+            raise RouterUnavailableError(
+                f"no router is running (nobody answers on {subject})", service=ROUTER
+            ) from e
+        except nats.errors.TimeoutError as e:
+            raise RouterUnavailableError(
+                f"no router answered {subject} within {timeout:g}s", service=ROUTER
+            ) from e
+        except nats.errors.Error as e:
+            raise IPCConnectionError(
+                servers_label(client.servers), str(e) or type(e).__name__
+            ) from e
+        reply = client.codec.decode_envelope(msg.data, AdminReply)
+        if not reply.ok:
+            info = reply.error
+            if info is None:
+                raise RemoteError(
+                    "the router failed without saying why", code=ErrorCode.UNKNOWN, service=ROUTER
+                )
+            raise RemoteError.from_info(info, service=ROUTER)
+        return reply.result or {}

@@ -1,0 +1,160 @@
+"""Wire contracts: the envelopes every AegisIPC process exchanges.
+
+Every envelope carries ``v``, the protocol version. A peer that receives a version it does not
+speak refuses the envelope with ``CodecError(UNSUPPORTED_VERSION)`` instead of guessing.
+Envelopes ignore fields they do not know, so a newer peer may add optional fields without
+breaking an older one; removing or retyping a field needs a new protocol version.
+
+Application payloads (call arguments and results) travel inside envelopes as opaque
+MessagePack bytes, so the router can route an envelope without decoding or validating the
+payload it carries.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+"""The envelope protocol version this SDK speaks."""
+
+
+class ErrorCode(StrEnum):
+    """Closed set of status codes, in the spirit of gRPC's."""
+
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a retry with the same call_id may succeed where this attempt did not."""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {ErrorCode.UNAVAILABLE, ErrorCode.RESOURCE_EXHAUSTED, ErrorCode.ABORTED, ErrorCode.CANCELLED}
+)
+
+
+class ErrorInfo(BaseModel):
+    """The one error model that travels in an envelope's ``error`` field."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    retryable: bool = False
+
+
+class Envelope(BaseModel):
+    """Base of every envelope: a protocol version, unknown fields ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    v: int = PROTOCOL_VERSION
+
+
+class CallRequest(Envelope):
+    """An RPC request: who to call, with what, and until when.
+
+    ``deadline`` is absolute (Unix seconds); ``epoch`` is the routing epoch the call was
+    routed under, used to fence a former active.
+    """
+
+    call_id: str
+    service: str
+    method: str
+    payload: bytes
+    resource_id: str | None = None
+    deadline: float | None = None
+    reply_to: str | None = None
+    caller: str | None = None
+    epoch: int | None = None
+
+
+class CallReply(Envelope):
+    """The answer to a ``CallRequest``: a payload or an error, never both."""
+
+    call_id: str
+    payload: bytes | None = None
+    error: ErrorInfo | None = None
+    service: str | None = None
+    instance: str | None = None
+
+
+class Heartbeat(Envelope):
+    """An instance's proof of life; ``sent_at`` is the sender's Unix time."""
+
+    service: str
+    instance_id: str
+    sent_at: float
+    role: str | None = None
+    epoch: int | None = None
+    inflight: int = 0
+
+
+class Registration(Envelope):
+    """An instance announcing itself, its methods and the resources it claims."""
+
+    service: str
+    instance_id: str
+    methods: list[str] = Field(default_factory=list)
+    resources: list[str] = Field(default_factory=list)
+    sdk_version: str | None = None
+
+
+class AdminRequest(Envelope):
+    """An operator command sent on ``<prefix>.admin.<op>``."""
+
+    op: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdminReply(Envelope):
+    """The router's answer to an ``AdminRequest``: a result or an error."""
+
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+
+
+class NatsServerInfo(BaseModel):
+    """What the router knows of the NATS server it is connected to."""
+
+    server_id: str | None = None
+    server_name: str | None = None
+    version: str | None = None
+    cluster: str | None = None
+    connected_url: str | None = None
+    jetstream: bool = False
+    embedded: bool = False
+    """True when the router started this nats-server itself."""
+
+
+class RouterStatus(BaseModel):
+    """The result of the ``status`` admin operation."""
+
+    router_id: str
+    version: str
+    protocol_version: int
+    subject_prefix: str
+    started_at: datetime
+    uptime_s: float
+    nats: NatsServerInfo
+    services: int
+    instances: int

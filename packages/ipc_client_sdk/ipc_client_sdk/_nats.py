@@ -1,0 +1,101 @@
+"""Opening and closing a NATS connection without nats-py's sharp edges.
+
+- nats-py's first ``connect()`` retries for minutes (60 attempts, 2 s apart) when no server
+  answers; here the whole first connect is bounded by ``connect_timeout``.
+- Once connected, the connection reconnects forever: a trading process should ride out a
+  NATS restart, not die of it.
+- ``drain()`` raises while the client reconnects and after it closed; ``close_nats`` drains
+  when it can, closes otherwise, and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from ipc_client_sdk._errors import IPCConnectionError
+
+DEFAULT_SERVERS = "nats://127.0.0.1:4222"
+
+_log = logging.getLogger("ipc_client_sdk.nats")
+
+
+def servers_label(servers: str | Sequence[str]) -> str:
+    """Servers as one string, for messages."""
+    return servers if isinstance(servers, str) else ",".join(servers)
+
+
+async def open_nats(
+    servers: str | Sequence[str],
+    *,
+    name: str | None,
+    connect_timeout: float = 2.0,
+    logger: logging.Logger = _log,
+) -> NATS:
+    """Connect to NATS within ``connect_timeout`` seconds.
+
+    Raises:
+        IPCConnectionError: no server could be reached in time, or the URL is invalid.
+    """
+    nc = NATS()
+    label = servers_label(servers)
+
+    async def on_error(e: Exception) -> None:
+        logger.debug("nats error on %s: %s", label, e)
+
+    async def on_disconnected() -> None:
+        if not nc.is_closed:
+            logger.warning("disconnected from NATS (%s); reconnecting", label)
+
+    async def on_reconnected() -> None:
+        url = nc.connected_url
+        logger.warning("reconnected to NATS at %s", url.netloc if url else label)
+
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                servers=list(servers) if not isinstance(servers, str) else servers,
+                name=name,
+                connect_timeout=max(1, math.ceil(connect_timeout)),
+                reconnect_time_wait=1,
+                max_reconnect_attempts=-1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            timeout=connect_timeout,
+        )
+    except (TimeoutError, OSError, nats.errors.Error, ValueError) as e:
+        last = nc.last_error
+        await _close_quietly(nc)
+        reason = str(last) if isinstance(e, TimeoutError) and last else str(e) or type(e).__name__
+        if isinstance(e, TimeoutError) and not last:
+            reason = f"no answer within {connect_timeout:g}s"
+        raise IPCConnectionError(label, reason) from e
+    return nc
+
+
+async def close_nats(nc: NATS, *, timeout: float = 5.0) -> None:
+    """Drain the connection (finish in-flight handlers, flush publishes), then close it.
+
+    Falls back to a plain close when draining is impossible or too slow. Never raises.
+    """
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except (TimeoutError, nats.errors.Error, OSError) as e:
+        _log.debug("drain failed (%s); closing", e)
+    await _close_quietly(nc)
+
+
+async def _close_quietly(nc: NATS) -> None:
+    try:
+        await nc.close()
+    except (nats.errors.Error, OSError) as e:  # pragma: no cover - best effort
+        _log.debug("close failed: %s", e)

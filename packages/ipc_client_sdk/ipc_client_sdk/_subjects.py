@@ -1,0 +1,88 @@
+"""The subject map: every NATS subject and JetStream name AegisIPC uses, under one prefix.
+
+Router, SDK and CLI all build subjects here, so they cannot disagree. The table is
+documented in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "ipc"
+
+# One subject token: no dots, wildcards or white space (NATS's own rules, made strict).
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def validate_token(value: str, what: str) -> str:
+    """Return ``value`` if it can be one NATS subject token, else raise ``ValueError``.
+
+    Service names, method names and instance ids each become one token of a subject.
+    """
+    if not _TOKEN.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be non-empty and use only letters, digits, '_' and '-'"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Subjects and JetStream names for one prefix (default ``ipc``).
+
+    The prefix is one or more tokens joined by dots (``ipc``, ``desk1.ipc``). JetStream
+    stream and bucket names derive from it, so two prefixes on one NATS server never share
+    state.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        for token in self.prefix.split("."):
+            validate_token(token, "subject prefix token")
+
+    @property
+    def _name(self) -> str:
+        return self.prefix.replace(".", "_").replace("-", "_").upper()
+
+    # --- admin ---------------------------------------------------------------------------
+    def admin(self, op: str) -> str:
+        """Admin operation ``op`` (request/reply, answered by any router)."""
+        return f"{self.prefix}.admin.{validate_token(op, 'admin operation')}"
+
+    @property
+    def admin_all(self) -> str:
+        """Wildcard a router subscribes to for every admin operation."""
+        return f"{self.prefix}.admin.*"
+
+    # --- JetStream names -----------------------------------------------------------------
+    @property
+    def calls_stream(self) -> str:
+        """Stream that persists RPC requests (exactly-once acceptance)."""
+        return f"{self._name}_CALLS"
+
+    @property
+    def calls_all(self) -> str:
+        """Subjects the calls stream captures."""
+        return f"{self.prefix}.call.>"
+
+    @property
+    def registry_bucket(self) -> str:
+        """KV bucket: one key per registered instance."""
+        return f"{self._name}_REGISTRY"
+
+    @property
+    def routes_bucket(self) -> str:
+        """KV bucket: resource -> owning instance, and per-service roles and epochs."""
+        return f"{self._name}_ROUTES"
+
+    @property
+    def leases_bucket(self) -> str:
+        """KV bucket with a TTL: the router leadership lease (first ``create`` wins)."""
+        return f"{self._name}_LEASES"
+
+    @property
+    def results_bucket(self) -> str:
+        """KV bucket with a TTL: completed results by call_id (at most once execution)."""
+        return f"{self._name}_RESULTS"

@@ -1,0 +1,47 @@
+"""The wire protocol kit, for the router and tools that speak AegisIPC's protocol itself.
+
+Application code should not need this module: ``IPCClient`` does all of it.
+"""
+
+from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
+from ipc_client_sdk._contracts import (
+    PROTOCOL_VERSION,
+    AdminReply,
+    AdminRequest,
+    CallReply,
+    CallRequest,
+    Envelope,
+    ErrorCode,
+    ErrorInfo,
+    Heartbeat,
+    NatsServerInfo,
+    Registration,
+    RouterStatus,
+)
+from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, servers_label
+from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects, validate_token
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_PREFIX",
+    "DEFAULT_SERVERS",
+    "ENVELOPE_OVERHEAD",
+    "PROTOCOL_VERSION",
+    "AdminReply",
+    "AdminRequest",
+    "CallReply",
+    "CallRequest",
+    "Codec",
+    "Envelope",
+    "ErrorCode",
+    "ErrorInfo",
+    "Heartbeat",
+    "NatsServerInfo",
+    "Registration",
+    "RouterStatus",
+    "Subjects",
+    "close_nats",
+    "open_nats",
+    "servers_label",
+    "validate_token",
+]

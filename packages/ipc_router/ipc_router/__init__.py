@@ -1,0 +1,8 @@
+"""AegisIPC router: registry, routing, failover and JetStream persistence.
+
+Layers, imports pointing inward: ``domain`` (pure) <- ``application`` (use cases and ports)
+<- ``infrastructure`` (NATS/JetStream adapters) and ``api`` (NATS endpoints, entry point,
+composition root).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""Admin subject handlers: ``<prefix>.admin.<op>`` request/reply, answered by any router.
+
+Each handler decodes an ``AdminRequest``, calls the application layer, and answers with an
+``AdminReply``. A bad request gets an error reply, never a crash: the subscription keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ipc_client_sdk import CodecError, IPCError
+from ipc_client_sdk.protocol import (
+    PROTOCOL_VERSION,
+    AdminReply,
+    AdminRequest,
+    Codec,
+    ErrorCode,
+    ErrorInfo,
+    NatsServerInfo,
+    RouterStatus,
+    Subjects,
+)
+from ipc_router.application.status import GetRouterStatus, StatusReport
+
+_log = logging.getLogger("ipc_router.admin")
+
+AdminOp = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+ADMIN_QUEUE = "ipc-router-admin"
+"""Queue group of the admin subscription: one router answers each admin request."""
+
+
+def status_to_wire(report: StatusReport) -> RouterStatus:
+    """Translate the application's report into the wire contract."""
+    broker = report.broker
+    return RouterStatus(
+        router_id=report.identity.router_id,
+        version=report.identity.version,
+        protocol_version=PROTOCOL_VERSION,
+        subject_prefix=report.identity.subject_prefix,
+        started_at=datetime.fromtimestamp(report.identity.started_at, UTC),
+        uptime_s=round(report.uptime_s, 3),
+        nats=NatsServerInfo(
+            server_id=broker.server_id,
+            server_name=broker.server_name,
+            version=broker.version,
+            cluster=broker.cluster,
+            connected_url=broker.connected_url,
+            jetstream=broker.jetstream,
+            embedded=broker.embedded,
+        ),
+        services=report.counts.services,
+        instances=report.counts.instances,
+    )
+
+
+class AdminAPI:
+    """Serves the admin operations on NATS."""
+
+    def __init__(
+        self, nc: NATS, subjects: Subjects, codec: Codec, get_status: GetRouterStatus
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._codec = codec
+        self._ops: dict[str, AdminOp] = {"status": self._status}
+        self._get_status = get_status
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        """Subscribe to every admin subject."""
+        self._sub = await self._nc.subscribe(
+            self._subjects.admin_all, queue=ADMIN_QUEUE, cb=self._on_request
+        )
+
+    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
+        report = await self._get_status()
+        return status_to_wire(report).model_dump(mode="python")
+
+    async def _on_request(self, msg: Msg) -> None:
+        op = msg.subject.rsplit(".", 1)[-1]
+        try:
+            reply = await self._handle(op, msg.data)
+        except Exception as e:  # the admin endpoint must outlive any handler bug
+            _log.exception("admin %s failed", op)
+            reply = _error(ErrorCode.INTERNAL, f"admin {op} failed: {type(e).__name__}")
+        if not msg.reply:
+            _log.warning("admin %s arrived without a reply address; dropped", op)
+            return
+        await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
+
+    async def _handle(self, op: str, data: bytes) -> AdminReply:
+        try:
+            request = self._codec.decode_envelope(data, AdminRequest)
+        except CodecError as e:
+            return _error(e.code, e.message)
+        handler = self._ops.get(op)
+        if handler is None or request.op != op:
+            known = ", ".join(sorted(self._ops))
+            return _error(ErrorCode.NOT_FOUND, f"unknown admin operation {op!r} (known: {known})")
+        try:
+            return AdminReply(ok=True, result=await handler(request.args))
+        except IPCError as e:
+            return AdminReply(ok=False, error=e.to_info())
+
+
+def _error(code: ErrorCode, message: str) -> AdminReply:
+    return AdminReply(ok=False, error=ErrorInfo(code=code, message=message))

@@ -1,0 +1,166 @@
+"""The composition root: ``Router`` wires NATS, JetStream and the application together."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Self
+
+from nats.aio.client import Client as NATS
+
+from ipc_client_sdk import IPCConnectionError
+from ipc_client_sdk.protocol import Codec, Subjects, close_nats, open_nats
+from ipc_router import __version__
+from ipc_router.api.admin import AdminAPI
+from ipc_router.api.config import RouterConfig
+from ipc_router.application.status import GetRouterStatus, RouterIdentity
+from ipc_router.infrastructure.broker_info import NatsBrokerInfo
+from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.infrastructure.jetstream_setup import (
+    ProvisioningError,
+    RouterStores,
+    StorageSettings,
+    provision,
+)
+from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
+from ipc_router.infrastructure.nats_server import (
+    NatsServerConfig,
+    NatsServerError,
+    NatsServerProcess,
+)
+
+_log = logging.getLogger("ipc_router")
+
+
+class RouterStartError(Exception):
+    """The router could not start; the message is one line for the operator.
+
+    Attributes:
+        exit_code: 3 when NATS was unreachable, 1 otherwise.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+class Router:
+    """A running router process: ``async with Router(config) as router: ...``.
+
+    Start: run the embedded nats-server when no URL is configured, connect, create the
+    JetStream streams and buckets (idempotently), serve the admin subjects. Stop: drain the
+    connection (in-flight handlers finish), then stop the embedded server.
+    """
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.subjects = Subjects(config.prefix)
+        self.codec = Codec()
+        self.embedded: NatsServerProcess | None = None
+        self.stores: RouterStores | None = None
+        self._nc: NATS | None = None
+        self._started_at = time.time()
+
+    @property
+    def nats_url(self) -> str:
+        """The URL(s) the router connects to."""
+        if self.config.nats_url:
+            return self.config.nats_url
+        if self.embedded is not None:
+            return self.embedded.url
+        return f"nats://{self.config.embedded_host}:{self.config.embedded_port}"
+
+    async def start(self) -> None:
+        """Bring the router up.
+
+        Raises:
+            RouterStartError: NATS unreachable, embedded server failed, JetStream refused.
+        """
+        try:
+            if self.config.nats_url is None:
+                await self._start_embedded()
+            self._nc = await open_nats(
+                self.nats_url,
+                name=f"ipc-router {self.config.router_id}",
+                connect_timeout=self.config.connect_timeout,
+                logger=_log,
+            )
+            self.stores = await provision(
+                self._nc.jetstream(), self.subjects, StorageSettings(replicas=self.config.replicas)
+            )
+        except IPCConnectionError as e:
+            await self.stop()
+            raise RouterStartError(str(e), exit_code=3) from e
+        except (NatsServerError, ProvisioningError) as e:
+            await self.stop()
+            raise RouterStartError(str(e)) from e
+        identity = RouterIdentity(
+            router_id=self.config.router_id,
+            version=__version__,
+            subject_prefix=self.subjects.prefix,
+            started_at=self._started_at,
+        )
+        get_status = GetRouterStatus(
+            identity,
+            JetStreamInstanceRepository(self.stores.registry, self.codec),
+            NatsBrokerInfo(self._nc, embedded=self.embedded is not None),
+            SystemClock(),
+        )
+        await AdminAPI(self._nc, self.subjects, self.codec, get_status).start()
+        _log.info(
+            "router %s ready on %s (prefix %r)",
+            self.config.router_id,
+            self.nats_url,
+            self.subjects.prefix,
+        )
+
+    async def _start_embedded(self) -> None:
+        store = self.config.data_dir.resolve() / "nats"
+        server = NatsServerProcess(
+            NatsServerConfig(
+                store_dir=store,
+                host=self.config.embedded_host,
+                port=self.config.embedded_port,
+                server_name=f"ipc-embedded-{self.config.router_id}",
+            )
+        )
+        try:
+            await server.start()
+        except NatsServerError as e:
+            await server.stop()
+            raise NatsServerError(
+                f"embedded {e}. Is another nats-server or router using port "
+                f"{self.config.embedded_port}? Pass --nats-url to use a running server, "
+                "or --embedded-port to pick another port."
+            ) from e
+        self.embedded = server
+        _log.info(
+            "started embedded nats-server %s at %s (data: %s, log: %s)",
+            server.version(),
+            server.url,
+            store,
+            server.log_path,
+        )
+
+    async def stop(self) -> None:
+        """Drain NATS, then stop the embedded server. Safe to call more than once."""
+        if self._nc is not None:
+            await close_nats(self._nc)
+            self._nc = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+            _log.info("stopped embedded nats-server")
+            self.embedded = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,42 @@
+"""``ipc-router``: the router's entry point. Runs until SIGINT or SIGTERM, then drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from ipc_router.api.app import Router, RouterStartError
+from ipc_router.api.config import RouterConfig, parse_config
+
+_log = logging.getLogger("ipc_router")
+
+
+async def run(config: RouterConfig) -> int:
+    """Run a router until SIGINT/SIGTERM; return the process exit code."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Router(config):
+            await stop.wait()
+            _log.info("shutting down: draining")
+    except RouterStartError as e:
+        _log.error("router failed to start: %s", e)
+        return e.exit_code
+    _log.info("router %s stopped", config.router_id)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``ipc-router``."""
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(run(config))

@@ -1,0 +1,57 @@
+"""The router's domain: instances, their roles and health. No I/O, no NATS, no msgpack."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+class Role(enum.StrEnum):
+    """An instance's role within its service."""
+
+    ACTIVE = "active"
+    STANDBY = "standby"
+
+
+class Health(enum.StrEnum):
+    """Whether the router currently believes an instance is alive."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """What the registry knows of one registered instance.
+
+    Times are Unix seconds. ``epoch`` increases with every promotion in the service.
+    """
+
+    service: str
+    instance_id: str
+    role: Role
+    health: Health
+    epoch: int
+    registered_at: float
+    last_heartbeat_at: float
+    resources: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        """The instance's identity across the system: ``service.instance_id``."""
+        return f"{self.service}.{self.instance_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCounts:
+    """How many services and instances are registered."""
+
+    services: int
+    instances: int
+
+    @classmethod
+    def of(cls, instances: Iterable[InstanceRecord]) -> RegistryCounts:
+        """Count the distinct services and the instances among ``instances``."""
+        keys = {(i.service, i.instance_id) for i in instances}
+        return cls(services=len({service for service, _ in keys}), instances=len(keys))
