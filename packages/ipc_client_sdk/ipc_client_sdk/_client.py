@@ -13,7 +13,7 @@ from nats.aio.client import Client as NATS
 from ipc_client_sdk._admin import AdminClient
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._errors import ClientStateError
-from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats
+from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
 
 _log = logging.getLogger("ipc_client_sdk")
@@ -54,13 +54,9 @@ class IPCClient:
         request_timeout: float = 5.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
-        if isinstance(servers, str):
-            servers = [s.strip() for s in servers.split(",") if s.strip()]
-        if not servers:
-            raise ValueError("servers must name at least one NATS URL")
         if connect_timeout <= 0 or request_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        self.servers: list[str] = list(servers)
+        self.servers: list[str] = parse_servers(servers)
         self.name = name
         self.subjects = Subjects(prefix)
         self.codec = Codec(max_payload)

@@ -18,7 +18,13 @@ from ipc_client_sdk._contracts import (
     Registration,
     RouterStatus,
 )
-from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, servers_label
+from ipc_client_sdk._nats import (
+    DEFAULT_SERVERS,
+    close_nats,
+    open_nats,
+    parse_servers,
+    servers_label,
+)
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects, validate_token
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "Subjects",
     "close_nats",
     "open_nats",
+    "parse_servers",
     "servers_label",
     "validate_token",
 ]

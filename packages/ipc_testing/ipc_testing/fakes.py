@@ -1,0 +1,36 @@
+"""Hand-written fakes for the router's ports, for unit tests of the domain and application."""
+
+from __future__ import annotations
+
+from ipc_router.application.ports import BrokerInfo
+from ipc_router.domain import InstanceRecord
+
+
+class InMemoryInstanceRepository:
+    """``InstanceRepository`` in a dict."""
+
+    def __init__(self, records: list[InstanceRecord] | None = None) -> None:
+        self.records = {r.key: r for r in records or []}
+
+    async def list_instances(self) -> list[InstanceRecord]:
+        return list(self.records.values())
+
+
+class FakeBroker:
+    """``BrokerInfoSource`` returning a fixed answer."""
+
+    def __init__(self, info: BrokerInfo) -> None:
+        self.info = info
+
+    def broker_info(self) -> BrokerInfo:
+        return self.info
+
+
+class FakeClock:
+    """``Clock`` that only moves when told."""
+
+    def __init__(self, now: float) -> None:
+        self.current = now
+
+    def now(self) -> float:
+        return self.current

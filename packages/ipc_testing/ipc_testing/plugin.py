@@ -1,0 +1,52 @@
+"""Pytest fixtures with real processes, registered through the ``pytest11`` entry point.
+
+- ``nats_server``: one nats-server with JetStream on a free loopback port.
+- ``nats_cluster``: a 3-node JetStream cluster.
+- ``router``: an ``ipc-router`` process connected to ``nats_server``.
+
+Every fixture stops its processes in ``finally``, so a failing test leaves none behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
+from ipc_testing.cluster import NatsCluster
+from ipc_testing.router import RouterProcess
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServerProcess]:
+    """A single JetStream-enabled nats-server on a free loopback port."""
+    server = NatsServerProcess(NatsServerConfig(store_dir=tmp_path / "nats", port=0))
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
+    """A 3-node JetStream cluster on free loopback ports."""
+    cluster = NatsCluster(tmp_path / "cluster", size=3)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+
+
+@pytest.fixture
+async def router(nats_server: NatsServerProcess, tmp_path: Path) -> AsyncIterator[RouterProcess]:
+    """An ``ipc-router`` process against ``nats_server``, ready to answer."""
+    proc = RouterProcess(nats_server.url, tmp_path / "router.log")
+    try:
+        await proc.start()
+        yield proc
+    finally:
+        await proc.stop()
