@@ -81,12 +81,10 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, Decimal):
         return isinstance(b, Decimal) and str(a) == str(b)
     if isinstance(a, dt.datetime):
-        return (
-            isinstance(b, dt.datetime)
-            and a == b
-            and a.utcoffset() == b.utcoffset()
-            and a.isoformat() == b.isoformat()
-        )
+        # Same wall time, same offset, same microseconds: the same instant. (Plain == is
+        # False across zones for times in a DST gap, by PEP 495, even when the instant
+        # matches; a named zone travels as its offset at that instant.)
+        return isinstance(b, dt.datetime) and a.isoformat() == b.isoformat()
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(map(same, a, b))
     if isinstance(a, dict):

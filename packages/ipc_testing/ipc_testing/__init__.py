@@ -13,6 +13,7 @@ from ipc_router.infrastructure.nats_server import (
 from ipc_router.infrastructure.process import ChildProcess, pid_alive
 from ipc_testing.cluster import NatsCluster
 from ipc_testing.router import RouterProcess, RouterProcessError
+from ipc_testing.waiting import eventually
 
 __all__ = [
     "ChildProcess",
@@ -22,6 +23,7 @@ __all__ = [
     "NatsServerProcess",
     "RouterProcess",
     "RouterProcessError",
+    "eventually",
     "free_port",
     "pid_alive",
 ]

@@ -1,0 +1,29 @@
+"""Waiting for a distributed system to settle, without sleeping a fixed time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+
+async def eventually[T](
+    operation: Callable[[], Awaitable[T]],
+    *,
+    within: float = 15.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    interval: float = 0.1,
+) -> T:
+    """Run ``operation`` until it succeeds, for at most ``within`` seconds.
+
+    For states that a cluster reaches on its own time (a stream leader elected, a node back).
+    The last error is re-raised if time runs out.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await operation()
+        except retry_on:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(interval)
