@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 import nats
@@ -97,7 +98,7 @@ async def test_cluster_replicates_and_survives_a_node_kill(nats_cluster: NatsClu
             # Msg-Id makes a retried publish (leader still being elected) land once.
             msg_id = str(i)
             await eventually(
-                lambda: js.publish("r3.x", msg_id.encode(), headers={"Nats-Msg-Id": msg_id})
+                partial(js.publish, "r3.x", msg_id.encode(), headers={"Nats-Msg-Id": msg_id})
             )
 
         victim = nats_cluster.nodes[0]
