@@ -13,7 +13,7 @@ from ipc_client_sdk import IPCClient, RemoteError
 from ipc_client_sdk.protocol import AdminReply, Codec, ErrorCode, Subjects
 from ipc_router.domain import Health, InstanceRecord, Role
 from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
-from ipc_testing import NatsCluster, NatsServerProcess, RouterProcess
+from ipc_testing import NatsCluster, NatsServerProcess, RouterProcess, eventually
 
 
 def instance(service: str, instance_id: str) -> InstanceRecord:
@@ -164,3 +164,18 @@ async def test_router_exits_3_when_nats_is_unreachable(tmp_path: Path) -> None:
     assert proc.returncode == 3
     log = proc.log_path.read_text()
     assert "cannot reach NATS" in log and "Traceback" not in log
+
+
+async def test_router_rides_out_a_nats_restart(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    nats_server.kill()
+    await nats_server.start()  # same port and store
+
+    async def status_answers() -> str:
+        async with IPCClient(nats_server.url) as client:
+            return (await client.admin.status(timeout=2)).router_id
+
+    # The router reconnects (1 s apart) and nats-py re-subscribes the admin subjects.
+    assert await eventually(status_answers, within=20) == "test-router"
+    assert router.running
