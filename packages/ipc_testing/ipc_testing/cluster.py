@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from ipc_router.infrastructure.lifecycle import AsyncService
 from ipc_router.infrastructure.nats_server import (
     NatsServerConfig,
     NatsServerProcess,
@@ -14,7 +13,7 @@ from ipc_router.infrastructure.nats_server import (
 )
 
 
-class NatsCluster:
+class NatsCluster(AsyncService):
     """n nats-server nodes routed to each other, JetStream on, on free loopback ports.
 
     Nodes keep their ports and stores across ``kill()``/``start()``, so a restarted node
@@ -59,15 +58,3 @@ class NatsCluster:
     async def stop(self) -> None:
         """Stop every node; safe to call twice."""
         await asyncio.gather(*(node.stop() for node in self.nodes))
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -7,9 +7,8 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from ipc_router.infrastructure.lifecycle import AsyncService
 from ipc_router.infrastructure.process import ChildProcess
 
 
@@ -17,7 +16,7 @@ class RouterProcessError(Exception):
     """The router process exited or never became ready."""
 
 
-class RouterProcess(ChildProcess):
+class RouterProcess(ChildProcess, AsyncService):
     """``python -m ipc_router`` as a child process, its output in ``log_path``.
 
     Args:
@@ -73,15 +72,3 @@ class RouterProcess(ChildProcess):
                     f"router not ready after {timeout:g}s: {self.log_tail(5, sep="\n")}"
                 )
             await asyncio.sleep(0.05)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

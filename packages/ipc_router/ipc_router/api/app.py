@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
-from typing import Self
 
 from nats.aio.client import Client as NATS
 
@@ -24,6 +22,7 @@ from ipc_router.infrastructure.jetstream_setup import (
     provision,
 )
 from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
+from ipc_router.infrastructure.lifecycle import AsyncService
 from ipc_router.infrastructure.nats_server import (
     NatsServerConfig,
     NatsServerError,
@@ -45,7 +44,7 @@ class RouterStartError(Exception):
         super().__init__(message)
 
 
-class Router:
+class Router(AsyncService):
     """A running router process: ``async with Router(config) as router: ...``.
 
     Start: run the embedded nats-server when no URL is configured, connect, create the
@@ -152,15 +151,3 @@ class Router:
             await self.embedded.stop()
             _log.info("stopped embedded nats-server")
             self.embedded = None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
