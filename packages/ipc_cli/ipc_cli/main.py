@@ -77,10 +77,16 @@ def _global(
     ctx.obj = Settings(nats_url=nats_url, timeout=timeout, json=as_json, prefix=prefix)
 
 
-def _run[T](settings: Settings, operation: Callable[[IPCClient], Awaitable[T]]) -> T:
-    """Connect, run one operation, close; turn every failure into one line and an exit code."""
+def _run[T](settings: Settings, operation: Callable[[IPCClient, float], Awaitable[T]]) -> T:
+    """Connect, run one operation, close, all within ``--timeout``; turn every failure into
+    one line and an exit code.
+
+    ``operation`` gets the client and the seconds left for its request.
+    """
 
     async def go() -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.timeout
         client = IPCClient(
             settings.nats_url,
             name="ipc-cli",
@@ -88,8 +94,12 @@ def _run[T](settings: Settings, operation: Callable[[IPCClient], Awaitable[T]]) 
             connect_timeout=settings.timeout,
             request_timeout=settings.timeout,
         )
-        async with client:
-            return await operation(client)
+        await client.connect()
+        try:
+            return await operation(client, max(0.05, deadline - loop.time()))
+        finally:
+            # Nothing of the CLI's is in flight: a short drain is enough.
+            await client.close(timeout=0.5)
 
     try:
         return asyncio.run(go())
@@ -119,7 +129,7 @@ def _json_option() -> Any:
 def status(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     """Show the router: identity, version, uptime, NATS server and counts."""
     settings: Settings = ctx.obj
-    result = _run(settings, lambda client: client.admin.status(timeout=settings.timeout))
+    result = _run(settings, lambda client, left: client.admin.status(timeout=left))
     if settings.json or as_json:
         _print_json(result)
         return

@@ -102,13 +102,17 @@ class IPCClient:
         self._state = ClientState.OPEN
         return self
 
-    async def close(self) -> None:
-        """Drain and close the connection. Safe to call more than once."""
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Drain and close the connection. Safe to call more than once.
+
+        Args:
+            timeout: seconds the drain may take before the connection is simply closed.
+        """
         if self._state is ClientState.CLOSED:
             return
         self._state = ClientState.CLOSED
         if self._nc is not None:
-            await close_nats(self._nc)
+            await close_nats(self._nc, timeout=timeout)
 
     async def __aenter__(self) -> Self:
         return await self.connect()

@@ -12,8 +12,12 @@ form, so that nothing passes through a float on the way:
     6     UUID        16 raw bytes
     7     int         decimal text, for integers beyond 64 bits
 
-Pydantic models are dumped in Python mode (enums become their values, nested models dicts,
-sets and tuples lists) and validated back on the receiving side by the expected type.
+Pydantic models are dumped in Python mode by alias (enums become their values, nested models
+dicts, sets and tuples lists) and validated back on the receiving side by the expected type.
+
+Limits of "exact": a named time zone travels as its UTC offset at that instant (the instant
+is exact, the zone's name is not carried); a ``time`` with a named zone has no offset and
+arrives naive; a naive ``datetime``'s ``fold`` is not carried.
 Every failure is a ``CodecError``; no msgpack or pydantic exception escapes.
 """
 
@@ -23,7 +27,7 @@ import datetime as dt
 import enum
 import functools
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgpack
@@ -69,7 +73,8 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, int) and not _INT64_MIN <= obj <= _UINT64_MAX:
         return msgpack.ExtType(_EXT_BIGINT, str(obj).encode("ascii"))
     if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="python")
+        # by_alias: the receiving side validates by alias (e.g. camelCase wire names).
+        return obj.model_dump(mode="python", by_alias=True)
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, set | frozenset):
@@ -89,8 +94,12 @@ def _ext_hook(code: int, data: bytes) -> Any:
         case 4:
             return dt.time.fromisoformat(data.decode("ascii"))
         case 5:
-            days, seconds, micros = msgpack.unpackb(data)
-            return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+            parts = msgpack.unpackb(data)
+            if not (isinstance(parts, list) and len(parts) == 3):
+                raise ValueError("a timedelta is [days, seconds, microseconds]")
+            if not all(type(p) is int for p in parts):
+                raise ValueError("timedelta parts must be integers")
+            return dt.timedelta(days=parts[0], seconds=parts[1], microseconds=parts[2])
         case 6:
             return uuid.UUID(bytes=data)
         case 7:
@@ -178,7 +187,7 @@ class Codec:
                 f"a {kind.__name__} envelope must be a map, got {type(raw).__name__}",
             )
         version = raw.get("v")
-        if version != PROTOCOL_VERSION:
+        if type(version) is not int or version != PROTOCOL_VERSION:  # True == 1 in Python
             raise CodecError(
                 CodecReason.UNSUPPORTED_VERSION,
                 f"protocol version {version!r} is not supported (this peer speaks "
@@ -205,7 +214,9 @@ def _unpack(data: bytes) -> Any:
         return msgpack.unpackb(
             data, raw=False, ext_hook=_ext_hook, strict_map_key=False, timestamp=0
         )
-    except (ValueError, TypeError, msgpack.UnpackException, InvalidOperation) as e:
+    # ArithmeticError covers Decimal's InvalidOperation and OverflowError (a timedelta or
+    # date out of range).
+    except (ValueError, TypeError, ArithmeticError, msgpack.UnpackException) as e:
         detail = str(e) or type(e).__name__
         raise CodecError(CodecReason.MALFORMED, f"malformed MessagePack: {detail}") from e
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -38,9 +38,18 @@ def parse_servers(servers: str | Sequence[str]) -> list[str]:
     return urls
 
 
+def redact_url(url: str) -> str:
+    """``url`` without credentials, for logs, messages and status output."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 def servers_label(servers: str | Sequence[str]) -> str:
-    """Servers as one string, for messages."""
-    return ",".join(parse_servers(servers))
+    """Servers as one string without credentials, for messages."""
+    return ",".join(redact_url(u) for u in parse_servers(servers))
 
 
 async def open_nats(
@@ -60,7 +69,10 @@ async def open_nats(
         ValueError: ``servers`` names no URL.
     """
     urls = parse_servers(servers)
-    label = ",".join(urls)
+    label = servers_label(urls)
+    # nats-py gives each server the whole connect_timeout (twice: TCP, then INFO) and
+    # shuffles the list, so one frozen node could eat the budget; split it instead.
+    per_server = max(0.2, connect_timeout / len(urls))
     nc = NATS()
 
     async def on_error(e: Exception) -> None:
@@ -72,14 +84,16 @@ async def open_nats(
 
     async def on_reconnected() -> None:
         url = nc.connected_url
-        logger.warning("reconnected to NATS at %s", url.netloc if url else label)
+        where = f"{url.hostname}:{url.port}" if url else label
+        logger.warning("reconnected to NATS at %s", where)
 
     try:
         await asyncio.wait_for(
             nc.connect(
                 servers=urls,
                 name=name,
-                connect_timeout=max(1, math.ceil(connect_timeout)),
+                # nats-py annotates int but hands it to asyncio.wait_for: a float works.
+                connect_timeout=per_server,  # type: ignore[arg-type]
                 reconnect_time_wait=1,
                 max_reconnect_attempts=-1,
                 error_cb=on_error,

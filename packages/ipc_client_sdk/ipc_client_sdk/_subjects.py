@@ -13,6 +13,9 @@ DEFAULT_PREFIX = "ipc"
 
 # One subject token: no dots, wildcards or white space (NATS's own rules, made strict).
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+# Prefix tokens are narrower still, so that the prefix -> JetStream name mapping ('.' -> '_',
+# upper-cased) is one-to-one: 'desk1.ipc' and 'desk1_ipc' must not share a stream.
+_PREFIX_TOKEN = re.compile(r"^[a-z0-9]+$")
 
 
 def validate_token(value: str, what: str) -> str:
@@ -31,20 +34,24 @@ def validate_token(value: str, what: str) -> str:
 class Subjects:
     """Subjects and JetStream names for one prefix (default ``ipc``).
 
-    The prefix is one or more tokens joined by dots (``ipc``, ``desk1.ipc``). JetStream
-    stream and bucket names derive from it, so two prefixes on one NATS server never share
-    state.
+    The prefix is one or more tokens of lowercase letters and digits joined by dots (``ipc``,
+    ``desk1.ipc``). JetStream stream and bucket names derive from it one-to-one, so two
+    prefixes on one NATS server never share state.
     """
 
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
         for token in self.prefix.split("."):
-            validate_token(token, "subject prefix token")
+            if not _PREFIX_TOKEN.match(token):
+                raise ValueError(
+                    f"subject prefix {self.prefix!r} must be dot-separated tokens of lowercase "
+                    "letters and digits, like 'ipc' or 'desk1.ipc'"
+                )
 
     @property
     def _name(self) -> str:
-        return self.prefix.replace(".", "_").replace("-", "_").upper()
+        return self.prefix.replace(".", "_").upper()
 
     # --- admin ---------------------------------------------------------------------------
     def admin(self, op: str) -> str:

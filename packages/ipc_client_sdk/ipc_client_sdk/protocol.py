@@ -23,6 +23,7 @@ from ipc_client_sdk._nats import (
     close_nats,
     open_nats,
     parse_servers,
+    redact_url,
     servers_label,
 )
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects, validate_token
@@ -49,6 +50,7 @@ __all__ = [
     "close_nats",
     "open_nats",
     "parse_servers",
+    "redact_url",
     "servers_label",
     "validate_token",
 ]

@@ -13,6 +13,7 @@ from ipc_client_sdk import (
     IPCConnectionError,
     RouterUnavailableError,
 )
+from ipc_client_sdk.protocol import redact_url, servers_label
 from ipc_testing import NatsServerProcess, free_port
 
 
@@ -61,3 +62,23 @@ def test_servers_are_validated() -> None:
     with pytest.raises(ValueError):
         IPCClient("nats://127.0.0.1:4222", connect_timeout=0)
     assert IPCClient("nats://a:1, nats://b:2").servers == ["nats://a:1", "nats://b:2"]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://alice:s3cret@10.0.0.5:4222", "nats://***@10.0.0.5:4222"),
+        ("nats://token@host:4222", "nats://***@host:4222"),
+        ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+    ],
+)
+def test_credentials_never_appear_in_messages(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert servers_label([url, "nats://b:1"]) == f"{shown},nats://b:1"
+
+
+async def test_connection_error_hides_credentials() -> None:
+    url = f"nats://alice:s3cret@127.0.0.1:{free_port()}"
+    with pytest.raises(IPCConnectionError) as info:
+        await IPCClient(url, connect_timeout=1.0).connect()
+    assert "s3cret" not in str(info.value)

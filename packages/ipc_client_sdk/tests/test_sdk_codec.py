@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from ipc_client_sdk import Codec, CodecError, CodecReason, IPCError, PayloadTooLargeError
 from ipc_client_sdk.protocol import AdminRequest, CallReply, CallRequest, ErrorCode, ErrorInfo
@@ -138,6 +138,23 @@ def test_pydantic_model_round_trips_through_its_type(order: Order) -> None:
     assert all(isinstance(leg.side, Side) for leg in back.legs)
 
 
+class Quote(BaseModel):
+    """Wire names in camelCase, as many venues' models have them."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    last_px: Decimal = Field(alias="lastPx")
+    leg: Leg = Field(alias="legInfo")
+
+
+def test_aliased_model_round_trips() -> None:
+    quote = Quote(
+        lastPx=Decimal("101.25"), legInfo=Leg(symbol="X", qty=Decimal("2"), side=Side.BUY)
+    )
+    assert codec.decode(codec.encode(quote), Quote) == quote
+    assert "lastPx" in codec.decode(codec.encode(quote))  # the wire carries the alias
+
+
 def test_known_prices_keep_their_exact_digits() -> None:
     prices = [Decimal("0.1"), Decimal("1.10"), Decimal("1E+3"), Decimal("-0"), Decimal("1e-28")]
     assert [str(p) for p in codec.decode(codec.encode(prices))] == [str(p) for p in prices]
@@ -212,7 +229,37 @@ def test_arbitrary_bytes_never_escape_as_another_exception(data: bytes) -> None:
         pass
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+ext_contents = st.binary(max_size=24) | values.map(lambda v: msgpack.packb(v, default=str))
+
+
+@given(st.integers(min_value=-128, max_value=127), ext_contents, st.booleans())
+@settings(max_examples=400)
+def test_any_extension_payload_is_a_value_or_a_codec_error(
+    code: int, content: bytes, wrap: bool
+) -> None:
+    # ext 32 by hand: msgpack.ExtType refuses the negative (reserved) codes a peer may send.
+    ext = b"\xc9" + len(content).to_bytes(4, "big") + code.to_bytes(1, "big", signed=True) + content
+    data = b"\x82\xa1v\x01\xa1x\x91" + ext if wrap else ext  # {"v": 1, "x": [ext]}
+    try:
+        codec.decode(data)
+    except CodecError:
+        pass
+
+
+@pytest.mark.parametrize(
+    "parts", [[10**10, 0, 0], [float("inf"), 0, 0], [1, 2], "x", [1.5, 0, 0], [True, 0, 0]]
+)
+def test_out_of_range_or_mistyped_timedelta(parts: Any) -> None:
+    data = msgpack.packb(msgpack.ExtType(5, msgpack.packb(parts)))
+    assert reason_of(lambda: codec.decode(data)) is CodecReason.MALFORMED
+
+
+def test_out_of_range_date() -> None:
+    data = msgpack.packb(msgpack.ExtType(3, b"99999-01-01"))
+    assert reason_of(lambda: codec.decode(data)) is CodecReason.MALFORMED
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None, True, 1.0])
 def test_unknown_protocol_version(version: Any) -> None:
     raw = {"call_id": "c", "service": "s", "method": "m", "payload": b""}
     if version is not None:

@@ -22,7 +22,20 @@ def test_prefixes_do_not_share_jetstream_state() -> None:
     assert {a.calls_stream, a.registry_bucket}.isdisjoint({b.calls_stream, b.registry_bucket})
 
 
-@pytest.mark.parametrize("prefix", ["", "ipc.", "a b", "ipc.*", "ipc.>", ".ipc", "ipc..x"])
+@pytest.mark.parametrize(
+    "pair", [("desk1.ipc", "desk1x.ipc"), ("a.b", "ab"), ("ipc", "ipc.x"), ("a1.b", "a.1b")]
+)
+def test_distinct_prefixes_map_to_distinct_names(pair: tuple[str, str]) -> None:
+    a, b = (Subjects(p) for p in pair)
+    assert a.calls_stream != b.calls_stream
+    assert a.registry_bucket != b.registry_bucket
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    # '_', '-' and capitals would make two prefixes share a JetStream name.
+    ["", "ipc.", "a b", "ipc.*", "ipc.>", ".ipc", "ipc..x", "desk1_ipc", "a-b", "IPC"],
+)
 def test_bad_prefix_is_refused(prefix: str) -> None:
     with pytest.raises(ValueError):
         Subjects(prefix)
