@@ -9,9 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import nats
 import pytest
 
 from ipc_client_sdk import IPCClient
+from ipc_client_sdk.protocol import Codec, Subjects
+from ipc_router.domain import Health, InstanceRecord, Role
+from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
 from ipc_testing import ChildProcess, NatsServerConfig, NatsServerProcess, free_port, pid_alive
 
 ROUTER = [os.environ.get("PYTHON", ""), "-m", "ipc_router"]
@@ -36,6 +40,11 @@ def embedded_router(tmp_path: Path, port: int, router_id: str = "emb") -> ChildP
     proc = ChildProcess(tmp_path / "router.log")
     proc.spawn(argv, env=env)
     return proc
+
+
+def instance(service: str, instance_id: str) -> InstanceRecord:
+    now = time.time()
+    return InstanceRecord(service, instance_id, Role.ACTIVE, Health.HEALTHY, 1, now, now)
 
 
 async def wait_for_log(proc: ChildProcess, text: str, timeout: float = 20.0) -> str:
@@ -93,14 +102,30 @@ async def test_embedded_nats_serves_status_and_stops_with_the_router(
 
 async def test_embedded_state_survives_a_router_restart(tmp_path: Path) -> None:
     port = free_port()
-    for round_ in range(2):
-        proc = embedded_router(tmp_path, port, router_id=f"emb{round_}")
+    url = f"nats://127.0.0.1:{port}"
+    proc = embedded_router(tmp_path, port, router_id="first")
+    try:
+        await wait_for_log(proc, "router first ready")
+        nc = await nats.connect(url)
         try:
-            log = await wait_for_log(proc, f"router emb{round_} ready")
-            created = "created stream" in log.split(f"router emb{round_ - 1} stopped")[-1]
-            assert created is (round_ == 0), "the second start must reuse, not recreate"
+            kv = await nc.jetstream().key_value(Subjects().registry_bucket)
+            await JetStreamInstanceRepository(kv, Codec()).put(instance("service_b", "b1"))
         finally:
-            assert await proc.stop() == 0
+            await nc.close()
+    finally:
+        assert await proc.stop() == 0
+
+    offset = proc.log_size()
+    proc = embedded_router(tmp_path, port, router_id="second")
+    try:
+        await wait_for_log(proc, "router second ready")
+        async with IPCClient(url) as client:
+            status = await client.admin.status()
+        assert (status.router_id, status.instances) == ("second", 1)
+        log = proc.log_since(offset).decode()
+        assert "created stream" not in log and "created KV bucket" not in log
+    finally:
+        assert await proc.stop() == 0
 
 
 async def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:

@@ -179,3 +179,36 @@ async def test_router_rides_out_a_nats_restart(
     # The router reconnects (1 s apart) and nats-py re-subscribes the admin subjects.
     assert await eventually(status_answers, within=20) == "test-router"
     assert router.running
+
+
+async def test_stream_name_taken_by_another_deployment_is_refused(
+    nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="IPC_CALLS", subjects=["elsewhere.>"])
+    finally:
+        await nc.close()
+    proc = RouterProcess(nats_server.url, tmp_path / "r.log")
+    proc.spawn(proc.command())
+    assert await proc.wait_exit(30)
+    assert proc.returncode == 1
+    log = proc.log_path.read_text()
+    assert "another deployment" in log and "--prefix" in log
+    assert "Traceback" not in log
+
+
+async def test_overlapping_stream_is_one_clear_error(
+    nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="GREEDY", subjects=["ipc.>"])
+    finally:
+        await nc.close()
+    proc = RouterProcess(nats_server.url, tmp_path / "r.log")
+    proc.spawn(proc.command())
+    assert await proc.wait_exit(30)
+    assert proc.returncode == 1
+    log = proc.log_path.read_text()
+    assert "cannot create stream IPC_CALLS" in log and "Traceback" not in log

@@ -13,10 +13,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
 from ipc_testing.cluster import NatsCluster
 from ipc_testing.router import RouterProcess
+
+# Per-example deadlines turn a busy 2-core CI machine into "Flaky" failures; the suite
+# checks behaviour, benchmarks/ checks speed.
+settings.register_profile("ipc", deadline=None)
+settings.load_profile("ipc")
 
 
 @pytest.fixture

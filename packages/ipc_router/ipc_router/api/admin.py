@@ -28,6 +28,7 @@ from ipc_client_sdk.protocol import (
     RouterStatus,
     Subjects,
 )
+from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.status import GetRouterStatus, StatusReport
 
 _log = logging.getLogger("ipc_router.admin")
@@ -110,7 +111,11 @@ class AdminAPI:
             return AdminReply(ok=True, result=await handler(request.args))
         except IPCError as e:
             return AdminReply(ok=False, error=e.to_info())
+        except StoreUnavailableError as e:
+            return _error(ErrorCode.UNAVAILABLE, str(e))
 
 
 def _error(code: ErrorCode, message: str) -> AdminReply:
-    return AdminReply(ok=False, error=ErrorInfo(code=code, message=message))
+    return AdminReply(
+        ok=False, error=ErrorInfo(code=code, message=message, retryable=code.retryable)
+    )

@@ -8,7 +8,7 @@ import time
 from nats.aio.client import Client as NATS
 
 from ipc_client_sdk import IPCConnectionError
-from ipc_client_sdk.protocol import Codec, Subjects, close_nats, open_nats
+from ipc_client_sdk.protocol import Codec, Subjects, close_nats, open_nats, servers_label
 from ipc_router import __version__
 from ipc_router.api.admin import AdminAPI
 from ipc_router.api.config import RouterConfig
@@ -94,6 +94,9 @@ class Router(AsyncService):
         except (NatsServerError, ProvisioningError) as e:
             await self.stop()
             raise RouterStartError(str(e)) from e
+        except BaseException:
+            await self.stop()
+            raise
         identity = RouterIdentity(
             router_id=self.config.router_id,
             version=__version__,
@@ -110,7 +113,7 @@ class Router(AsyncService):
         _log.info(
             "router %s ready on %s (prefix %r)",
             self.config.router_id,
-            self.nats_url,
+            servers_label(self.nats_url),
             self.subjects.prefix,
         )
 

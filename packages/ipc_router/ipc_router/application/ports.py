@@ -19,7 +19,11 @@ class InstanceRepository(Protocol):
     """
 
     async def list_instances(self) -> list[InstanceRecord]:
-        """Every registered instance, in no particular order."""
+        """Every registered instance, in no particular order.
+
+        Raises:
+            StoreUnavailableError: the store did not answer in time.
+        """
         ...
 
 

@@ -29,7 +29,8 @@ class NatsBrokerInfo:
             server_name=info.get("server_name"),
             version=info.get("version"),
             cluster=info.get("cluster"),
-            connected_url=f"{url.scheme}://{url.netloc}" if url else None,
+            # host and port only: the URL's user:password must not reach admin clients.
+            connected_url=f"{url.scheme}://{url.hostname}:{url.port}" if url else None,
             jetstream=bool(info.get("jetstream", False)),
             embedded=self._embedded,
         )

@@ -5,13 +5,16 @@ One key per instance, ``<service>.<instance_id>``, holding a MessagePack map.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import nats.errors
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CodecError
 from ipc_client_sdk.protocol import Codec
+from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.domain import Health, InstanceRecord, Role
 
 _log = logging.getLogger("ipc_router.registry")
@@ -50,11 +53,20 @@ def record_from_wire(data: dict[str, Any]) -> InstanceRecord:
 
 
 class JetStreamInstanceRepository:
-    """Instance registry backed by a KV bucket (satisfies ``InstanceRepository``)."""
+    """Instance registry backed by a KV bucket (satisfies ``InstanceRepository``).
 
-    def __init__(self, kv: KeyValue, codec: Codec) -> None:
+    Args:
+        kv: the registry bucket.
+        codec: encodes the stored records.
+        scan_timeout: the longest a full read may take; past it the read fails with
+            ``StoreUnavailableError`` rather than stall the caller (an admin endpoint
+            serves one request at a time).
+    """
+
+    def __init__(self, kv: KeyValue, codec: Codec, *, scan_timeout: float = 2.0) -> None:
         self._kv = kv
         self._codec = codec
+        self._scan_timeout = scan_timeout
 
     async def put(self, record: InstanceRecord) -> None:
         """Store (or replace) one record."""
@@ -66,6 +78,17 @@ class JetStreamInstanceRepository:
         Entries that cannot be decoded are logged and skipped, not fatal: one bad entry must
         not blind the router to the rest.
         """
+        try:
+            async with asyncio.timeout(self._scan_timeout):
+                return await self._scan()
+        except TimeoutError as e:
+            raise StoreUnavailableError(
+                "instance registry", f"no full read within {self._scan_timeout:g}s"
+            ) from e
+        except nats.errors.Error as e:
+            raise StoreUnavailableError("instance registry", str(e) or type(e).__name__) from e
+
+    async def _scan(self) -> list[InstanceRecord]:
         watcher = await self._kv.watchall(ignore_deletes=True)
         records: list[InstanceRecord] = []
         try:

@@ -19,7 +19,11 @@ class AsyncService:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # a half-started service must not leave processes behind
+            raise
         return self
 
     async def __aexit__(
