@@ -105,9 +105,10 @@ async def open_nats(
     except (TimeoutError, OSError, nats.errors.Error, ValueError) as e:
         last = nc.last_error
         await _close_quietly(nc)
-        reason = str(last) if isinstance(e, TimeoutError) and last else str(e) or type(e).__name__
-        if isinstance(e, TimeoutError) and not last:
-            reason = f"no answer within {connect_timeout:g}s"
+        if isinstance(e, TimeoutError):  # say what the last attempt ran into, if anything
+            reason = str(last) if last else f"no answer within {connect_timeout:g}s"
+        else:
+            reason = str(e) or type(e).__name__
         raise IPCConnectionError(label, reason) from e
     return nc
 

@@ -79,15 +79,16 @@ class Router(AsyncService):
         try:
             if self.config.nats_url is None:
                 await self._start_embedded()
-            self._nc = await open_nats(
+            nc = self._nc = await open_nats(
                 self.nats_url,
                 name=f"ipc-router {self.config.router_id}",
                 connect_timeout=self.config.connect_timeout,
                 logger=_log,
             )
             self.stores = await provision(
-                self._nc.jetstream(), self.subjects, StorageSettings(replicas=self.config.replicas)
+                nc.jetstream(), self.subjects, StorageSettings(replicas=self.config.replicas)
             )
+            await self._serve(nc, self.stores)
         except IPCConnectionError as e:
             await self.stop()
             raise RouterStartError(str(e), exit_code=3) from e
@@ -97,6 +98,15 @@ class Router(AsyncService):
         except BaseException:
             await self.stop()
             raise
+        _log.info(
+            "router %s ready on %s (prefix %r)",
+            self.config.router_id,
+            servers_label(self.nats_url),
+            self.subjects.prefix,
+        )
+
+    async def _serve(self, nc: NATS, stores: RouterStores) -> None:
+        """Wire the use cases to their adapters and open the NATS endpoints."""
         identity = RouterIdentity(
             router_id=self.config.router_id,
             version=__version__,
@@ -105,17 +115,11 @@ class Router(AsyncService):
         )
         get_status = GetRouterStatus(
             identity,
-            JetStreamInstanceRepository(self.stores.registry, self.codec),
-            NatsBrokerInfo(self._nc, embedded=self.embedded is not None),
+            JetStreamInstanceRepository(stores.registry, self.codec),
+            NatsBrokerInfo(nc, embedded=self.embedded is not None),
             SystemClock(),
         )
-        await AdminAPI(self._nc, self.subjects, self.codec, get_status).start()
-        _log.info(
-            "router %s ready on %s (prefix %r)",
-            self.config.router_id,
-            servers_label(self.nats_url),
-            self.subjects.prefix,
-        )
+        await AdminAPI(nc, self.subjects, self.codec, get_status).start()
 
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"
