@@ -4,20 +4,12 @@ from __future__ import annotations
 
 from ipc_router.application.ports import BrokerInfo
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
-from ipc_router.domain import Health, InstanceRecord, RegistryCounts, Role
-from ipc_testing.fakes import FakeBroker, FakeClock, InMemoryInstanceRepository
+from ipc_router.domain import InstanceRecord, RegistryCounts, Role
+from ipc_testing.fakes import FakeBroker, FakeClock, InMemoryInstanceRepository, make_instance
 
 
 def record(service: str, instance: str, role: Role = Role.STANDBY) -> InstanceRecord:
-    return InstanceRecord(
-        service=service,
-        instance_id=instance,
-        role=role,
-        health=Health.HEALTHY,
-        epoch=1,
-        registered_at=0.0,
-        last_heartbeat_at=0.0,
-    )
+    return make_instance(service, instance, role=role)
 
 
 def test_counts_distinct_services_and_instances() -> None:

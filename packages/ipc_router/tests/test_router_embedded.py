@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
@@ -14,11 +13,10 @@ import pytest
 
 from ipc_client_sdk import IPCClient
 from ipc_client_sdk.protocol import Codec, Subjects
-from ipc_router.domain import Health, InstanceRecord, Role
+from ipc_router.domain import Role
 from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
 from ipc_testing import ChildProcess, NatsServerConfig, NatsServerProcess, free_port, pid_alive
-
-ROUTER = [os.environ.get("PYTHON", ""), "-m", "ipc_router"]
+from ipc_testing.fakes import make_instance
 
 
 def embedded_router(tmp_path: Path, port: int, router_id: str = "emb") -> ChildProcess:
@@ -42,20 +40,10 @@ def embedded_router(tmp_path: Path, port: int, router_id: str = "emb") -> ChildP
     return proc
 
 
-def instance(service: str, instance_id: str) -> InstanceRecord:
-    now = time.time()
-    return InstanceRecord(service, instance_id, Role.ACTIVE, Health.HEALTHY, 1, now, now)
-
-
-async def wait_for_log(proc: ChildProcess, text: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = proc.log_path.read_text() if proc.log_path.exists() else ""
-        if text in log:
-            return log
-        assert proc.running, f"router exited early: {proc.log_tail(5)}"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{text!r} not logged in {timeout}s: {proc.log_tail(5)}")
+async def wait_for_log(proc: ChildProcess, text: str, *, since: int = 0) -> str:
+    """The log after ``since`` once it holds ``text``; fails if the router exits first."""
+    assert await proc.wait_for_output(text, since=since, timeout=20), proc.log_tail(5)
+    return proc.log_since(since).decode()
 
 
 def embedded_pid(data_dir: Path) -> int:
@@ -109,7 +97,8 @@ async def test_embedded_state_survives_a_router_restart(tmp_path: Path) -> None:
         nc = await nats.connect(url)
         try:
             kv = await nc.jetstream().key_value(Subjects().registry_bucket)
-            await JetStreamInstanceRepository(kv, Codec()).put(instance("service_b", "b1"))
+            record = make_instance("service_b", "b1", role=Role.ACTIVE, at=time.time())
+            await JetStreamInstanceRepository(kv, Codec()).put(record)
         finally:
             await nc.close()
     finally:
@@ -118,11 +107,10 @@ async def test_embedded_state_survives_a_router_restart(tmp_path: Path) -> None:
     offset = proc.log_size()
     proc = embedded_router(tmp_path, port, router_id="second")
     try:
-        await wait_for_log(proc, "router second ready")
+        log = await wait_for_log(proc, "router second ready", since=offset)
         async with IPCClient(url) as client:
             status = await client.admin.status()
         assert (status.router_id, status.instances) == ("second", 1)
-        log = proc.log_since(offset).decode()
         assert "created stream" not in log and "created KV bucket" not in log
     finally:
         assert await proc.stop() == 0

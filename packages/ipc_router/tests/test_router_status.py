@@ -11,23 +11,14 @@ import pytest
 
 from ipc_client_sdk import IPCClient, RemoteError
 from ipc_client_sdk.protocol import AdminReply, Codec, ErrorCode, Subjects
-from ipc_router.domain import Health, InstanceRecord, Role
+from ipc_router.domain import InstanceRecord
 from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
 from ipc_testing import NatsCluster, NatsServerProcess, RouterProcess, eventually
+from ipc_testing.fakes import make_instance
 
 
 def instance(service: str, instance_id: str) -> InstanceRecord:
-    now = time.time()
-    return InstanceRecord(
-        service=service,
-        instance_id=instance_id,
-        role=Role.STANDBY,
-        health=Health.HEALTHY,
-        epoch=1,
-        registered_at=now,
-        last_heartbeat_at=now,
-        resources=("acc_XYZ",),
-    )
+    return make_instance(service, instance_id, at=time.time(), resources=("acc_XYZ",))
 
 
 async def test_status_names_router_and_nats_server(

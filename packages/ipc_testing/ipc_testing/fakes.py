@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ipc_router.application.ports import BrokerInfo
-from ipc_router.domain import InstanceRecord
+from ipc_router.domain import Health, InstanceRecord, Role
 
 
 class InMemoryInstanceRepository:
@@ -34,3 +34,24 @@ class FakeClock:
 
     def now(self) -> float:
         return self.current
+
+
+def make_instance(
+    service: str,
+    instance_id: str,
+    *,
+    role: Role = Role.STANDBY,
+    at: float = 0.0,
+    resources: tuple[str, ...] = (),
+) -> InstanceRecord:
+    """A healthy epoch-1 record, registered and last heard from at ``at``."""
+    return InstanceRecord(
+        service=service,
+        instance_id=instance_id,
+        role=role,
+        health=Health.HEALTHY,
+        epoch=1,
+        registered_at=at,
+        last_heartbeat_at=at,
+        resources=resources,
+    )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 
 from ipc_router.infrastructure.lifecycle import AsyncService
@@ -60,15 +58,11 @@ class RouterProcess(ChildProcess, AsyncService):
         """
         offset = self.log_size()
         self.spawn(self.command(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        marker = f"router {self.router_id} ready".encode()
-        deadline = time.monotonic() + timeout
-        while marker not in self.log_since(offset):
-            if not self.running:
-                raise RouterProcessError(
-                    f"router exited with {self.returncode}: {self.log_tail(5, sep="\n")}"
-                )
-            if time.monotonic() >= deadline:
-                raise RouterProcessError(
-                    f"router not ready after {timeout:g}s: {self.log_tail(5, sep="\n")}"
-                )
-            await asyncio.sleep(0.05)
+        ready = f"router {self.router_id} ready"
+        if not await self.wait_for_output(ready, since=offset, timeout=timeout):
+            why = (
+                f"exited with {self.returncode}"
+                if not self.running
+                else f"not ready after {timeout:g}s"
+            )
+            raise RouterProcessError(f"router {why}: {self.log_tail(5, sep="\n")}")

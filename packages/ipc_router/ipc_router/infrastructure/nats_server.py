@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import shutil
 import socket
@@ -23,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipc_router.infrastructure.process import ChildProcess
-
-_log = logging.getLogger("ipc_router.nats_server")
 
 BINARY_ENV = "IPC_NATS_SERVER_BIN"
 
@@ -129,8 +126,9 @@ class NatsServerConfig:
         return "\n".join(lines) + "\n"
 
 
-class NatsServerProcess:
-    """One nats-server process: start, stop, and the faults tests inject.
+class NatsServerProcess(ChildProcess):
+    """One nats-server process: start, and (from ``ChildProcess``) stop, kill, pause,
+    resume: the faults tests inject.
 
     Args:
         config: how to run the node.
@@ -138,29 +136,14 @@ class NatsServerProcess:
     """
 
     def __init__(self, config: NatsServerConfig, *, binary: Path | None = None) -> None:
+        super().__init__(config.store_dir / "nats-server.log")
         self.config = config
         self.binary = binary or find_nats_server()
-        self.process = ChildProcess(config.store_dir / "nats-server.log")
 
     @property
     def url(self) -> str:
         """The client URL of this node."""
         return self.config.url
-
-    @property
-    def log_path(self) -> Path:
-        """Where the server writes its log."""
-        return self.process.log_path
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while the process exists."""
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the process exists and has not exited."""
-        return self.process.running
 
     def version(self) -> str:
         """The binary's version, e.g. ``v2.15.1``."""
@@ -180,7 +163,7 @@ class NatsServerProcess:
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.config.store_dir / "nats-server.conf"
         conf.write_text(self.config.render())
-        self.process.spawn([str(self.binary), "-c", str(conf)])
+        self.spawn([str(self.binary), "-c", str(conf)])
         if wait:
             await self.wait_ready(timeout=timeout)
 
@@ -195,7 +178,7 @@ class NatsServerProcess:
             if not self.running:
                 raise NatsServerError(
                     f"nats-server {self.config.server_name} exited during start: "
-                    f"{self.process.log_tail() or 'no output'}"
+                    f"{self.log_tail() or 'no output'}"
                 )
             status, last = await self._healthz()
             if status == 200:
@@ -229,22 +212,6 @@ class NatsServerProcess:
         except (IndexError, ValueError):
             return 0, "unreadable /healthz answer"
         return status, body.decode(errors="replace").strip()
-
-    async def stop(self, *, timeout: float = 10.0) -> None:
-        """Stop gracefully (SIGTERM), then SIGKILL if it lingers. Safe to call twice."""
-        await self.process.stop(timeout=timeout)
-
-    def kill(self) -> None:
-        """Kill with SIGKILL and reap: the crash tests inject."""
-        self.process.kill()
-
-    def pause(self) -> None:
-        """Freeze the process (SIGSTOP): alive but silent, like a hung host."""
-        self.process.pause()
-
-    def resume(self) -> None:
-        """Thaw a paused process (SIGCONT)."""
-        self.process.resume()
 
     async def restart(self, *, timeout: float = 15.0) -> None:
         """Stop (if running) and start again on the same ports and store."""

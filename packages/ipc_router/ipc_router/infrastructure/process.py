@@ -113,6 +113,20 @@ class ChildProcess:
         except OSError:
             return b""
 
+    async def wait_for_output(self, text: str, *, since: int = 0, timeout: float) -> bool:
+        """Wait until the log, after byte ``since``, contains ``text``.
+
+        Returns:
+            True when it appeared; False when the process exited or ``timeout`` passed first.
+        """
+        marker = text.encode()
+        deadline = time.monotonic() + timeout
+        while marker not in self.log_since(since):
+            if not self.running or time.monotonic() >= deadline:
+                return marker in self.log_since(since)  # it may have come with the exit
+            await asyncio.sleep(0.05)
+        return True
+
     async def stop(self, *, timeout: float = 10.0) -> int | None:
         """SIGTERM, wait for the exit, SIGKILL after ``timeout``; safe to call twice.
 
