@@ -13,6 +13,7 @@ from ipc_client_sdk._errors import (
     ClientStateError,
     CodecError,
     CodecReason,
+    InvalidArgumentError,
     IPCConnectionError,
     IPCError,
     PayloadTooLargeError,
@@ -20,6 +21,8 @@ from ipc_client_sdk._errors import (
     RouterUnavailableError,
     ServiceUnavailableError,
 )
+from ipc_client_sdk._service import CallContext, Service
+from ipc_client_sdk._serving import ServiceInstance
 
 __version__ = "0.1.0"
 
@@ -27,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "PROTOCOL_VERSION",
     "AdminClient",
+    "CallContext",
     "CallTimeoutError",
     "ClientState",
     "ClientStateError",
@@ -38,10 +42,13 @@ __all__ = [
     "IPCClient",
     "IPCConnectionError",
     "IPCError",
+    "InvalidArgumentError",
     "PayloadTooLargeError",
     "RemoteError",
     "RouterStatus",
     "RouterUnavailableError",
+    "Service",
+    "ServiceInstance",
     "ServiceUnavailableError",
     "__version__",
 ]

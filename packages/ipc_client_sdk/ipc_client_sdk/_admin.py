@@ -44,30 +44,49 @@ class AdminClient:
             CodecError: the answer could not be decoded.
             IPCConnectionError: the NATS connection is gone.
         """
-        client = self._client
-        subject = client.subjects.admin(op)
-        timeout = client.request_timeout if timeout is None else timeout
-        data = client.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
-        try:
-            msg = await client.nats.request(subject, data, timeout=timeout)
-        except nats.errors.NoRespondersError as e:
-            raise RouterUnavailableError(
-                f"no router is running (nobody answers on {subject})", service=ROUTER
-            ) from e
-        except nats.errors.TimeoutError as e:
-            raise RouterUnavailableError(
-                f"no router answered {subject} within {timeout:g}s", service=ROUTER
-            ) from e
-        except nats.errors.Error as e:
-            raise IPCConnectionError(
-                servers_label(client.servers), str(e) or type(e).__name__
-            ) from e
-        reply = client.codec.decode_envelope(msg.data, AdminReply)
-        if not reply.ok:
-            info = reply.error
-            if info is None:
-                raise RemoteError(
-                    "the router failed without saying why", code=ErrorCode.UNKNOWN, service=ROUTER
-                )
-            raise RemoteError.from_info(info, service=ROUTER)
-        return reply.result or {}
+        subject = self._client.subjects.admin(op)
+        return await request_op(self._client, subject, op, args, timeout=timeout)
+
+
+async def request_op(
+    client: IPCClient,
+    subject: str,
+    op: str,
+    args: dict[str, Any] | None,
+    *,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Send an ``AdminRequest`` on ``subject`` to the routers and return the result.
+
+    The admin operations and the instance control operations (register, deregister) share
+    this request/reply shape.
+
+    Raises:
+        RouterUnavailableError: nobody answers on the subject, or not in time.
+        RemoteError: the router refused or failed the operation (``code`` says how).
+        CodecError: the answer could not be decoded.
+        IPCConnectionError: the NATS connection is gone.
+    """
+    timeout = client.request_timeout if timeout is None else timeout
+    data = client.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
+    try:
+        msg = await client.nats.request(subject, data, timeout=timeout)
+    except nats.errors.NoRespondersError as e:
+        raise RouterUnavailableError(
+            f"no router is running (nobody answers on {subject})", service=ROUTER
+        ) from e
+    except nats.errors.TimeoutError as e:
+        raise RouterUnavailableError(
+            f"no router answered {subject} within {timeout:g}s", service=ROUTER
+        ) from e
+    except nats.errors.Error as e:
+        raise IPCConnectionError(servers_label(client.servers), str(e) or type(e).__name__) from e
+    reply = client.codec.decode_envelope(msg.data, AdminReply)
+    if not reply.ok:
+        info = reply.error
+        if info is None:
+            raise RemoteError(
+                "the router failed without saying why", code=ErrorCode.UNKNOWN, service=ROUTER
+            )
+        raise RemoteError.from_info(info, service=ROUTER)
+    return reply.result or {}

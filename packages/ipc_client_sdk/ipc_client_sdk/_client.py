@@ -6,17 +6,22 @@ import enum
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar, overload
 
 from nats.aio.client import Client as NATS
 
 from ipc_client_sdk._admin import AdminClient
+from ipc_client_sdk._calling import Caller
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._errors import ClientStateError
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
+from ipc_client_sdk._service import Service
+from ipc_client_sdk._serving import ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
 
 _log = logging.getLogger("ipc_client_sdk")
+
+T = TypeVar("T")
 
 
 class ClientState(enum.Enum):
@@ -40,7 +45,7 @@ class IPCClient:
         name: the connection's name, shown in NATS monitoring and router logs.
         prefix: the subject prefix of the AegisIPC deployment (default ``ipc``).
         connect_timeout: seconds the first connect may take before it fails.
-        request_timeout: default seconds to wait for an admin answer.
+        request_timeout: default seconds to wait for an answer (calls and admin).
         max_payload: the largest payload this client encodes or accepts, in bytes.
     """
 
@@ -65,11 +70,18 @@ class IPCClient:
         self._state = ClientState.UNOPENED
         self._nc: NATS | None = None
         self._admin = AdminClient(self)
+        self._caller = Caller(self)
+        self._instances: list[ServiceInstance] = []
 
     @property
     def state(self) -> ClientState:
         """Where the client is in its lifecycle."""
         return self._state
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close()`` has begun."""
+        return self._state is ClientState.CLOSED
 
     @property
     def admin(self) -> AdminClient:
@@ -102,15 +114,125 @@ class IPCClient:
         self._state = ClientState.OPEN
         return self
 
-    async def close(self, *, timeout: float = 5.0) -> None:
-        """Drain and close the connection. Safe to call more than once.
+    @overload
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        returns: type[T],
+        resource_id: str | None = None,
+        timeout: float | None = None,
+        call_id: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        returns: None = None,
+        resource_id: str | None = None,
+        timeout: float | None = None,
+        call_id: str | None = None,
+    ) -> Any: ...
+
+    async def call(
+        self,
+        target: str,
+        payload: Any = None,
+        *,
+        returns: Any = None,
+        resource_id: str | None = None,
+        timeout: float | None = None,
+        call_id: str | None = None,
+    ) -> Any:
+        """Call ``"service.method"`` through the router, exactly once per ``call_id``.
 
         Args:
-            timeout: seconds the drain may take before the connection is simply closed.
+            target: ``"service.method"``.
+            payload: the request: a Pydantic model, or any value the codec carries (a dict
+                is validated by the serving side against its request model).
+            returns: the type to validate the result as (a model, or any type Pydantic
+                knows); None returns the decoded value as it came.
+            resource_id: route to the instance owning this resource.
+            timeout: seconds until the call's deadline (default ``request_timeout``).
+            call_id: your own id for the call: retrying with the same id never runs the
+                handler twice. Default: a new unique, time-sortable id.
+
+        Raises:
+            InvalidArgumentError: a bad target, resource_id, call_id or timeout.
+            CodecError: the payload cannot be encoded, or the result does not fit
+                ``returns``.
+            ServiceUnavailableError: no healthy instance can serve the call (at once, not
+                after the timeout); ``RouterUnavailableError`` when no router is set up.
+            CallTimeoutError: the deadline passed.
+            RemoteError: the handler failed (``INTERNAL`` or its own code), the method does
+                not exist (``NOT_FOUND``), or the payload did not fit its model
+                (``INVALID_ARGUMENT``, and the handler did not run).
+            IPCConnectionError: the NATS connection is gone.
+        """
+        return await self._caller.call(
+            target,
+            payload,
+            resource_id=resource_id,
+            timeout=timeout,
+            returns=returns,
+            call_id=call_id,
+        )
+
+    async def serve(
+        self,
+        service: Service,
+        *,
+        instance_id: str,
+        resources: Sequence[str] = (),
+        concurrency: int = 64,
+        heartbeat_interval: float = 0.5,
+    ) -> ServiceInstance:
+        """Serve ``service`` as instance ``instance_id``: register, heartbeat, take calls.
+
+        Args:
+            service: the methods to serve.
+            instance_id: this instance's id within the service (unique among live ones).
+            resources: resources this instance claims; each belongs to the first live
+                instance that claimed it.
+            concurrency: calls handled at once; more wait their turn.
+            heartbeat_interval: seconds between heartbeats.
+
+        Raises:
+            InvalidArgumentError: a bad argument, before anything is sent.
+            RouterUnavailableError: no router answered the registration.
+            RemoteError: the router refused it (``ALREADY_EXISTS``: another live process
+                serves this instance_id).
+        """
+        check_serve_arguments(service, instance_id, resources, concurrency)
+        instance = ServiceInstance(
+            self,
+            service,
+            instance_id,
+            resources,
+            concurrency=concurrency,
+            heartbeat_interval=heartbeat_interval,
+        )
+        await instance.start()
+        self._instances.append(instance)
+        return instance
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Stop served instances, drain and close the connection. Safe to call twice.
+
+        Args:
+            timeout: seconds the in-flight calls and the drain may take.
         """
         if self._state is ClientState.CLOSED:
             return
+        if self._state is ClientState.OPEN:
+            for instance in self._instances:
+                await instance.stop(timeout=timeout)
         self._state = ClientState.CLOSED
+        self._caller.abandon()
         if self._nc is not None:
             await close_nats(self._nc, timeout=timeout)
 

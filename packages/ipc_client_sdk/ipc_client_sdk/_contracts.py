@@ -21,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 PROTOCOL_VERSION = 1
 """The envelope protocol version this SDK speaks."""
 
+REPLY_TO_HEADER = "Ipc-Reply-To"
+"""NATS header repeating a call's reply address, so that a router can answer even a request
+whose body it cannot read (a newer protocol version, a broken envelope)."""
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""JetStream's de-duplication header; the SDK sets it to the call_id."""
+
 
 class ErrorCode(StrEnum):
     """Closed set of status codes, in the spirit of gRPC's."""
@@ -85,6 +92,10 @@ class CallRequest(Envelope):
     reply_to: str | None = None
     caller: str | None = None
     epoch: int | None = None
+    own_call_id: bool = False
+    """True when the caller chose the call_id: a retry is possible, so check the record."""
+    delivery: int = 1
+    """How many times the router has been handed this request (above 1: a redelivery)."""
 
 
 class CallReply(Envelope):
@@ -106,6 +117,7 @@ class Heartbeat(Envelope):
     role: str | None = None
     epoch: int | None = None
     inflight: int = 0
+    session: str | None = None
 
 
 class Registration(Envelope):
@@ -116,6 +128,20 @@ class Registration(Envelope):
     methods: list[str] = Field(default_factory=list)
     resources: list[str] = Field(default_factory=list)
     sdk_version: str | None = None
+    session: str | None = None
+    """Random per process: tells a restarted instance from a second copy of a live one."""
+
+
+class RegistrationResult(BaseModel):
+    """The router's answer to a registration: the role and the claims granted."""
+
+    service: str
+    instance_id: str
+    role: str
+    epoch: int
+    claimed: list[str] = Field(default_factory=list)
+    standby_for: dict[str, str] = Field(default_factory=dict)
+    """Resources this instance asked for that another instance already owns: owner by id."""
 
 
 class AdminRequest(Envelope):

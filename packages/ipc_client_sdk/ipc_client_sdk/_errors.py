@@ -3,6 +3,7 @@
     IPCError                      root; carries code, message, call_id, service, instance
     ├── IPCConnectionError        NATS cannot be reached (UNAVAILABLE)
     ├── ClientStateError          the client is not open (never opened, or closed)
+    ├── InvalidArgumentError      a bad argument to an SDK call (also a ValueError)
     ├── CodecError                bytes that are not a valid envelope or payload
     │   └── PayloadTooLargeError  a payload over the configured limit
     ├── CallTimeoutError          the deadline passed (DEADLINE_EXCEEDED)
@@ -92,6 +93,16 @@ class ClientStateError(IPCError):
     """The client was used while not open: before ``connect()`` or after ``close()``."""
 
     default_code = ErrorCode.FAILED_PRECONDITION
+
+
+class InvalidArgumentError(IPCError, ValueError):
+    """An SDK method was given an argument it cannot use (a bad target, id or timeout).
+
+    Raised before anything is sent. It is also a ``ValueError``, so code written for plain
+    Python argument errors catches it too.
+    """
+
+    default_code = ErrorCode.INVALID_ARGUMENT
 
 
 class CodecReason(StrEnum):

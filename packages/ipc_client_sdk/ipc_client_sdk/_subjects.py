@@ -6,7 +6,9 @@ documented in docs/architecture.md.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "ipc"
@@ -28,6 +30,29 @@ def validate_token(value: str, what: str) -> str:
             f"{what} {value!r} must be non-empty and use only letters, digits, '_' and '-'"
         )
     return value
+
+
+CALL_ID_MAX_LENGTH = 128
+
+
+def validate_call_id(value: str) -> str:
+    """Return ``value`` if it can be a call_id (a subject token and a KV key), else raise.
+
+    Raises:
+        ValueError: empty, too long, or characters other than letters, digits, '_' and '-'.
+    """
+    if len(value) > CALL_ID_MAX_LENGTH:
+        raise ValueError(f"call_id must be at most {CALL_ID_MAX_LENGTH} characters")
+    return validate_token(value, "call_id")
+
+
+def new_call_id() -> str:
+    """A new call_id: 16 hex digits of nanosecond time, then 16 random hex digits.
+
+    Sortable by creation time (to the nanosecond within one host), unique without
+    coordination, and safe as a subject token and a KV key.
+    """
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +88,42 @@ class Subjects:
         """Wildcard a router subscribes to for every admin operation."""
         return f"{self.prefix}.admin.*"
 
+    @property
+    def control_all(self) -> str:
+        """Wildcard for the instance control operations (register, deregister)."""
+        return f"{self.prefix}.ctl.*"
+
+    def control(self, op: str) -> str:
+        """Instance control operation ``op``: request/reply, answered by one router."""
+        return f"{self.prefix}.ctl.{validate_token(op, 'control operation')}"
+
+    # --- calls ---------------------------------------------------------------------------
+    def call(self, service: str, method: str) -> str:
+        """Where a caller publishes a request; captured by the calls stream."""
+        return (
+            f"{self.prefix}.call.{validate_token(service, 'service')}."
+            f"{validate_token(method, 'method')}"
+        )
+
+    def instance_inbox(self, service: str, instance_id: str) -> str:
+        """Where the router delivers calls to one instance (core request/reply)."""
+        return (
+            f"{self.prefix}.inst.{validate_token(service, 'service')}."
+            f"{validate_token(instance_id, 'instance_id')}"
+        )
+
+    def heartbeat(self, service: str, instance_id: str) -> str:
+        """Where an instance publishes its heartbeats."""
+        return (
+            f"{self.prefix}.hb.{validate_token(service, 'service')}."
+            f"{validate_token(instance_id, 'instance_id')}"
+        )
+
+    @property
+    def heartbeat_all(self) -> str:
+        """Wildcard a router subscribes to for every heartbeat."""
+        return f"{self.prefix}.hb.*.*"
+
     # --- JetStream names -----------------------------------------------------------------
     @property
     def calls_stream(self) -> str:
@@ -73,6 +134,11 @@ class Subjects:
     def calls_all(self) -> str:
         """Subjects the calls stream captures."""
         return f"{self.prefix}.call.>"
+
+    @property
+    def calls_consumer(self) -> str:
+        """Durable consumer all routers share to take calls from the calls stream."""
+        return f"{self._name}_ROUTER"
 
     @property
     def registry_bucket(self) -> str:

@@ -5,7 +5,9 @@ Application code should not need this module: ``IPCClient`` does all of it.
 
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
 from ipc_client_sdk._contracts import (
+    MSG_ID_HEADER,
     PROTOCOL_VERSION,
+    REPLY_TO_HEADER,
     AdminReply,
     AdminRequest,
     CallReply,
@@ -16,6 +18,7 @@ from ipc_client_sdk._contracts import (
     Heartbeat,
     NatsServerInfo,
     Registration,
+    RegistrationResult,
     RouterStatus,
 )
 from ipc_client_sdk._nats import (
@@ -26,14 +29,22 @@ from ipc_client_sdk._nats import (
     redact_url,
     servers_label,
 )
-from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects, validate_token
+from ipc_client_sdk._subjects import (
+    DEFAULT_PREFIX,
+    Subjects,
+    new_call_id,
+    validate_call_id,
+    validate_token,
+)
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_PREFIX",
     "DEFAULT_SERVERS",
     "ENVELOPE_OVERHEAD",
+    "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
+    "REPLY_TO_HEADER",
     "AdminReply",
     "AdminRequest",
     "CallReply",
@@ -45,12 +56,15 @@ __all__ = [
     "Heartbeat",
     "NatsServerInfo",
     "Registration",
+    "RegistrationResult",
     "RouterStatus",
     "Subjects",
     "close_nats",
+    "new_call_id",
     "open_nats",
     "parse_servers",
     "redact_url",
     "servers_label",
+    "validate_call_id",
     "validate_token",
 ]

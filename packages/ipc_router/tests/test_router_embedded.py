@@ -98,7 +98,7 @@ async def test_embedded_state_survives_a_router_restart(tmp_path: Path) -> None:
         try:
             kv = await nc.jetstream().key_value(Subjects().registry_bucket)
             record = make_instance("service_b", "b1", role=Role.ACTIVE, at=time.time())
-            await JetStreamInstanceRepository(kv, Codec()).put(record)
+            await JetStreamInstanceRepository(kv, Subjects().registry_bucket, Codec()).put(record)
         finally:
             await nc.close()
     finally:

@@ -41,7 +41,9 @@ class StalledBucket:
 
 
 async def test_stalled_registry_read_fails_within_its_timeout() -> None:
-    repo = JetStreamInstanceRepository(cast(KeyValue, StalledBucket()), Codec(), scan_timeout=0.2)
+    repo = JetStreamInstanceRepository(
+        cast(KeyValue, StalledBucket()), "IPC_REGISTRY", Codec(), timeout=0.2
+    )
     with pytest.raises(StoreUnavailableError) as info:
         await asyncio.wait_for(repo.list_instances(), 5)
-    assert "instance registry" in str(info.value)
+    assert "IPC_REGISTRY" in str(info.value)

@@ -51,10 +51,9 @@ async def test_provisioning_creates_streams_and_buckets_and_keeps_them(
         registry = await js.key_value(subjects.registry_bucket)
         for bucket in (subjects.routes_bucket, subjects.leases_bucket, subjects.results_bucket):
             await js.key_value(bucket)
-        repo = JetStreamInstanceRepository(registry, Codec())
+        repo = JetStreamInstanceRepository(registry, subjects.registry_bucket, Codec())
         for service, inst in [("service_b", "b1"), ("service_b", "b2"), ("service_c", "c1")]:
             await repo.put(instance(service, inst))
-        await js.publish(subjects.calls_all.replace(">", "service_b.do_work"), b"pending")
 
         # A second router on the same NATS, and a restart of the first: neither fails,
         # neither wipes what is there.
@@ -65,7 +64,7 @@ async def test_provisioning_creates_streams_and_buckets_and_keeps_them(
                 status = await client.admin.status()
             assert (status.services, status.instances) == (2, 3)
 
-        assert (await js.stream_info(subjects.calls_stream)).state.messages == 1
+        assert (await js.stream_info(subjects.calls_stream)).config.subjects == [subjects.calls_all]
         assert len(await repo.list_instances()) == 3
     finally:
         await nc.close()
@@ -77,7 +76,9 @@ async def test_unreadable_registry_entry_does_not_blind_status(
     nc = await nats.connect(nats_server.url)
     try:
         kv = await nc.jetstream().key_value(Subjects().registry_bucket)
-        await JetStreamInstanceRepository(kv, Codec()).put(instance("service_b", "b1"))
+        await JetStreamInstanceRepository(kv, Subjects().registry_bucket, Codec()).put(
+            instance("service_b", "b1")
+        )
         await kv.put("garbage.entry", b"\xc1\xc1")
         async with IPCClient(nats_server.url) as client:
             status = await client.admin.status()

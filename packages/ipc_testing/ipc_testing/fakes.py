@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ipc_router.application.ports import BrokerInfo
+from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.application.ports import BrokerInfo, SavedRoutes
 from ipc_router.domain import Health, InstanceRecord, Role
 
 
@@ -14,6 +15,42 @@ class InMemoryInstanceRepository:
 
     async def list_instances(self) -> list[InstanceRecord]:
         return list(self.records.values())
+
+    async def put(self, record: InstanceRecord) -> None:
+        self.records[record.key] = record
+
+    async def delete(self, service: str, instance_id: str) -> None:
+        self.records.pop(f"{service}.{instance_id}", None)
+
+
+class InMemoryRouteRepository:
+    """``RouteRepository`` in two dicts; ``failing`` makes every write raise."""
+
+    def __init__(self) -> None:
+        self.claims: dict[tuple[str, str], list[str]] = {}
+        self.assignments: dict[tuple[str, str], str] = {}
+        self.failing = False
+
+    async def load(self) -> SavedRoutes:
+        return SavedRoutes(claims=dict(self.claims), assignments=dict(self.assignments))
+
+    async def save_claim(self, service: str, resource: str, claimants: list[str]) -> None:
+        self._check()
+        if claimants:
+            self.claims[(service, resource)] = list(claimants)
+        else:
+            self.claims.pop((service, resource), None)
+
+    async def save_assignment(self, service: str, resource: str, instance_id: str | None) -> None:
+        self._check()
+        if instance_id is None:
+            self.assignments.pop((service, resource), None)
+        else:
+            self.assignments[(service, resource)] = instance_id
+
+    def _check(self) -> None:
+        if self.failing:
+            raise StoreUnavailableError("routes", "failing on purpose")
 
 
 class FakeBroker:
@@ -43,6 +80,8 @@ def make_instance(
     role: Role = Role.STANDBY,
     at: float = 0.0,
     resources: tuple[str, ...] = (),
+    methods: tuple[str, ...] = (),
+    session: str = "",
 ) -> InstanceRecord:
     """A healthy epoch-1 record, registered and last heard from at ``at``."""
     return InstanceRecord(
@@ -54,4 +93,6 @@ def make_instance(
         registered_at=at,
         last_heartbeat_at=at,
         resources=resources,
+        methods=methods,
+        session=session,
     )

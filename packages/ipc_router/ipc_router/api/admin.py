@@ -1,4 +1,5 @@
-"""Admin subject handlers: ``<prefix>.admin.<op>`` request/reply, answered by any router.
+"""Request/reply operation endpoints: ``<prefix>.admin.<op>`` for operators, and the
+instance control operations (``<prefix>.ctl.<op>``) built on the same endpoint.
 
 Each handler decodes an ``AdminRequest``, calls the application layer, and answers with an
 ``AdminReply``. A bad request gets an error reply, never a crash: the subscription keeps
@@ -30,6 +31,7 @@ from ipc_client_sdk.protocol import (
 )
 from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.status import GetRouterStatus, StatusReport
+from ipc_router.domain import InstanceConflictError
 
 _log = logging.getLogger("ipc_router.admin")
 
@@ -63,38 +65,43 @@ def status_to_wire(report: StatusReport) -> RouterStatus:
     )
 
 
-class AdminAPI:
-    """Serves the admin operations on NATS."""
+class OpsEndpoint:
+    """Request/reply operations on ``<subject>.<op>``, answered by one router of a queue group.
+
+    Each request is an ``AdminRequest``; each answer an ``AdminReply``. Any failure of an
+    operation becomes an error reply, so the subscription keeps serving.
+
+    Args:
+        nc: the connection.
+        subject: the wildcard subject (``<prefix>.admin.*``).
+        queue: the queue group, so one router answers each request.
+        codec: the envelope codec.
+        ops: operation name -> handler taking the request's ``args``.
+    """
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, codec: Codec, get_status: GetRouterStatus
+        self, nc: NATS, subject: str, queue: str, codec: Codec, ops: dict[str, AdminOp]
     ) -> None:
         self._nc = nc
-        self._subjects = subjects
+        self._subject = subject
+        self._queue = queue
         self._codec = codec
-        self._ops: dict[str, AdminOp] = {"status": self._status}
-        self._get_status = get_status
+        self._ops = ops
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        """Subscribe to every admin subject."""
-        self._sub = await self._nc.subscribe(
-            self._subjects.admin_all, queue=ADMIN_QUEUE, cb=self._on_request
-        )
-
-    async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
-        report = await self._get_status()
-        return status_to_wire(report).model_dump(mode="python")
+        """Subscribe to every operation's subject."""
+        self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=self._on_request)
 
     async def _on_request(self, msg: Msg) -> None:
         op = msg.subject.rsplit(".", 1)[-1]
         try:
             reply = await self._handle(op, msg.data)
-        except Exception as e:  # the admin endpoint must outlive any handler bug
-            _log.exception("admin %s failed", op)
-            reply = _error(ErrorCode.INTERNAL, f"admin {op} failed: {type(e).__name__}")
+        except Exception as e:  # the endpoint must outlive any handler bug
+            _log.exception("operation %s failed", op)
+            reply = _error(ErrorCode.INTERNAL, f"operation {op} failed: {type(e).__name__}")
         if not msg.reply:
-            _log.warning("admin %s arrived without a reply address; dropped", op)
+            _log.warning("operation %s arrived without a reply address; dropped", op)
             return
         await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
 
@@ -106,13 +113,27 @@ class AdminAPI:
         handler = self._ops.get(op)
         if handler is None or request.op != op:
             known = ", ".join(sorted(self._ops))
-            return _error(ErrorCode.NOT_FOUND, f"unknown admin operation {op!r} (known: {known})")
+            return _error(ErrorCode.NOT_FOUND, f"unknown operation {op!r} (known: {known})")
         try:
             return AdminReply(ok=True, result=await handler(request.args))
         except IPCError as e:
             return AdminReply(ok=False, error=e.to_info())
         except StoreUnavailableError as e:
             return _error(ErrorCode.UNAVAILABLE, str(e))
+        except InstanceConflictError as e:
+            return _error(ErrorCode.ALREADY_EXISTS, str(e))
+
+
+def admin_endpoint(
+    nc: NATS, subjects: Subjects, codec: Codec, get_status: GetRouterStatus
+) -> OpsEndpoint:
+    """The operator endpoint on ``<prefix>.admin.*``."""
+
+    async def status(args: dict[str, Any]) -> dict[str, Any]:
+        report = await get_status()
+        return status_to_wire(report).model_dump(mode="python")
+
+    return OpsEndpoint(nc, subjects.admin_all, ADMIN_QUEUE, codec, {"status": status})
 
 
 def _error(code: ErrorCode, message: str) -> AdminReply:

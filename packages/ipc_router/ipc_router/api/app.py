@@ -10,9 +10,14 @@ from nats.aio.client import Client as NATS
 from ipc_client_sdk import IPCConnectionError
 from ipc_client_sdk.protocol import Codec, Subjects, close_nats, open_nats, servers_label
 from ipc_router import __version__
-from ipc_router.api.admin import AdminAPI
+from ipc_router.api.admin import admin_endpoint
+from ipc_router.api.calls import CallConsumer
 from ipc_router.api.config import RouterConfig
+from ipc_router.api.control import ControlAPI
+from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.application.registry import InstanceRegistry
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
+from ipc_router.domain import RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
 from ipc_router.infrastructure.jetstream_setup import (
@@ -22,6 +27,7 @@ from ipc_router.infrastructure.jetstream_setup import (
     provision,
 )
 from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
+from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
 from ipc_router.infrastructure.lifecycle import AsyncService
 from ipc_router.infrastructure.nats_server import (
     NatsServerConfig,
@@ -59,6 +65,8 @@ class Router(AsyncService):
         self.embedded: NatsServerProcess | None = None
         self.stores: RouterStores | None = None
         self._nc: NATS | None = None
+        self._control: ControlAPI | None = None
+        self._calls: CallConsumer | None = None
         self._started_at = time.time()
 
     @property
@@ -107,19 +115,40 @@ class Router(AsyncService):
 
     async def _serve(self, nc: NATS, stores: RouterStores) -> None:
         """Wire the use cases to their adapters and open the NATS endpoints."""
+        subjects, codec, clock = self.subjects, self.codec, SystemClock()
+        instances = JetStreamInstanceRepository(stores.registry, subjects.registry_bucket, codec)
+        registry = InstanceRegistry(
+            RoutingTable(self.config.heartbeat_timeout),
+            instances,
+            JetStreamRouteRepository(stores.routes, subjects.routes_bucket, codec),
+            clock,
+        )
+        try:
+            restored = await registry.restore()
+        except StoreUnavailableError as e:
+            raise ProvisioningError(f"cannot read the saved routing state: {e}") from e
+        if restored:
+            _log.info(
+                "restored %d instances; each has %.1fs to heartbeat before it counts as dead",
+                restored,
+                self.config.heartbeat_timeout,
+            )
         identity = RouterIdentity(
             router_id=self.config.router_id,
             version=__version__,
-            subject_prefix=self.subjects.prefix,
+            subject_prefix=subjects.prefix,
             started_at=self._started_at,
         )
         get_status = GetRouterStatus(
-            identity,
-            JetStreamInstanceRepository(stores.registry, self.codec),
-            NatsBrokerInfo(nc, embedded=self.embedded is not None),
-            SystemClock(),
+            identity, instances, NatsBrokerInfo(nc, embedded=self.embedded is not None), clock
         )
-        await AdminAPI(nc, self.subjects, self.codec, get_status).start()
+        await admin_endpoint(nc, subjects, codec, get_status).start()
+        self._control = ControlAPI(nc, subjects, codec, registry)
+        await self._control.start()
+        self._calls = CallConsumer(
+            nc, nc.jetstream(), subjects, codec, registry, ack_wait=self.config.call_ack_wait
+        )
+        await self._calls.start()
 
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"
@@ -150,7 +179,13 @@ class Router(AsyncService):
         )
 
     async def stop(self) -> None:
-        """Drain NATS, then stop the embedded server. Safe to call more than once."""
+        """Finish in-flight calls, drain NATS, stop the embedded server. Idempotent."""
+        if self._calls is not None:
+            await self._calls.stop()
+            self._calls = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
         if self._nc is not None:
             await close_nats(self._nc)
             self._nc = None

@@ -32,6 +32,8 @@ class RouterConfig:
     embedded_port: int = DEFAULT_EMBEDDED_PORT
     replicas: int = 1
     connect_timeout: float = 5.0
+    heartbeat_timeout: float = 1.5
+    call_ack_wait: float = 5.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -126,6 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to reach NATS at start (env IPC_CONNECT_TIMEOUT, default %(default)s)",
     )
     p.add_argument(
+        "--heartbeat-timeout",
+        type=_positive_float,
+        default=env("IPC_HEARTBEAT_TIMEOUT", "1.5"),
+        help="seconds without a heartbeat before an instance is unhealthy "
+        "(env IPC_HEARTBEAT_TIMEOUT, default %(default)s)",
+    )
+    p.add_argument(
+        "--call-ack-wait",
+        type=_positive_float,
+        default=env("IPC_CALL_ACK_WAIT", "5"),
+        help="seconds before a call taken by a router that died is delivered again "
+        "(env IPC_CALL_ACK_WAIT, default %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         default=env("IPC_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -146,5 +162,7 @@ def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
         embedded_port=ns.embedded_port,
         replicas=ns.replicas,
         connect_timeout=ns.connect_timeout,
+        heartbeat_timeout=ns.heartbeat_timeout,
+        call_ack_wait=ns.call_ack_wait,
         log_level=ns.log_level,
     )

@@ -15,15 +15,50 @@ from ipc_router.domain import InstanceRecord
 class InstanceRepository(Protocol):
     """Where registered instances are kept (JetStream KV in production).
 
-    A Protocol so that the status query can be tested without a NATS server.
+    A Protocol so that the status query and the registry can be tested without NATS.
+    Every method raises ``StoreUnavailableError`` when the store does not answer in time.
     """
 
     async def list_instances(self) -> list[InstanceRecord]:
-        """Every registered instance, in no particular order.
+        """Every registered instance, in no particular order."""
+        ...
 
-        Raises:
-            StoreUnavailableError: the store did not answer in time.
-        """
+    async def put(self, record: InstanceRecord) -> None:
+        """Store (or replace) one instance's record."""
+        ...
+
+    async def delete(self, service: str, instance_id: str) -> None:
+        """Forget one instance (no error when it is not there)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SavedRoutes:
+    """The routing table's persistent part, as loaded at start."""
+
+    claims: dict[tuple[str, str], list[str]]
+    """(service, resource) -> claimants, owner first."""
+    assignments: dict[tuple[str, str], str]
+    """(service, resource) -> instance, for unclaimed resources."""
+
+
+class RouteRepository(Protocol):
+    """Where claims and sticky assignments are kept (JetStream KV in production).
+
+    A Protocol so that the registry's rules can be tested without NATS. Every method raises
+    ``StoreUnavailableError`` when the store does not answer in time.
+    """
+
+    async def load(self) -> SavedRoutes:
+        """Everything saved."""
+        ...
+
+    async def save_claim(self, service: str, resource: str, claimants: list[str]) -> None:
+        """Record a resource's claimants (an empty list removes the claim)."""
+        ...
+
+    async def save_assignment(self, service: str, resource: str, instance_id: str | None) -> None:
+        """Record where an unclaimed resource is assigned (None removes the assignment)."""
         ...
 
 

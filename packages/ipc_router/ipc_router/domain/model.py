@@ -36,6 +36,9 @@ class InstanceRecord:
     registered_at: float
     last_heartbeat_at: float
     resources: tuple[str, ...] = field(default=())
+    methods: tuple[str, ...] = field(default=())
+    session: str = ""
+    """Random per instance process; a second process with the same id has another."""
 
     @property
     def key(self) -> str:

@@ -1,0 +1,265 @@
+"""The caller's side of an RPC: ``client.call(...)``.
+
+A call is published into the calls stream with ``Nats-Msg-Id`` set to its call_id, so a
+publish the SDK repeats (after a publish timeout) is stored once. The router takes it from
+the stream, routes it, and relays the instance's reply to this client's reply inbox: one
+wildcard subscription per client, one token per call attempt.
+
+A call_id the stream has already seen inside its de-duplication window (the caller retried
+with its own call_id) is accepted again under a fresh message id: executing it twice is
+what the serving side prevents, by answering a repeat from its record of the first run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from ipc_client_sdk._contracts import (
+    MSG_ID_HEADER,
+    REPLY_TO_HEADER,
+    CallReply,
+    CallRequest,
+    ErrorCode,
+)
+from ipc_client_sdk._errors import (
+    CallTimeoutError,
+    ClientStateError,
+    InvalidArgumentError,
+    IPCConnectionError,
+    IPCError,
+    RemoteError,
+    RouterUnavailableError,
+    ServiceUnavailableError,
+)
+from ipc_client_sdk._nats import servers_label
+from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
+
+if TYPE_CHECKING:
+    from ipc_client_sdk._client import IPCClient
+
+_PUBLISH_ATTEMPT_TIMEOUT = 2.0
+"""Seconds one publish attempt waits for JetStream's ack before it is repeated."""
+
+_NO_STREAM_GRACE = 1.0
+"""Seconds to keep trying while no stream answers (a leader election) before giving up."""
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """Split ``"service.method"``.
+
+    Raises:
+        InvalidArgumentError: not two valid tokens joined by one dot.
+    """
+    service, dot, method = target.partition(".")
+    try:
+        if not dot:
+            raise ValueError("expected 'service.method'")
+        validate_token(service, "service")
+        validate_token(method, "method")
+    except ValueError as e:
+        raise InvalidArgumentError(f"bad call target {target!r}: {e}") from e
+    return service, method
+
+
+class Caller:
+    """Sends calls and matches their replies; one per client."""
+
+    def __init__(self, client: IPCClient) -> None:
+        self._client = client
+        self._js: JetStreamContext | None = None
+        self._inbox: str | None = None
+        self._sub: Subscription | None = None
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._lock = asyncio.Lock()
+
+    async def call(
+        self,
+        target: str,
+        payload: Any,
+        *,
+        resource_id: str | None,
+        timeout: float | None,
+        returns: Any,
+        call_id: str | None,
+    ) -> Any:
+        """See ``IPCClient.call``."""
+        client = self._client
+        service, method = parse_target(target)
+        timeout = client.request_timeout if timeout is None else timeout
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
+        try:
+            if resource_id is not None:
+                validate_token(resource_id, "resource_id")
+            own_id = call_id is not None
+            call_id = validate_call_id(call_id) if call_id is not None else new_call_id()
+        except ValueError as e:
+            raise InvalidArgumentError(str(e), service=service) from e
+        data = client.codec.encode(payload)
+        deadline = time.time() + timeout
+        reply_to, future = await self._expect_reply()
+        request = CallRequest(
+            call_id=call_id,
+            service=service,
+            method=method,
+            payload=data,
+            resource_id=resource_id,
+            deadline=deadline,
+            reply_to=reply_to,
+            caller=client.name,
+            own_call_id=own_id,
+        )
+        token = reply_to.rsplit(".", 1)[-1]
+        try:
+            await self._publish(
+                client.subjects.call(service, method), request, reply_to, token, deadline
+            )
+            try:
+                async with asyncio.timeout_at(_loop_time_at(deadline)):
+                    raw = await future
+            except TimeoutError:
+                raise CallTimeoutError(
+                    f"no answer within {timeout:g}s", call_id=call_id, service=service
+                ) from None
+        finally:
+            self._waiting.pop(token, None)
+        return self._result(raw, call_id, service, returns)
+
+    async def _expect_reply(self) -> tuple[str, asyncio.Future[bytes]]:
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    nc = self._client.nats
+                    inbox = nc.new_inbox()
+                    self._sub = await nc.subscribe(
+                        f"{inbox}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
+                    )
+                    self._inbox = inbox
+        token = os.urandom(8).hex()
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        return f"{self._inbox}.{token}", future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if future is not None and not future.done():
+            future.set_result(msg.data)
+
+    async def _publish(
+        self, subject: str, request: CallRequest, reply_to: str, token: str, deadline: float
+    ) -> None:
+        """Publish until JetStream acks, repeating with the same message id on a timeout."""
+        client = self._client
+        if self._js is None:
+            self._js = client.nats.jetstream()
+        js = self._js
+        data = client.codec.encode_envelope(request)
+        msg_id = request.call_id
+        first = True
+        no_stream_since: float | None = None
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise CallTimeoutError(
+                    "the call was not accepted before its deadline (JetStream did not ack)",
+                    call_id=request.call_id,
+                    service=request.service,
+                )
+            headers = {MSG_ID_HEADER: msg_id, REPLY_TO_HEADER: reply_to}
+            try:
+                ack = await js.publish(
+                    subject,
+                    data,
+                    timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT),
+                    headers=headers,
+                )
+            except nats.js.errors.NoStreamResponseError as e:
+                now = time.monotonic()
+                no_stream_since = no_stream_since or now
+                if now - no_stream_since >= _NO_STREAM_GRACE:
+                    raise RouterUnavailableError(
+                        f"nothing accepts calls on {subject}: no router has set up this "
+                        f"deployment (prefix {client.subjects.prefix!r}) on this NATS",
+                        call_id=request.call_id,
+                        service=request.service,
+                    ) from e
+                await asyncio.sleep(0.1)
+                continue
+            except nats.errors.TimeoutError:
+                first = False  # it may have been stored: repeat under the same id
+                continue
+            except nats.js.errors.APIError as e:
+                raise ServiceUnavailableError(
+                    f"the calls stream refused the call: {e.description or e}",
+                    call_id=request.call_id,
+                    service=request.service,
+                ) from e
+            except nats.errors.Error as e:
+                if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
+                    raise ClientStateError("the client closed during the call") from e
+                raise IPCConnectionError(
+                    servers_label(client.servers), str(e) or type(e).__name__
+                ) from e
+            if ack.duplicate and first:
+                # An earlier call with this call_id is (or was) in the stream, answering
+                # another reply address. Accept this attempt too; the serving side runs the
+                # handler at most once per call_id.
+                msg_id = f"{request.call_id}.{token}"
+                first = False
+                continue
+            return
+
+    def _result(self, raw: bytes, call_id: str, service: str, returns: Any) -> Any:
+        codec = self._client.codec
+        reply = codec.decode_envelope(raw, CallReply)
+        if reply.error is not None:
+            raise error_from_reply(reply, call_id, service)
+        if reply.payload is None:
+            return None
+        try:
+            return codec.decode(reply.payload, returns)
+        except IPCError as e:
+            e.call_id, e.service, e.instance = call_id, service, reply.instance
+            raise
+
+    def abandon(self) -> None:
+        """Fail every call still waiting (the client is closing)."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ClientStateError("the client closed during the call"))
+        self._waiting.clear()
+
+
+def error_from_reply(reply: CallReply, call_id: str, service: str) -> IPCError:
+    """The exception a caller sees for an error reply."""
+    info = reply.error
+    assert info is not None
+    context: dict[str, Any] = {
+        "code": info.code,
+        "call_id": call_id,
+        "service": reply.service or service,
+        "instance": reply.instance,
+        "details": info.details,
+        "retryable": info.retryable,
+    }
+    if info.code is ErrorCode.UNAVAILABLE:
+        return ServiceUnavailableError(info.message, **context)
+    if info.code is ErrorCode.DEADLINE_EXCEEDED:
+        return CallTimeoutError(info.message, **context)
+    return RemoteError(info.message, **context)
+
+
+def _loop_time_at(deadline: float) -> float:
+    """Convert an absolute Unix deadline to the event loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.time())

@@ -1,0 +1,290 @@
+"""The call path: take accepted calls from the calls stream, route them, relay the answers.
+
+For each message of the durable pull consumer the router
+
+1. reads the ``CallRequest`` (a body it cannot read is answered on the ``Ipc-Reply-To``
+   header when there is one, and terminated either way, so it is never redelivered);
+2. answers ``DEADLINE_EXCEEDED`` at once when the caller's deadline has passed;
+3. asks the registry for the instance (claims, then sticky assignment, then round robin);
+4. sends the request, with the epoch and delivery count, to the instance's inbox as a core
+   NATS request, bounded by the caller's deadline (an instance that is not listening is
+   marked unhealthy and the call is routed again);
+5. publishes the instance's reply, unchanged, to the caller's reply address;
+6. and only then acks the message. A router that dies before step 6 leaves the message
+   un-acked: JetStream redelivers it after ``ack_wait`` to whichever router fetches next.
+
+Calls that outlive half of ``ack_wait`` are kept alive with ``in_progress`` so that a slow
+handler is not mistaken for a dead router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ipc_client_sdk import CodecError
+from ipc_client_sdk.protocol import (
+    REPLY_TO_HEADER,
+    CallReply,
+    CallRequest,
+    Codec,
+    ErrorCode,
+    ErrorInfo,
+    Subjects,
+)
+from ipc_router.application.registry import InstanceRegistry
+from ipc_router.domain import RoutingError, UnknownMethodError
+
+_log = logging.getLogger("ipc_router.calls")
+
+DEFAULT_CALL_TIMEOUT = 30.0
+"""Seconds a call without a deadline may take (the SDK always sends a deadline)."""
+
+# A reply address is one NATS subject: printable, no white space, no wildcards, no empty
+# token. Anything else would corrupt the router's protocol stream, so it is refused.
+_TOKEN_CHARS = r"[!-)+-\-/-=?-~]+"  # printable ASCII but '*', '.' and '>'
+_SUBJECT = re.compile(rf"^{_TOKEN_CHARS}(\.{_TOKEN_CHARS})*$")
+
+_ROUTE_ATTEMPTS = 3
+"""Instances tried for one delivery when the chosen one is not listening."""
+
+
+class _Refused(Exception):
+    """The call gets a terminal error reply; the message is acked."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class CallConsumer:
+    """Consumes the calls stream and relays each call to its instance and back.
+
+    Args:
+        nc: the router's connection.
+        js: its JetStream context.
+        subjects: the subject map.
+        codec: the envelope codec.
+        registry: routing decisions and instance health.
+        max_inflight: calls this router handles at once (and asks JetStream for).
+        ack_wait: seconds JetStream waits for an ack before it redelivers a call.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        subjects: Subjects,
+        codec: Codec,
+        registry: InstanceRegistry,
+        *,
+        max_inflight: int = 1024,
+        ack_wait: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._subjects = subjects
+        self._codec = codec
+        self._registry = registry
+        self._max_inflight = max_inflight
+        self._ack_wait = ack_wait
+        self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Bind the durable consumer (creating it when missing) and start fetching."""
+        psub = await self._js.pull_subscribe(
+            self._subjects.calls_all,
+            durable=self._subjects.calls_consumer,
+            stream=self._subjects.calls_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._ack_wait,
+                max_ack_pending=max(self._max_inflight * 4, 4096),
+                max_deliver=-1,
+            ),
+            pending_msgs_limit=self._max_inflight * 2,
+        )
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(psub), name="ipc-router-fetch"),
+            asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
+        ]
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop fetching, give in-flight calls ``grace`` seconds, then abandon the rest.
+
+        An abandoned call is not acked, so JetStream redelivers it to another router.
+        """
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        pending = list(self._inflight)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    @property
+    def inflight(self) -> int:
+        """Calls being handled right now."""
+        return len(self._inflight)
+
+    # --- fetching ------------------------------------------------------------------------
+    async def _fetch_loop(self, psub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping:
+            free = self._max_inflight - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                msgs = await psub.fetch(batch=min(free, 256), timeout=1.0)
+            except TimeoutError:
+                continue  # nothing to do for a second
+            except nats.errors.Error as e:
+                if self._stopping:
+                    return
+                _log.warning("fetching calls failed (%s); retrying", e or type(e).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            now = time.monotonic()
+            for msg in msgs:
+                task = asyncio.create_task(self._process(msg))
+                self._inflight[task] = (msg, now)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("call handling failed", exc_info=task.exception())
+
+    async def _keep_alive(self) -> None:
+        half = self._ack_wait / 2
+        while True:
+            await asyncio.sleep(half / 2)
+            cutoff = time.monotonic() - half
+            for msg, started in list(self._inflight.values()):
+                if started < cutoff:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.in_progress()
+
+    # --- one call ------------------------------------------------------------------------
+    async def _process(self, msg: Msg) -> None:
+        reply_to = (msg.headers or {}).get(REPLY_TO_HEADER)
+        try:
+            request = self._codec.decode_envelope(msg.data, CallRequest)
+        except CodecError as e:
+            _log.warning("refusing an unreadable call on %s: %s", msg.subject, e.message)
+            if reply_to:
+                await self._answer(reply_to, CallReply(call_id="", error=_info(e.code, e.message)))
+            await msg.term()
+            return
+        reply_to = request.reply_to or reply_to
+        if not reply_to or not _SUBJECT.match(reply_to):
+            _log.warning(
+                "call %s on %s has no usable reply address (%r); dropped",
+                request.call_id,
+                msg.subject,
+                reply_to,
+            )
+            await msg.term()
+            return
+        try:
+            reply = await self._relay(msg, request)
+        except _Refused as e:
+            reply = self._codec.encode_envelope(
+                CallReply(
+                    call_id=request.call_id, service=request.service, error=_info(e.code, e.message)
+                )
+            )
+        except nats.errors.Error as e:
+            # Lost the connection mid-call: leave the message un-acked for redelivery.
+            _log.warning("call %s interrupted (%s); left for redelivery", request.call_id, e)
+            return
+        try:
+            await self._nc.publish(reply_to, reply)
+            await msg.ack()
+        except nats.errors.Error as e:
+            _log.warning("call %s: reply not sent (%s); left for redelivery", request.call_id, e)
+
+    async def _relay(self, msg: Msg, request: CallRequest) -> bytes:
+        """Route the call and return the instance's reply bytes.
+
+        Raises:
+            _Refused: a terminal error for the caller.
+            nats.errors.Error: the router's own connection failed.
+        """
+        try:
+            expected = self._subjects.call(request.service, request.method)
+        except ValueError as e:
+            raise _Refused(ErrorCode.INVALID_ARGUMENT, str(e)) from e
+        if msg.subject != expected:
+            raise _Refused(
+                ErrorCode.INVALID_ARGUMENT,
+                f"call for {request.service}.{request.method} was published on {msg.subject}",
+            )
+        deadline = (
+            request.deadline if request.deadline is not None else time.time() + DEFAULT_CALL_TIMEOUT
+        )
+        delivery = msg.metadata.num_delivered
+        for _ in range(_ROUTE_ATTEMPTS):
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise _Refused(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    "the call's deadline passed before it could be delivered",
+                )
+            try:
+                route = await self._registry.route(
+                    request.service, request.method, request.resource_id
+                )
+            except UnknownMethodError as e:
+                raise _Refused(ErrorCode.NOT_FOUND, str(e)) from e
+            except RoutingError as e:
+                raise _Refused(ErrorCode.UNAVAILABLE, str(e)) from e
+            forwarded = request.model_copy(update={"epoch": route.epoch, "delivery": delivery})
+            inbox = self._subjects.instance_inbox(request.service, route.instance_id)
+            try:
+                answer = await self._nc.request(
+                    inbox, self._codec.encode_envelope(forwarded), timeout=remaining
+                )
+            except nats.errors.NoRespondersError:
+                await self._registry.mark_unreachable(request.service, route.instance_id)
+                continue
+            except nats.errors.TimeoutError as e:
+                raise _Refused(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"instance {route.instance_id!r} did not answer before the deadline",
+                ) from e
+            return answer.data
+        raise _Refused(
+            ErrorCode.UNAVAILABLE,
+            f"no instance of {request.service!r} took the call after {_ROUTE_ATTEMPTS} tries",
+        )
+
+    async def _answer(self, reply_to: str, reply: CallReply) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(reply_to, self._codec.encode_envelope(reply))
+
+
+def _info(code: ErrorCode, message: str) -> ErrorInfo:
+    return ErrorInfo(code=code, message=message, retryable=code.retryable)
