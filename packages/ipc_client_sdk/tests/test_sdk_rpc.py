@@ -1,0 +1,290 @@
+"""Workflow 1 against a real nats-server and a real router process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from ipc_client_sdk import (
+    CallTimeoutError,
+    InvalidArgumentError,
+    IPCClient,
+    PayloadTooLargeError,
+    RemoteError,
+    ServiceUnavailableError,
+)
+from ipc_client_sdk.protocol import ErrorCode
+from ipc_router.infrastructure.nats_server import NatsServerProcess
+from ipc_testing import RouterProcess, eventually
+from ipc_testing.workload import CountingService, WorkRequest, WorkResult
+
+
+def work(account: str = "acc_XYZ", **kw: object) -> WorkRequest:
+    return WorkRequest(
+        account=account,
+        amount=Decimal("1234.5678"),
+        placed_at=datetime(2026, 11, 28, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=8))),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def clients(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> AsyncIterator[tuple[IPCClient, IPCClient]]:
+    """A caller and a server, both connected; the router is running."""
+    async with (
+        IPCClient(nats_server.url, name="svc_a") as caller,
+        IPCClient(nats_server.url, name="svc_b") as server,
+    ):
+        yield caller, server
+
+
+async def test_round_trip_keeps_decimal_and_datetime_exact(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1", resources=["acc_XYZ"])
+    request = work()
+    result = await caller.call(
+        "service_b.do_work", request, resource_id="acc_XYZ", timeout=5, returns=WorkResult
+    )
+    assert result.amount == Decimal("1234.5678") and str(result.amount) == "1234.5678"
+    assert result.placed_at == request.placed_at
+    assert result.placed_at.utcoffset() == timedelta(hours=8)
+    assert (result.instance_id, result.resource_id) == ("b1", "acc_XYZ")
+    # Without ``returns`` the decoded value comes back as it travelled.
+    raw = await caller.call("service_b.do_work", work(), timeout=5)
+    assert raw["amount"] == Decimal("1234.5678")
+
+
+async def test_affinity_each_resource_stays_on_one_instance_and_claims_win(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    svc = CountingService()
+    claims = {"b1": ["acc_0", "acc_1"], "b2": ["acc_2"], "b3": []}
+    async with IPCClient(nats_server.url, name="caller") as caller:
+        servers = [IPCClient(nats_server.url, name=i) for i in claims]
+        try:
+            for client, (instance_id, resources) in zip(servers, claims.items(), strict=True):
+                await client.connect()
+                await client.serve(svc.service, instance_id=instance_id, resources=resources)
+            seen: dict[str, set[str]] = defaultdict(set)
+            gate = asyncio.Semaphore(100)
+
+            async def one(i: int) -> None:
+                resource = f"acc_{i % 50}"
+                async with gate:
+                    result = await caller.call(
+                        "service_b.do_work",
+                        work(resource),
+                        resource_id=resource,
+                        timeout=20,
+                        returns=WorkResult,
+                    )
+                seen[resource].add(result.instance_id)
+
+            await asyncio.gather(*(one(i) for i in range(1000)))
+        finally:
+            for client in servers:
+                await client.close()
+    assert len(seen) == 50
+    assert all(len(instances) == 1 for instances in seen.values()), seen
+    assert (seen["acc_0"], seen["acc_1"], seen["acc_2"]) == ({"b1"}, {"b1"}, {"b2"})
+    per_instance = defaultdict(int)
+    for instances in seen.values():
+        per_instance[next(iter(instances))] += 1
+    # The 47 unclaimed resources are spread by least-assigned: nobody is left idle.
+    assert set(per_instance) == {"b1", "b2", "b3"}
+    assert sum(svc.runs.values()) == 1000
+
+
+async def test_500_calls_in_flight_at_once_all_complete(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1", concurrency=500)
+    results = await asyncio.gather(
+        *(
+            caller.call(
+                "service_b.do_work",
+                work(f"acc_{i}", delay_s=0.2),
+                timeout=30,
+                returns=WorkResult,
+            )
+            for i in range(500)
+        )
+    )
+    assert sorted(r.account for r in results) == sorted(f"acc_{i}" for i in range(500))
+    assert len(svc.runs) == 500 and set(svc.runs.values()) == {1}
+
+
+async def test_retries_with_the_same_call_id_run_the_handler_once(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1")
+    first = await caller.call("service_b.do_work", work(), call_id="order-1", returns=WorkResult)
+    # Sequential retries: JetStream has seen the id; the record answers.
+    for _ in range(3):
+        again = await caller.call(
+            "service_b.do_work", work(), call_id="order-1", returns=WorkResult
+        )
+        assert again == first
+    # Concurrent copies of a slow call: one run, every copy gets its result.
+    copies = await asyncio.gather(
+        *(
+            caller.call(
+                "service_b.do_work", work(delay_s=0.3), call_id="order-2", returns=WorkResult
+            )
+            for _ in range(5)
+        )
+    )
+    assert len({c.call_id for c in copies}) == 1
+    assert svc.runs == {"order-1": 1, "order-2": 1}
+
+
+async def test_a_late_answer_is_recorded_and_a_retry_gets_it_without_running_again(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1")
+    with pytest.raises(CallTimeoutError) as info:
+        await caller.call("service_b.do_work", work(delay_s=1.0), call_id="slow-1", timeout=0.5)
+    assert info.value.call_id == "slow-1"
+    await asyncio.sleep(1.0)  # the handler finishes and records its result
+    result = await caller.call(
+        "service_b.do_work", work(delay_s=1.0), call_id="slow-1", timeout=5, returns=WorkResult
+    )
+    assert result.call_id == "slow-1"
+    assert svc.runs["slow-1"] == 1
+
+
+async def test_handler_errors_arrive_as_remote_errors_without_a_traceback(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1")
+    with pytest.raises(RemoteError) as boom:
+        await caller.call("service_b.do_work", work(fail_with="boom"), call_id="f-1")
+    assert boom.value.code is ErrorCode.INTERNAL
+    assert boom.value.message == "RuntimeError: boom"
+    assert (boom.value.service, boom.value.instance, boom.value.call_id) == (
+        "service_b",
+        "b1",
+        "f-1",
+    )
+    assert "Traceback" not in str(boom.value)
+    with pytest.raises(RemoteError) as denied:
+        await caller.call("service_b.do_work", work(fail_with="denied"))
+    assert denied.value.code is ErrorCode.PERMISSION_DENIED
+    # A failed run is recorded too: retrying it does not run the handler again.
+    with pytest.raises(RemoteError):
+        await caller.call("service_b.do_work", work(fail_with="boom"), call_id="f-1")
+    assert svc.runs["f-1"] == 1
+
+
+async def test_unknown_method_and_invalid_payload_do_not_run_the_handler(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1")
+    with pytest.raises(RemoteError) as missing:
+        await caller.call("service_b.no_such_method", {})
+    assert missing.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(RemoteError) as invalid:
+        await caller.call("service_b.do_work", {"account": "acc_1", "amount": "not money"})
+    assert invalid.value.code is ErrorCode.INVALID_ARGUMENT
+    assert "amount" in invalid.value.message and "placed_at" in invalid.value.message
+    assert sum(svc.runs.values()) == 0
+    # A dict that fits the model is validated into it on the serving side.
+    ok = await caller.call(
+        "service_b.do_work",
+        {"account": "acc_1", "amount": Decimal("2.50"), "placed_at": datetime.now(UTC)},
+        returns=WorkResult,
+    )
+    assert ok.amount == Decimal("2.50")
+
+
+async def test_no_instance_raises_service_unavailable_long_before_the_timeout(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailableError) as info:
+        await caller.call("service_b.do_work", work(), timeout=10)
+    assert time.monotonic() - started < 5  # half the timeout; in practice milliseconds
+    assert info.value.code is ErrorCode.UNAVAILABLE and info.value.retryable
+    # A stopped instance leaves its service with nobody: unavailable again, at once.
+    svc = CountingService()
+    instance = await server.serve(svc.service, instance_id="b1", resources=["acc_XYZ"])
+    await caller.call("service_b.do_work", work(), resource_id="acc_XYZ")
+    await instance.stop()
+    with pytest.raises(ServiceUnavailableError):
+        await caller.call("service_b.do_work", work(), resource_id="acc_XYZ", timeout=10)
+
+
+async def test_stop_finishes_in_flight_calls(clients: tuple[IPCClient, IPCClient]) -> None:
+    caller, server = clients
+    svc = CountingService()
+    instance = await server.serve(svc.service, instance_id="b1")
+    pending = [
+        asyncio.create_task(
+            caller.call("service_b.do_work", work(delay_s=0.5), timeout=10, returns=WorkResult)
+        )
+        for _ in range(10)
+    ]
+
+    async def all_running() -> None:
+        assert instance.inflight == 10
+
+    await eventually(all_running, interval=0.01)
+    await instance.stop()
+    assert instance.inflight == 0
+    results = await asyncio.gather(*pending)
+    assert len(results) == 10
+
+
+async def test_a_second_live_process_cannot_take_an_instance_id(
+    nats_server: NatsServerProcess, clients: tuple[IPCClient, IPCClient]
+) -> None:
+    _, server = clients
+    await server.serve(CountingService().service, instance_id="b1")
+    async with IPCClient(nats_server.url) as other:
+        with pytest.raises(RemoteError) as info:
+            await other.serve(CountingService().service, instance_id="b1")
+    assert info.value.code is ErrorCode.ALREADY_EXISTS
+
+
+async def test_bad_arguments_are_refused_before_anything_is_sent(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    for target in ("service_b", "service_b.do.work", "a b.c", ".do_work"):
+        with pytest.raises(InvalidArgumentError):
+            await caller.call(target, {})
+    with pytest.raises(InvalidArgumentError):
+        await caller.call("service_b.do_work", {}, resource_id="acc XYZ")
+    with pytest.raises(InvalidArgumentError):
+        await caller.call("service_b.do_work", {}, call_id="x" * 200)
+    for timeout in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidArgumentError):
+            await caller.call("service_b.do_work", {}, timeout=timeout)
+    with pytest.raises(PayloadTooLargeError):
+        await caller.call("service_b.do_work", {"blob": b"x" * (2 * 1024 * 1024)})
+    with pytest.raises(InvalidArgumentError):
+        await server.serve(CountingService().service, instance_id="b 1")
+    with pytest.raises(InvalidArgumentError):
+        await server.serve(CountingService().service, instance_id="b1", resources="acc_1")

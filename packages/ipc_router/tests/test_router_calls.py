@@ -1,0 +1,158 @@
+"""The router's call path against bad input: every case answered or dropped, never stuck."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import msgpack
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from ipc_client_sdk import IPCClient
+from ipc_client_sdk.protocol import (
+    REPLY_TO_HEADER,
+    CallReply,
+    CallRequest,
+    Codec,
+    ErrorCode,
+    Subjects,
+)
+from ipc_router.infrastructure.nats_server import NatsServerProcess
+from ipc_testing import RouterProcess, eventually
+from ipc_testing.workload import CountingService, WorkRequest, WorkResult
+
+SUBJECTS = Subjects()
+CODEC = Codec()
+TARGET = SUBJECTS.call("service_b", "do_work")
+
+
+@pytest.fixture
+async def raw(nats_server: NatsServerProcess, router: RouterProcess) -> AsyncIterator[NATS]:
+    """A plain nats-py connection, to send what the SDK never would."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def send_raw(
+    nc: NATS, data: bytes, *, subject: str = TARGET, reply_header: bool = True
+) -> CallReply | None:
+    """Publish ``data`` into the calls stream; return the router's answer, if any."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    headers = {REPLY_TO_HEADER: inbox} if reply_header else None
+    await nc.jetstream().publish(subject, data, headers=headers)
+    try:
+        msg = await sub.next_msg(timeout=5)
+    except TimeoutError:
+        return None
+    finally:
+        await sub.unsubscribe()
+    return CODEC.decode_envelope(msg.data, CallReply)
+
+
+def request(**fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "v": 1,
+        "call_id": "raw-1",
+        "service": "service_b",
+        "method": "do_work",
+        "payload": msgpack.packb({}),
+    }
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+async def stream_is_empty(nc: NATS) -> None:
+    info = await nc.jetstream().stream_info(SUBJECTS.calls_stream)
+    assert info.state.messages == 0, info.state
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        pytest.param(b"\xc1\x00garbage", "malformed", id="malformed-msgpack"),
+        pytest.param(msgpack.packb([1, 2, 3]), "must be a map", id="not-a-map"),
+        pytest.param(msgpack.packb(request(v=99)), "protocol version 99", id="unknown-version"),
+        pytest.param(msgpack.packb(request(call_id=None)), "call_id", id="missing-field"),
+        pytest.param(b"\x00" * (1024 * 1024 + 100 * 1024), "limit", id="oversized"),
+    ],
+)
+async def test_unreadable_calls_get_an_error_reply_and_are_removed(
+    raw: NATS, data: bytes, words: str
+) -> None:
+    reply = await send_raw(raw, data)
+    assert reply is not None and reply.error is not None
+    assert reply.error.code is ErrorCode.INVALID_ARGUMENT
+    assert words in reply.error.message
+    await eventually(lambda: stream_is_empty(raw))
+
+
+async def test_calls_nobody_can_answer_are_dropped_and_the_router_keeps_serving(
+    nats_server: NatsServerProcess, raw: NATS
+) -> None:
+    # No reply address anywhere, and a reply address that is not a subject.
+    assert await send_raw(raw, b"\xc1", reply_header=False) is None
+    bad_reply = CODEC.encode_envelope(
+        CallRequest(
+            call_id="raw-2",
+            service="service_b",
+            method="do_work",
+            payload=b"",
+            reply_to="not a subject",
+        )
+    )
+    assert await send_raw(raw, bad_reply, reply_header=False) is None
+    await eventually(lambda: stream_is_empty(raw))
+    async with IPCClient(nats_server.url) as client:
+        svc = CountingService()
+        await client.serve(svc.service, instance_id="b1")
+        result = await client.call(
+            "service_b.do_work",
+            WorkRequest(
+                account="acc_1", amount=Decimal(1), placed_at=datetime(2026, 11, 28, tzinfo=UTC)
+            ),
+            returns=WorkResult,
+        )
+    assert result.account == "acc_1"
+
+
+async def test_a_call_published_on_another_methods_subject_is_refused(raw: NATS) -> None:
+    data = msgpack.packb(request(method="other"))
+    reply = await send_raw(raw, data)
+    assert reply is not None and reply.error is not None
+    assert reply.error.code is ErrorCode.INVALID_ARGUMENT
+
+
+async def test_an_expired_call_is_answered_deadline_exceeded_not_run(
+    nats_server: NatsServerProcess, raw: NATS
+) -> None:
+    async with IPCClient(nats_server.url) as client:
+        svc = CountingService()
+        await client.serve(svc.service, instance_id="b1")
+        reply = await send_raw(raw, msgpack.packb(request(deadline=1.0)))
+    assert reply is not None and reply.error is not None
+    assert reply.error.code is ErrorCode.DEADLINE_EXCEEDED
+    assert sum(svc.runs.values()) == 0
+
+
+async def test_unknown_service_is_unavailable_and_unknown_method_not_found(
+    nats_server: NatsServerProcess, raw: NATS
+) -> None:
+    reply = await send_raw(
+        raw, msgpack.packb(request(service="nobody")), subject=SUBJECTS.call("nobody", "do_work")
+    )
+    assert reply is not None and reply.error is not None
+    assert reply.error.code is ErrorCode.UNAVAILABLE
+    async with IPCClient(nats_server.url) as client:
+        await client.serve(CountingService().service, instance_id="b1")
+        reply = await send_raw(
+            raw, msgpack.packb(request(method="nope")), subject=SUBJECTS.call("service_b", "nope")
+        )
+    assert reply is not None and reply.error is not None
+    assert reply.error.code is ErrorCode.NOT_FOUND

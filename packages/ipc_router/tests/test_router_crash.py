@@ -1,0 +1,67 @@
+"""Fault tests: the router process is killed with -9 while calls are in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ipc_client_sdk import IPCClient
+from ipc_router.infrastructure.nats_server import NatsServerProcess
+from ipc_testing import RouterProcess, eventually
+from ipc_testing.workload import CountingService, WorkRequest, WorkResult
+
+CALLS = 2000
+
+
+async def test_router_killed_mid_load_every_accepted_call_gets_one_result_and_one_run(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    svc = CountingService()
+    completed = 0
+    async with (
+        IPCClient(nats_server.url, name="svc_b") as server,
+        IPCClient(nats_server.url, name="svc_a") as caller,
+    ):
+        await server.serve(svc.service, instance_id="b1", concurrency=256)
+        gate = asyncio.Semaphore(200)
+
+        async def one(i: int) -> WorkResult:
+            nonlocal completed
+            request = WorkRequest(
+                account=f"acc_{i % 50}",
+                amount=Decimal(i) / 100,
+                placed_at=datetime.now(UTC),
+                delay_s=0.002,
+            )
+            async with gate:
+                result = await caller.call(
+                    "service_b.do_work",
+                    request,
+                    resource_id=request.account,
+                    timeout=60,
+                    returns=WorkResult,
+                )
+            completed += 1
+            assert result.amount == request.amount
+            return result
+
+        calls = [asyncio.create_task(one(i)) for i in range(CALLS)]
+
+        async def some_done() -> None:
+            assert completed >= CALLS // 4
+
+        await eventually(some_done, within=60, interval=0.005)
+        router.kill()
+        assert await router.wait_exit(5)
+        killed_at = completed
+        await router.start()
+        results = await asyncio.gather(*calls)
+
+    assert killed_at < CALLS, "the kill landed after the load; nothing was tested"
+    assert len(results) == CALLS
+    call_ids = [r.call_id for r in results]
+    assert len(set(call_ids)) == CALLS
+    # Every call ran exactly once, including those the dead router had in flight.
+    assert sorted(svc.runs) == sorted(call_ids)
+    assert set(svc.runs.values()) == {1}
