@@ -98,7 +98,7 @@ async def test_affinity_each_resource_stays_on_one_instance_and_claims_win(
     assert len(seen) == 50
     assert all(len(instances) == 1 for instances in seen.values()), seen
     assert (seen["acc_0"], seen["acc_1"], seen["acc_2"]) == ({"b1"}, {"b1"}, {"b2"})
-    per_instance = defaultdict(int)
+    per_instance: dict[str, int] = defaultdict(int)
     for instances in seen.values():
         per_instance[next(iter(instances))] += 1
     # The 47 unclaimed resources are spread by least-assigned: nobody is left idle.
