@@ -136,6 +136,14 @@ def status(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     Console().print(_status_table(result))
 
 
+def _routing_role(leader: bool | None) -> str:
+    if leader is None:
+        return "unknown (older router)"
+    return (
+        "leader (registers instances, routes calls)" if leader else "standby (waits for the lease)"
+    )
+
+
 def _status_table(s: RouterStatus) -> Table:
     table = Table(title="AegisIPC router", show_header=False, title_justify="left")
     table.add_column("field", style="bold")
@@ -153,6 +161,7 @@ def _status_table(s: RouterStatus) -> Table:
         ("nats cluster", cluster),
         ("jetstream", "enabled" if nats.jetstream else "DISABLED"),
         ("embedded nats", "yes" if nats.embedded else "no"),
+        ("routing", _routing_role(s.leader)),
         ("services", str(s.services)),
         ("instances", str(s.instances)),
     ]

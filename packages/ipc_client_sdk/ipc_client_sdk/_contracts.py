@@ -184,3 +184,5 @@ class RouterStatus(BaseModel):
     nats: NatsServerInfo
     services: int
     instances: int
+    leader: bool | None = None
+    """Whether the answering router leads (registers instances and routes calls)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -288,3 +290,22 @@ async def test_bad_arguments_are_refused_before_anything_is_sent(
         await server.serve(CountingService().service, instance_id="b 1")
     with pytest.raises(InvalidArgumentError):
         await server.serve(CountingService().service, instance_id="b1", resources="acc_1")
+
+
+async def test_the_workflow1_example_runs_against_a_real_router(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    example = Path(__file__).parents[3] / "examples" / "workflow1.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(example),
+        nats_server.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "booked 18725.00 for acc_XYZ on b1" in text
+    assert "answered from the record: True" in text
+    assert "after stop: UNAVAILABLE" in text

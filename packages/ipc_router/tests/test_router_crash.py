@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 from ipc_client_sdk import IPCClient
 from ipc_router.infrastructure.nats_server import NatsServerProcess
@@ -12,6 +13,12 @@ from ipc_testing import RouterProcess, eventually
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 CALLS = 2000
+
+
+def work(i: int) -> WorkRequest:
+    return WorkRequest(
+        account=f"acc_{i % 50}", amount=Decimal(i) / 100, placed_at=datetime.now(UTC)
+    )
 
 
 async def test_router_killed_mid_load_every_accepted_call_gets_one_result_and_one_run(
@@ -28,12 +35,7 @@ async def test_router_killed_mid_load_every_accepted_call_gets_one_result_and_on
 
         async def one(i: int) -> WorkResult:
             nonlocal completed
-            request = WorkRequest(
-                account=f"acc_{i % 50}",
-                amount=Decimal(i) / 100,
-                placed_at=datetime.now(UTC),
-                delay_s=0.002,
-            )
+            request = work(i).model_copy(update={"delay_s": 0.002})
             async with gate:
                 result = await caller.call(
                     "service_b.do_work",
@@ -64,4 +66,29 @@ async def test_router_killed_mid_load_every_accepted_call_gets_one_result_and_on
     assert len(set(call_ids)) == CALLS
     # Every call ran exactly once, including those the dead router had in flight.
     assert sorted(svc.runs) == sorted(call_ids)
+    assert set(svc.runs.values()) == {1}
+
+
+async def test_a_standby_router_takes_over_when_the_leader_dies(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> None:
+    svc = CountingService()
+    async with (
+        RouterProcess(nats_server.url, tmp_path / "second.log", router_id="second") as second,
+        IPCClient(nats_server.url, name="svc_b") as server,
+        IPCClient(nats_server.url, name="svc_a") as caller,
+    ):
+        await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+        status = await caller.admin.status()
+        assert status.leader is not None
+        for i in range(20):  # whichever router answers, the calls are routed by the leader
+            await caller.call("service_b.do_work", work(i), resource_id="acc_1", timeout=10)
+        router.kill()
+        # The lease expires (5 s TTL), "second" takes it, restores the registry, and routes.
+        result = await caller.call(
+            "service_b.do_work", work(99), resource_id="acc_1", timeout=30, returns=WorkResult
+        )
+        assert result.instance_id == "b1"
+        assert (await caller.admin.status()).leader is True
+        assert second.running
     assert set(svc.runs.values()) == {1}

@@ -8,11 +8,13 @@ serving.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -62,6 +64,7 @@ def status_to_wire(report: StatusReport) -> RouterStatus:
         ),
         services=report.counts.services,
         instances=report.counts.instances,
+        leader=report.leading,
     )
 
 
@@ -92,6 +95,13 @@ class OpsEndpoint:
     async def start(self) -> None:
         """Subscribe to every operation's subject."""
         self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=self._on_request)
+
+    async def stop(self) -> None:
+        """Stop answering (requests already taken still get their answer)."""
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
 
     async def _on_request(self, msg: Msg) -> None:
         op = msg.subject.rsplit(".", 1)[-1]

@@ -11,13 +11,10 @@ from ipc_client_sdk import IPCConnectionError
 from ipc_client_sdk.protocol import Codec, Subjects, close_nats, open_nats, servers_label
 from ipc_router import __version__
 from ipc_router.api.admin import admin_endpoint
-from ipc_router.api.calls import CallConsumer
 from ipc_router.api.config import RouterConfig
-from ipc_router.api.control import ControlAPI
+from ipc_router.api.leadership import Leadership, RoutingDuties
 from ipc_router.application.errors import StoreUnavailableError
-from ipc_router.application.registry import InstanceRegistry
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
-from ipc_router.domain import RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
 from ipc_router.infrastructure.jetstream_setup import (
@@ -26,8 +23,8 @@ from ipc_router.infrastructure.jetstream_setup import (
     StorageSettings,
     provision,
 )
+from ipc_router.infrastructure.kv_lease import JetStreamLease
 from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
-from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
 from ipc_router.infrastructure.lifecycle import AsyncService
 from ipc_router.infrastructure.nats_server import (
     NatsServerConfig,
@@ -65,8 +62,8 @@ class Router(AsyncService):
         self.embedded: NatsServerProcess | None = None
         self.stores: RouterStores | None = None
         self._nc: NATS | None = None
-        self._control: ControlAPI | None = None
-        self._calls: CallConsumer | None = None
+        self.storage = StorageSettings(replicas=config.replicas)
+        self._leadership: Leadership | None = None
         self._started_at = time.time()
 
     @property
@@ -93,9 +90,7 @@ class Router(AsyncService):
                 connect_timeout=self.config.connect_timeout,
                 logger=_log,
             )
-            self.stores = await provision(
-                nc.jetstream(), self.subjects, StorageSettings(replicas=self.config.replicas)
-            )
+            self.stores = await provision(nc.jetstream(), self.subjects, self.storage)
             await self._serve(nc, self.stores)
         except IPCConnectionError as e:
             await self.stop()
@@ -116,39 +111,30 @@ class Router(AsyncService):
     async def _serve(self, nc: NATS, stores: RouterStores) -> None:
         """Wire the use cases to their adapters and open the NATS endpoints."""
         subjects, codec, clock = self.subjects, self.codec, SystemClock()
-        instances = JetStreamInstanceRepository(stores.registry, subjects.registry_bucket, codec)
-        registry = InstanceRegistry(
-            RoutingTable(self.config.heartbeat_timeout),
-            instances,
-            JetStreamRouteRepository(stores.routes, subjects.routes_bucket, codec),
-            clock,
-        )
-        try:
-            restored = await registry.restore()
-        except StoreUnavailableError as e:
-            raise ProvisioningError(f"cannot read the saved routing state: {e}") from e
-        if restored:
-            _log.info(
-                "restored %d instances; each has %.1fs to heartbeat before it counts as dead",
-                restored,
-                self.config.heartbeat_timeout,
-            )
         identity = RouterIdentity(
             router_id=self.config.router_id,
             version=__version__,
             subject_prefix=subjects.prefix,
             started_at=self._started_at,
         )
+        lease = JetStreamLease(stores.leases, subjects.leases_bucket, self.config.router_id)
+        self._leadership = leadership = Leadership(
+            lease,
+            RoutingDuties(nc, subjects, codec, stores, self.config),
+            self.storage.lease_ttl_s,
+        )
         get_status = GetRouterStatus(
-            identity, instances, NatsBrokerInfo(nc, embedded=self.embedded is not None), clock
+            identity,
+            JetStreamInstanceRepository(stores.registry, subjects.registry_bucket, codec),
+            NatsBrokerInfo(nc, embedded=self.embedded is not None),
+            clock,
+            leading=lambda: leadership.leading,
         )
         await admin_endpoint(nc, subjects, codec, get_status).start()
-        self._control = ControlAPI(nc, subjects, codec, registry)
-        await self._control.start()
-        self._calls = CallConsumer(
-            nc, nc.jetstream(), subjects, codec, registry, ack_wait=self.config.call_ack_wait
-        )
-        await self._calls.start()
+        try:
+            await leadership.start()
+        except StoreUnavailableError as e:
+            raise ProvisioningError(f"cannot read the saved routing state: {e}") from e
 
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"
@@ -180,12 +166,9 @@ class Router(AsyncService):
 
     async def stop(self) -> None:
         """Finish in-flight calls, drain NATS, stop the embedded server. Idempotent."""
-        if self._calls is not None:
-            await self._calls.stop()
-            self._calls = None
-        if self._control is not None:
-            await self._control.stop()
-            self._control = None
+        if self._leadership is not None:
+            await self._leadership.stop()
+            self._leadership = None
         if self._nc is not None:
             await close_nats(self._nc)
             self._nc = None

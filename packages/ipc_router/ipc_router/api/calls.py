@@ -102,6 +102,7 @@ class CallConsumer:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._psub: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
         """Bind the durable consumer (creating it when missing) and start fetching."""
@@ -118,6 +119,7 @@ class CallConsumer:
             ),
             pending_msgs_limit=self._max_inflight * 2,
         )
+        self._psub = psub
         self._tasks = [
             asyncio.create_task(self._fetch_loop(psub), name="ipc-router-fetch"),
             asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
@@ -135,6 +137,11 @@ class CallConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._psub is not None:
+            # Calls a pending pull brings in after this are not acked and come back.
+            with contextlib.suppress(nats.errors.Error):
+                await self._psub.unsubscribe()
+            self._psub = None
         pending = list(self._inflight)
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -76,12 +77,17 @@ class ControlAPI:
         self._sweeper = asyncio.create_task(self._sweep(), name="ipc-router-health-sweep")
 
     async def stop(self) -> None:
-        """Stop the sweep (the subscriptions end with the connection's drain)."""
+        """Stop the sweep and both subscriptions."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        await self._endpoint.stop()
+        if self._heartbeats is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._heartbeats.unsubscribe()
+            self._heartbeats = None
 
     async def _register(self, args: dict[str, Any]) -> dict[str, Any]:
         reg: Registration = self._codec.validate(args, Registration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipc_router.application.ports import BrokerInfo, BrokerInfoSource, Clock, InstanceRepository
@@ -26,6 +27,7 @@ class StatusReport:
     uptime_s: float
     broker: BrokerInfo
     counts: RegistryCounts
+    leading: bool
 
 
 class GetRouterStatus:
@@ -37,11 +39,14 @@ class GetRouterStatus:
         instances: InstanceRepository,
         broker: BrokerInfoSource,
         clock: Clock,
+        *,
+        leading: Callable[[], bool] = lambda: False,
     ) -> None:
         self._identity = identity
         self._instances = instances
         self._broker = broker
         self._clock = clock
+        self._leading = leading
 
     async def __call__(self) -> StatusReport:
         """Build a fresh report."""
@@ -51,4 +56,5 @@ class GetRouterStatus:
             uptime_s=max(0.0, self._clock.now() - self._identity.started_at),
             broker=self._broker.broker_info(),
             counts=RegistryCounts.of(instances),
+            leading=self._leading(),
         )

@@ -1,0 +1,185 @@
+"""Router leadership: one router at a time registers instances and routes calls.
+
+Every router answers the admin subjects. Only the router holding the lease (see
+``infrastructure/kv_lease.py``) runs the *routing duties*: registration, heartbeats, the
+health sweep and the call consumer. The others wait and try to take the lease every second;
+when the leader stops, it releases the lease and a waiting router takes over at once; when
+it dies, the lease expires after its TTL and a waiting router takes over then.
+
+A leader that cannot renew its lease steps down well before the TTL runs out, so two routers
+never route at once: the new leader can only take the lease after the TTL, and the old one
+has stopped consuming by then. Calls it was handling are not acked and are redelivered to
+the new leader; the serving side answers any that already ran from its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from nats.aio.client import Client as NATS
+
+from ipc_client_sdk.protocol import Codec, Subjects
+from ipc_router.api.calls import CallConsumer
+from ipc_router.api.config import RouterConfig
+from ipc_router.api.control import ControlAPI
+from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.application.registry import InstanceRegistry
+from ipc_router.domain import RoutingTable
+from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.infrastructure.jetstream_setup import RouterStores
+from ipc_router.infrastructure.kv_lease import JetStreamLease
+from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
+from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
+
+_log = logging.getLogger("ipc_router.leadership")
+
+
+class RoutingDuties:
+    """What the leader does: keep the registry and route calls."""
+
+    def __init__(
+        self, nc: NATS, subjects: Subjects, codec: Codec, stores: RouterStores, config: RouterConfig
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._codec = codec
+        self._stores = stores
+        self._config = config
+        self._control: ControlAPI | None = None
+        self._calls: CallConsumer | None = None
+
+    async def start(self) -> None:
+        """Load the saved routing state, then open registration and the call consumer.
+
+        Raises:
+            StoreUnavailableError: the saved state could not be read.
+        """
+        subjects, codec = self._subjects, self._codec
+        registry = InstanceRegistry(
+            RoutingTable(self._config.heartbeat_timeout),
+            JetStreamInstanceRepository(self._stores.registry, subjects.registry_bucket, codec),
+            JetStreamRouteRepository(self._stores.routes, subjects.routes_bucket, codec),
+            SystemClock(),
+        )
+        restored = await registry.restore()
+        if restored:
+            _log.info(
+                "restored %d instances; each has %.1fs to heartbeat before it counts as dead",
+                restored,
+                self._config.heartbeat_timeout,
+            )
+        self._control = ControlAPI(self._nc, subjects, codec, registry)
+        await self._control.start()
+        self._calls = CallConsumer(
+            self._nc,
+            self._nc.jetstream(),
+            subjects,
+            codec,
+            registry,
+            ack_wait=self._config.call_ack_wait,
+        )
+        await self._calls.start()
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop consuming (in-flight calls get ``grace`` seconds), then stop registration."""
+        if self._calls is not None:
+            await self._calls.stop(grace=grace)
+            self._calls = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+
+
+class Leadership:
+    """Holds (or waits for) the lease and runs the routing duties while it is held.
+
+    Args:
+        lease: this router's lease.
+        duties: what to run while leading.
+        lease_ttl: the lease bucket's TTL in seconds.
+    """
+
+    def __init__(self, lease: JetStreamLease, duties: RoutingDuties, lease_ttl: float) -> None:
+        self._lease = lease
+        self._duties = duties
+        self._interval = lease_ttl / 5
+        self._step_down_after = lease_ttl * 0.6
+        self._leading = False
+        self._last_renewed = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def leading(self) -> bool:
+        """Whether this router runs the routing duties now."""
+        return self._leading
+
+    async def start(self) -> None:
+        """Try for the lease once now (so a lone router leads when ``start`` returns), then
+        keep trying or renewing in the background.
+
+        Raises:
+            StoreUnavailableError: the routing state could not be read on taking the lease.
+        """
+        with contextlib.suppress(StoreUnavailableError):
+            await self._try_to_lead()
+        if not self._leading:
+            _log.info("another router leads; %s waits as standby", self._lease.holder)
+        self._task = asyncio.create_task(self._run(), name="ipc-router-leadership")
+
+    async def stop(self) -> None:
+        """Stop the duties and give the lease up so another router takes over at once."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._step_down("stopping")
+        await self._lease.release()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                if self._leading:
+                    await self._renew()
+                else:
+                    await self._try_to_lead()
+            except Exception:  # the loop must survive anything one pass hits
+                _log.exception("leadership check failed")
+
+    async def _try_to_lead(self) -> None:
+        if not await self._lease.acquire():
+            return
+        self._last_renewed = time.monotonic()
+        try:
+            await self._duties.start()
+        except BaseException:
+            await self._duties.stop(grace=0)
+            await self._lease.release()
+            raise
+        self._leading = True
+        _log.info("%s leads: registering instances and routing calls", self._lease.holder)
+
+    async def _renew(self) -> None:
+        try:
+            renewed = await self._lease.renew()
+        except StoreUnavailableError as e:
+            if time.monotonic() - self._last_renewed < self._step_down_after:
+                _log.warning("lease not renewed (%s); retrying", e)
+                return
+            self._lease.forget()
+            renewed = False
+        if renewed:
+            self._last_renewed = time.monotonic()
+        else:
+            await self._step_down("lost the lease")
+
+    async def _step_down(self, why: str) -> None:
+        if not self._leading:
+            return
+        self._leading = False
+        _log.warning("%s stops routing: %s", self._lease.holder, why)
+        await self._duties.stop()

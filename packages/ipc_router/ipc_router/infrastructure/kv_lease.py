@@ -1,0 +1,93 @@
+"""``JetStreamLease``: router leadership as one key in the leases bucket.
+
+The key is created with KV ``create``, which is atomic: of several routers, exactly one
+succeeds (first come, first served). Its holder renews it with ``update`` against the last
+revision it wrote; the bucket's TTL removes a key nobody renews, and then the next router's
+``create`` succeeds. A router that finds its own id in the key (it restarted faster than
+the TTL) takes the lease back at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.infrastructure.kv_store import guarded
+
+LEADER_KEY = "router-leader"
+
+
+class JetStreamLease:
+    """The leadership lease for one router (``holder`` is its router id)."""
+
+    def __init__(self, kv: KeyValue, bucket: str, holder: str, *, timeout: float = 2.0) -> None:
+        self._kv = kv
+        self._bucket = bucket
+        self.holder = holder
+        self._timeout = timeout
+        self._revision: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this router held the lease at its last successful acquire or renew."""
+        return self._revision is not None
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it (or this router's id does); whether it did.
+
+        Raises:
+            StoreUnavailableError: JetStream did not answer.
+        """
+        value = self.holder.encode()
+        async with guarded(self._bucket, self._timeout):
+            try:
+                self._revision = await self._kv.create(LEADER_KEY, value)
+                return True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._kv.get(LEADER_KEY)
+            except nats.js.errors.KeyNotFoundError:
+                return False  # expired between the two calls; the next attempt may win
+            if entry.value != value:
+                return False
+            try:
+                self._revision = await self._kv.update(LEADER_KEY, value, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return False
+            return True
+
+    async def renew(self) -> bool:
+        """Extend the lease; False when it was lost (expired, or taken by another router).
+
+        Raises:
+            StoreUnavailableError: JetStream did not answer (the lease may still be held).
+        """
+        if self._revision is None:
+            return False
+        async with guarded(self._bucket, self._timeout):
+            try:
+                self._revision = await self._kv.update(
+                    LEADER_KEY, self.holder.encode(), last=self._revision
+                )
+            except nats.js.errors.KeyWrongLastSequenceError:
+                self._revision = None
+                return False
+        return True
+
+    def forget(self) -> None:
+        """Consider the lease lost without asking JetStream (renewals failed too long)."""
+        self._revision = None
+
+    async def release(self) -> None:
+        """Give the lease up so another router can take it at once. Never raises."""
+        revision, self._revision = self._revision, None
+        if revision is None:
+            return
+        with contextlib.suppress(StoreUnavailableError, nats.errors.Error):
+            async with guarded(self._bucket, self._timeout):
+                await self._kv.delete(LEADER_KEY, last=revision)
