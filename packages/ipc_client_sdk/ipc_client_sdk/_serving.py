@@ -186,6 +186,12 @@ class ServiceInstance:
             )
         except IPCError as e:
             _log.warning("deregistering %s.%s failed: %s", self.service, self.instance_id, e)
+        if self._inbox is not None:
+            # Drain, not unsubscribe: calls already delivered but waiting for a free slot
+            # are served, not dropped.
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                drained = self._inbox.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
+                await asyncio.wait_for(drained, timeout)
         await self._unsubscribe()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout)
