@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
+from ipc_client_sdk._codec import check_type
 from ipc_client_sdk._contracts import (
     MSG_ID_HEADER,
     REPLY_TO_HEADER,
@@ -99,11 +100,13 @@ class Caller:
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
         try:
+            if returns is not None:
+                check_type(returns)
             if resource_id is not None:
                 validate_token(resource_id, "resource_id")
             own_id = call_id is not None
             call_id = validate_call_id(call_id) if call_id is not None else new_call_id()
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise InvalidArgumentError(str(e), service=service) from e
         data = client.codec.encode(payload)
         deadline = time.time() + timeout
@@ -141,9 +144,14 @@ class Caller:
                 if self._sub is None:
                     nc = self._client.nats
                     inbox = nc.new_inbox()
-                    self._sub = await nc.subscribe(
-                        f"{inbox}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
-                    )
+                    try:
+                        self._sub = await nc.subscribe(
+                            f"{inbox}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
+                        )
+                    except nats.errors.Error as e:
+                        raise IPCConnectionError(
+                            servers_label(self._client.servers), str(e) or type(e).__name__
+                        ) from e
                     self._inbox = inbox
         token = os.urandom(8).hex()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()

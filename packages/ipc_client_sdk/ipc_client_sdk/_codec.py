@@ -112,6 +112,19 @@ def _adapter(target: Any) -> TypeAdapter[Any]:
     return TypeAdapter(target)
 
 
+def check_type(as_type: Any) -> None:
+    """Make sure values can be validated as ``as_type``; call it where the type is given.
+
+    Raises:
+        TypeError: Pydantic cannot validate this type (an arbitrary class, say), or the
+            type is not hashable.
+    """
+    try:
+        _adapter(as_type)
+    except Exception as e:  # PydanticSchemaGenerationError, TypeError (unhashable), ...
+        raise TypeError(f"cannot validate values as {as_type!r}: {e}") from e
+
+
 class Codec:
     """Encodes and decodes payloads and envelopes, enforcing a size limit.
 
@@ -159,7 +172,13 @@ class Codec:
             CodecError: the value does not fit the type.
         """
         try:
-            return _adapter(as_type).validate_python(value)
+            adapter = _adapter(as_type)
+        except Exception as e:  # a type Pydantic cannot validate, or an unhashable one
+            raise CodecError(
+                CodecReason.INVALID_FIELDS, f"cannot validate values as {as_type!r}: {e}"
+            ) from e
+        try:
+            return adapter.validate_python(value)
         except ValidationError as e:
             raise CodecError(CodecReason.INVALID_FIELDS, _describe(e)) from e
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, overload
 
+from ipc_client_sdk._codec import check_type
 from ipc_client_sdk._subjects import validate_token
 
 Handler = Callable[..., Awaitable[Any]]
@@ -141,10 +142,15 @@ class Service:
             hints = typing.get_type_hints(handler)
         except Exception as e:  # a forward reference that does not resolve
             raise TypeError(f"cannot read the annotations of {self.name}.{name}: {e}") from e
+        request_type = hints.get(params[0].name, Any)
+        try:
+            check_type(request_type)
+        except TypeError as e:
+            raise TypeError(f"request type of {self.name}.{name}: {e}") from e
         self._methods[name] = MethodSpec(
             name=name,
             handler=handler,
-            request_type=hints.get(params[0].name, Any),
+            request_type=request_type,
             wants_context=len(params) == 2,
         )
         return handler

@@ -1,19 +1,20 @@
 """The serving side: ``instance = await client.serve(svc, instance_id=..., resources=...)``.
 
 An instance registers with the router, heartbeats, and takes calls from its inbox
-(``<prefix>.inst.<service>.<instance_id>``) with bounded concurrency. Each call is handled at
-most once per call_id:
+(``<prefix>.inst.<service>.<instance_id>.<session>``; the session is random per process, so
+a process that lost its id to a newer one receives nothing) with bounded concurrency. Each
+call runs at most once per call_id:
 
 - a call already running here is not started again: the repeat waits for the first run's
   reply;
-- a call that may be a repeat (the router delivered it again, or the caller chose its own
-  call_id) is first looked up in the results bucket, and a recorded reply is sent back
-  without running the handler;
-- a handler's outcome (result or error) is recorded by call_id *before* the reply is sent,
-  so that a repeat arriving after a router crash finds it.
+- every other delivery first claims the call_id in the results bucket (``ResultLedger``):
+  a repeat anywhere finds the claim or the recorded outcome instead of running again;
+- a handler's outcome (result or error) replaces the claim *before* the reply is sent, so a
+  repeat arriving after a router crash finds it.
 
 What this cannot cover: a process that dies after the handler's side effect and before the
-record is written. ``ctx.call_id`` is the idempotency key for that case downstream.
+outcome is recorded. Its claim stays, so the call is not run again; repeats are told its
+outcome is unknown. ``ctx.call_id`` is the key to check downstream for that case.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.kv import KeyValue
 
 from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
@@ -46,9 +46,12 @@ from ipc_client_sdk._contracts import (
 from ipc_client_sdk._errors import (
     CodecError,
     InvalidArgumentError,
+    IPCConnectionError,
     IPCError,
     RouterUnavailableError,
 )
+from ipc_client_sdk._ledger import ResultLedger
+from ipc_client_sdk._nats import servers_label
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
 from ipc_client_sdk._subjects import validate_token
 
@@ -56,9 +59,6 @@ if TYPE_CHECKING:
     from ipc_client_sdk._client import IPCClient
 
 _log = logging.getLogger("ipc_client_sdk.serving")
-
-_RESULTS_TIMEOUT = 2.0
-"""Seconds a read or write of the results bucket may take."""
 
 _MAX_ERROR_MESSAGE = 500
 
@@ -97,7 +97,8 @@ class ServiceInstance:
         self._beats: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._reregister: asyncio.Task[None] | None = None
-        self._results: KeyValue | None = None
+        self._ledger: ResultLedger | None = None
+        self._replaced = False
         self._registration: RegistrationResult | None = None
         self._stopped = False
         self.claimed: tuple[str, ...] = ()
@@ -112,6 +113,11 @@ class ServiceInstance:
     def epoch(self) -> int:
         """The epoch the router registered this instance under."""
         return self._registration.epoch if self._registration else 0
+
+    @property
+    def replaced(self) -> bool:
+        """True when another process took this instance id over; this one serves no more."""
+        return self._replaced
 
     @property
     def inflight(self) -> int:
@@ -130,7 +136,7 @@ class ServiceInstance:
         client = self._client
         nc = client.nats
         try:
-            self._results = await nc.jetstream().key_value(client.subjects.results_bucket)
+            results = await nc.jetstream().key_value(client.subjects.results_bucket)
         except nats.js.errors.BucketNotFoundError as e:
             raise RouterUnavailableError(
                 f"the results bucket {client.subjects.results_bucket} does not exist: "
@@ -141,16 +147,18 @@ class ServiceInstance:
             raise RouterUnavailableError(
                 f"JetStream did not answer: {e or type(e).__name__}", service=self.service
             ) from e
-        subjects = client.subjects
-        self._inbox = await nc.subscribe(
-            subjects.instance_inbox(self.service, self.instance_id),
-            cb=self._on_call,
-            pending_msgs_limit=1_000_000,
-        )
-        self._beats = await nc.subscribe(nc.new_inbox(), cb=self._on_heartbeat_reply)
-        await nc.flush()  # the inbox must be live before the router routes here
+        self._ledger = ResultLedger(results, self.instance_id)
+        inbox = client.subjects.instance_inbox(self.service, self.instance_id, self._session)
         try:
+            self._inbox = await nc.subscribe(inbox, cb=self._on_call, pending_msgs_limit=1_000_000)
+            self._beats = await nc.subscribe(nc.new_inbox(), cb=self._on_heartbeat_reply)
+            await nc.flush()  # the inbox must be live before the router routes here
             await self._register()
+        except nats.errors.Error as e:
+            await self._unsubscribe()
+            raise IPCConnectionError(
+                servers_label(client.servers), str(e) or type(e).__name__
+            ) from e
         except BaseException:
             await self._unsubscribe()
             raise
@@ -161,8 +169,9 @@ class ServiceInstance:
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Deregister, stop taking calls, and let the in-flight ones finish.
 
-        Calls still running after ``timeout`` seconds are cancelled; the router delivers
-        them again, and their records (if written) answer the repeat. Idempotent.
+        Calls still running after ``timeout`` seconds are cancelled and answered
+        ``ABORTED``; that outcome is recorded, so a retry with the same call_id does not run
+        them again either (their effects are unknown). Idempotent.
         """
         if self._stopped:
             return
@@ -247,7 +256,19 @@ class ServiceInstance:
             answer = self._client.codec.decode_envelope(msg.data, AdminReply)
         except CodecError:
             return
-        if answer.error is not None and answer.error.code is ErrorCode.NOT_FOUND:
+        if answer.error is None:
+            return
+        if answer.error.code is ErrorCode.FAILED_PRECONDITION and not self._replaced:
+            self._replaced = True
+            _log.error(
+                "%s.%s was taken over by another process: %s. This one stops serving.",
+                self.service,
+                self.instance_id,
+                answer.error.message,
+            )
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+        elif answer.error.code is ErrorCode.NOT_FOUND and not self._replaced:
             if self._reregister is None or self._reregister.done():
                 self._reregister = asyncio.create_task(self._register_again())
 
@@ -283,23 +304,23 @@ class ServiceInstance:
         call_id = request.call_id
         running = self._running.get(call_id)
         if running is not None:
-            # The same call, delivered again while its first run is still going.
+            # The same call, delivered here again while its first run is still going.
             await self._respond(msg, await asyncio.shield(running))
             return
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._running[call_id] = future
         try:
             reply = await self._execute(request)
-            future.set_result(reply)
-        except BaseException:
-            future.cancel()  # a repeat waiting on this run gives up too; it is redelivered
-            raise
+        except Exception:  # a bug here must still answer, or the caller waits it out
+            _log.exception("serving call %s failed", call_id)
+            reply = self._error(call_id, ErrorCode.INTERNAL, "the instance failed the call")
         finally:
             del self._running[call_id]
+        future.set_result(reply)
         await self._respond(msg, reply)
 
     async def _execute(self, request: CallRequest) -> bytes:
-        """Run one call (or find its record) and return the encoded reply."""
+        """Run one call at most once (or find its outcome) and return the encoded reply."""
         codec = self._client.codec
         call_id = request.call_id
         spec = self._service.methods.get(request.method)
@@ -314,22 +335,45 @@ class ServiceInstance:
             return self._error(
                 call_id, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before the call ran"
             )
-        if request.own_call_id or request.delivery > 1:
-            try:
-                recorded = await self._recorded(call_id)
-            except IPCError as e:
-                return self._error(call_id, e.code, e.message)
-            if recorded is not None:
-                return recorded
+        assert self._ledger is not None
+        try:
+            claimed = await self._ledger.claim(call_id, request.deadline)
+        except IPCError as e:
+            return self._error(call_id, e.code, e.message)
+        if isinstance(claimed, bytes):
+            return claimed  # an earlier run's outcome
         try:
             argument = codec.decode(request.payload, spec.request_type)
         except CodecError as e:
+            await self._ledger.release(claimed)
             return self._error(call_id, ErrorCode.INVALID_ARGUMENT, e.message)
-        reply = await self._run(spec, argument, request)
-        await self._record(call_id, reply)
+        try:
+            reply, keep = await self._run(spec, argument, request)
+        except asyncio.CancelledError:
+            # stop() gave up waiting. The handler may have done part of its work, so the
+            # call must not run again: record that its outcome is unknown.
+            reply = self._error(
+                call_id,
+                ErrorCode.ABORTED,
+                f"instance {self.instance_id} stopped while the call was running; its "
+                "effects are unknown (check downstream by call_id)",
+                retryable=False,
+            )
+            keep = True
+        if not keep:
+            await self._ledger.release(claimed)
+        elif not await self._ledger.finish(claimed, reply):
+            # The caller still gets its reply; a repeat would find no outcome and wait.
+            _log.error("outcome of call %s not recorded", call_id)
         return reply
 
-    async def _run(self, spec: MethodSpec, argument: Any, request: CallRequest) -> bytes:
+    async def _run(
+        self, spec: MethodSpec, argument: Any, request: CallRequest
+    ) -> tuple[bytes, bool]:
+        """Run the handler; return the reply and whether to record it.
+
+        A retryable error the handler raises is not recorded, so a retry runs again.
+        """
         ctx = CallContext(
             call_id=request.call_id,
             service=self.service,
@@ -341,53 +385,26 @@ class ServiceInstance:
             epoch=request.epoch,
             delivery=request.delivery,
         )
+        codec = self._client.codec
         try:
             result = await spec.invoke(argument, ctx)
-            payload = self._client.codec.encode(result)
+            payload = codec.encode(result)
         except IPCError as e:
-            return self._error(request.call_id, e.code, e.message, details=e.details)
+            error = self._error(
+                request.call_id, e.code, e.message, details=e.details, retryable=e.retryable
+            )
+            return error, not e.retryable
         except Exception as e:
             _log.exception("%s.%s failed (call %s)", self.service, spec.name, request.call_id)
             text = f"{type(e).__name__}: {e}"[:_MAX_ERROR_MESSAGE]
-            return self._error(request.call_id, ErrorCode.INTERNAL, text)
-        return self._client.codec.encode_envelope(
-            CallReply(
-                call_id=request.call_id,
-                payload=payload,
-                service=self.service,
-                instance=self.instance_id,
-            )
+            return self._error(request.call_id, ErrorCode.INTERNAL, text), True
+        reply = CallReply(
+            call_id=request.call_id,
+            payload=payload,
+            service=self.service,
+            instance=self.instance_id,
         )
-
-    async def _recorded(self, call_id: str) -> bytes | None:
-        """The recorded reply of an earlier run of ``call_id``, or None.
-
-        Raises:
-            IPCError: UNAVAILABLE when the record cannot be read: running the handler
-                without knowing whether it already ran could run it twice.
-        """
-        assert self._results is not None
-        try:
-            async with asyncio.timeout(_RESULTS_TIMEOUT):
-                entry = await self._results.get(call_id)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except (TimeoutError, nats.errors.Error) as e:
-            raise IPCError(
-                f"cannot read the results record, so the call was not run: {e or type(e).__name__}",
-                code=ErrorCode.UNAVAILABLE,
-            ) from e
-        return entry.value or None
-
-    async def _record(self, call_id: str, reply: bytes) -> None:
-        assert self._results is not None
-        try:
-            async with asyncio.timeout(_RESULTS_TIMEOUT):
-                await self._results.put(call_id, reply)
-        except (TimeoutError, nats.errors.Error) as e:
-            # The caller still gets its reply; only a repeat after a router crash could
-            # now run the handler again. Logged loudly because it weakens that guarantee.
-            _log.error("result of call %s not recorded: %s", call_id, e or type(e).__name__)
+        return codec.encode_envelope(reply), True
 
     async def _respond(self, msg: Msg, reply: bytes) -> None:
         if msg.reply:
@@ -401,9 +418,13 @@ class ServiceInstance:
         message: str,
         *,
         details: dict[str, Any] | None = None,
+        retryable: bool | None = None,
     ) -> bytes:
         info = ErrorInfo(
-            code=code, message=message, details=details or {}, retryable=code.retryable
+            code=code,
+            message=message,
+            details=details or {},
+            retryable=code.retryable if retryable is None else retryable,
         )
         return self._client.codec.encode_envelope(
             CallReply(call_id=call_id, error=info, service=self.service, instance=self.instance_id)

@@ -25,7 +25,7 @@ def validate_token(value: str, what: str) -> str:
 
     Service names, method names and instance ids each become one token of a subject.
     """
-    if not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} must be non-empty and use only letters, digits, '_' and '-'"
         )
@@ -41,7 +41,7 @@ def validate_call_id(value: str) -> str:
     Raises:
         ValueError: empty, too long, or characters other than letters, digits, '_' and '-'.
     """
-    if len(value) > CALL_ID_MAX_LENGTH:
+    if isinstance(value, str) and len(value) > CALL_ID_MAX_LENGTH:
         raise ValueError(f"call_id must be at most {CALL_ID_MAX_LENGTH} characters")
     return validate_token(value, "call_id")
 
@@ -68,7 +68,7 @@ class Subjects:
 
     def __post_init__(self) -> None:
         for token in self.prefix.split("."):
-            if not _PREFIX_TOKEN.match(token):
+            if not _PREFIX_TOKEN.fullmatch(token):
                 raise ValueError(
                     f"subject prefix {self.prefix!r} must be dot-separated tokens of lowercase "
                     "letters and digits, like 'ipc' or 'desk1.ipc'"
@@ -105,11 +105,15 @@ class Subjects:
             f"{validate_token(method, 'method')}"
         )
 
-    def instance_inbox(self, service: str, instance_id: str) -> str:
-        """Where the router delivers calls to one instance (core request/reply)."""
+    def instance_inbox(self, service: str, instance_id: str, session: str) -> str:
+        """Where the router delivers calls to one instance process (core request/reply).
+
+        The session (random per process) is part of the subject, so a process that lost its
+        instance id to a newer one never receives that instance's calls.
+        """
         return (
             f"{self.prefix}.inst.{validate_token(service, 'service')}."
-            f"{validate_token(instance_id, 'instance_id')}"
+            f"{validate_token(instance_id, 'instance_id')}.{validate_token(session, 'session')}"
         )
 
     def heartbeat(self, service: str, instance_id: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,10 @@ from ipc_client_sdk import (
     CallTimeoutError,
     InvalidArgumentError,
     IPCClient,
+    IPCError,
     PayloadTooLargeError,
     RemoteError,
+    Service,
     ServiceUnavailableError,
 )
 from ipc_client_sdk.protocol import ErrorCode
@@ -309,3 +312,119 @@ async def test_the_workflow1_example_runs_against_a_real_router(
     assert "booked 18725.00 for acc_XYZ on b1" in text
     assert "answered from the record: True" in text
     assert "after stop: UNAVAILABLE" in text
+
+
+async def test_a_retry_landing_on_another_instance_waits_for_the_first_run(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    svc = CountingService()
+    async with (
+        IPCClient(nats_server.url) as caller,
+        IPCClient(nats_server.url) as b1,
+        IPCClient(nats_server.url) as b2,
+    ):
+        await b1.serve(svc.service, instance_id="b1")
+        await b2.serve(svc.service, instance_id="b2")
+        # No resource: round robin, so the retry goes to the other instance.
+        with pytest.raises(CallTimeoutError):
+            await caller.call("service_b.do_work", work(delay_s=1.5), call_id="rr-1", timeout=0.5)
+        retry = await caller.call(
+            "service_b.do_work", work(delay_s=1.5), call_id="rr-1", timeout=10, returns=WorkResult
+        )
+        assert retry.call_id == "rr-1"
+        # A retry that cannot wait long enough is told why, and still does not run it.
+        with pytest.raises(CallTimeoutError):
+            await caller.call("service_b.do_work", work(delay_s=3), call_id="rr-2", timeout=0.3)
+        with pytest.raises(CallTimeoutError) as info:
+            await caller.call("service_b.do_work", work(delay_s=3), call_id="rr-2", timeout=1.0)
+        assert "already running" in info.value.message
+    assert svc.runs == {"rr-1": 1, "rr-2": 1}
+
+
+async def test_a_retryable_handler_error_is_not_recorded_so_a_retry_runs_again(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    attempts = 0
+    svc = Service("flaky")
+
+    @svc.method("book")
+    async def book(req: int) -> int:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise IPCError("exchange busy", code=ErrorCode.UNAVAILABLE)
+        return req * 2
+
+    await server.serve(svc, instance_id="f1")
+    with pytest.raises(ServiceUnavailableError):
+        await caller.call("flaky.book", 21, call_id="flaky-1")
+    assert await caller.call("flaky.book", 21, call_id="flaky-1", returns=int) == 42
+    assert await caller.call("flaky.book", 21, call_id="flaky-1", returns=int) == 42
+    assert attempts == 2
+
+
+async def test_a_call_cut_short_by_stop_is_aborted_and_never_run_again(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    instance = await server.serve(svc.service, instance_id="b1")
+    pending = asyncio.create_task(
+        caller.call("service_b.do_work", work(delay_s=5), call_id="cut-1", timeout=10)
+    )
+
+    async def running() -> None:
+        assert instance.inflight == 1
+
+    await eventually(running, interval=0.01)
+    await instance.stop(timeout=0.2)
+    with pytest.raises(RemoteError) as info:
+        await pending
+    assert info.value.code is ErrorCode.ABORTED and not info.value.retryable
+    await server.serve(svc.service, instance_id="b2")
+    with pytest.raises(RemoteError) as again:
+        await caller.call("service_b.do_work", work(), call_id="cut-1", timeout=5)
+    assert again.value.code is ErrorCode.ABORTED
+    assert svc.runs["cut-1"] == 1
+
+
+class Plain:
+    """A class Pydantic has no schema for."""
+
+
+def test_types_pydantic_cannot_validate_are_refused_where_they_are_declared() -> None:
+    svc = Service("svc")
+    with pytest.raises(TypeError, match="request type"):
+
+        @svc.method("m")
+        async def m(req: Plain) -> None: ...
+
+    with pytest.raises(TypeError, match="async def"):
+        svc.method("sync")(lambda req: req)
+    with pytest.raises(TypeError, match="takes|take"):
+
+        @svc.method("three")
+        async def three(a: int, b: int, c: int) -> None: ...
+
+    with pytest.raises(ValueError, match="already declared"):
+
+        @svc.method("dup")
+        async def dup(req: int) -> None: ...
+
+        @svc.method("dup")
+        async def dup2(req: int) -> None: ...
+
+
+async def test_returns_of_a_type_pydantic_cannot_validate_is_refused_before_sending(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1")
+    with pytest.raises(InvalidArgumentError):
+        await caller.call("service_b.do_work", work(), returns=Plain)
+    unhashable: Any = [int]
+    with pytest.raises(InvalidArgumentError):
+        await caller.call("service_b.do_work", work(), returns=unhashable)
+    assert sum(svc.runs.values()) == 0

@@ -81,9 +81,16 @@ async def stream_is_empty(nc: NATS) -> None:
         pytest.param(msgpack.packb(request(v=99)), "protocol version 99", id="unknown-version"),
         pytest.param(msgpack.packb(request(call_id=None)), "call_id", id="missing-field"),
         pytest.param(b"\x00" * (1024 * 1024 + 100 * 1024), "limit", id="oversized"),
+        pytest.param(
+            msgpack.packb(request(deadline=float("nan"))), "not a time", id="nan-deadline"
+        ),
+        pytest.param(msgpack.packb(request(call_id="a b")), "call_id", id="bad-call-id"),
+        pytest.param(
+            msgpack.packb(request(resource_id="acc\n1")), "resource_id", id="bad-resource-id"
+        ),
     ],
 )
-async def test_unreadable_calls_get_an_error_reply_and_are_removed(
+async def test_unusable_calls_get_an_error_reply_and_are_removed(
     raw: NATS, data: bytes, words: str
 ) -> None:
     reply = await send_raw(raw, data)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from ipc_client_sdk import IPCClient
+from ipc_client_sdk import IPCClient, RemoteError, Service
 from ipc_router.infrastructure.nats_server import NatsServerProcess
+from ipc_router.infrastructure.process import ChildProcess
 from ipc_testing import RouterProcess, eventually
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
@@ -92,3 +95,57 @@ async def test_a_standby_router_takes_over_when_the_leader_dies(
         assert (await caller.admin.status()).leader is True
         assert second.running
     assert set(svc.runs.values()) == {1}
+
+
+FROZEN_INSTANCE = """
+import asyncio, os, sys
+from ipc_client_sdk import IPCClient, Service
+
+svc = Service("whoami")
+
+@svc.method("pid")
+async def pid(req: int) -> int:
+    return os.getpid()
+
+async def main() -> None:
+    async with IPCClient(sys.argv[1]) as client:
+        instance = await client.serve(svc, instance_id="w1")
+        print("serving", flush=True)
+        while not instance.replaced:
+            await asyncio.sleep(0.05)
+        print("replaced", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_instance_frozen_past_the_timeout_loses_its_id_and_never_serves_again(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "frozen.py"
+    script.write_text(FROZEN_INSTANCE)
+    frozen = ChildProcess(tmp_path / "frozen.log")
+    frozen.spawn([sys.executable, str(script), nats_server.url])
+    try:
+        assert await frozen.wait_for_output("serving", timeout=20), frozen.log_tail()
+        frozen.pause()
+        svc = Service("whoami")
+
+        @svc.method("pid")
+        async def pid(req: int) -> int:
+            return os.getpid()
+
+        async with IPCClient(nats_server.url) as client:
+
+            async def take_over() -> None:
+                await client.serve(svc, instance_id="w1")
+
+            # Refused while the frozen process still counts as alive, then granted.
+            await eventually(take_over, retry_on=(RemoteError,), within=10)
+            frozen.resume()
+            pids = {await client.call("whoami.pid", i, returns=int) for i in range(20)}
+            assert pids == {os.getpid()}
+            assert await frozen.wait_for_output("replaced", timeout=10), frozen.log_tail()
+    finally:
+        await frozen.stop()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 
@@ -40,6 +41,8 @@ from ipc_client_sdk.protocol import (
     ErrorCode,
     ErrorInfo,
     Subjects,
+    validate_call_id,
+    validate_token,
 )
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import RoutingError, UnknownMethodError
@@ -48,6 +51,9 @@ _log = logging.getLogger("ipc_router.calls")
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a call without a deadline may take (the SDK always sends a deadline)."""
+
+MAX_CALL_TIME = 3600.0
+"""The longest the router waits for one call, whatever its deadline says."""
 
 # A reply address is one NATS subject: printable, no white space, no wildcards, no empty
 # token. Anything else would corrupt the router's protocol stream, so it is refused.
@@ -119,6 +125,20 @@ class CallConsumer:
             ),
             pending_msgs_limit=self._max_inflight * 2,
         )
+        try:
+            actual = (await psub.consumer_info()).config.ack_wait
+        except nats.errors.Error:
+            actual = None
+        if actual and abs(actual - self._ack_wait) > 0.001:
+            # nats-py keeps an existing durable as it is; keep-alives must follow its value.
+            _log.warning(
+                "consumer %s keeps its ack_wait of %gs (asked for %gs); using %gs",
+                self._subjects.calls_consumer,
+                actual,
+                self._ack_wait,
+                actual,
+            )
+            self._ack_wait = actual
         self._psub = psub
         self._tasks = [
             asyncio.create_task(self._fetch_loop(psub), name="ipc-router-fetch"),
@@ -206,7 +226,7 @@ class CallConsumer:
             await msg.term()
             return
         reply_to = request.reply_to or reply_to
-        if not reply_to or not _SUBJECT.match(reply_to):
+        if not reply_to or not _SUBJECT.fullmatch(reply_to):
             _log.warning(
                 "call %s on %s has no usable reply address (%r); dropped",
                 request.call_id,
@@ -218,15 +238,15 @@ class CallConsumer:
         try:
             reply = await self._relay(msg, request)
         except _Refused as e:
-            reply = self._codec.encode_envelope(
-                CallReply(
-                    call_id=request.call_id, service=request.service, error=_info(e.code, e.message)
-                )
-            )
+            reply = self._refusal(request, e.code, e.message)
         except nats.errors.Error as e:
             # Lost the connection mid-call: leave the message un-acked for redelivery.
             _log.warning("call %s interrupted (%s); left for redelivery", request.call_id, e)
             return
+        except Exception:
+            # A bug must not turn the call into a poison message redelivered for a day.
+            _log.exception("routing call %s failed", request.call_id)
+            reply = self._refusal(request, ErrorCode.INTERNAL, "the router failed the call")
         try:
             await self._nc.publish(reply_to, reply)
             await msg.ack()
@@ -242,6 +262,9 @@ class CallConsumer:
         """
         try:
             expected = self._subjects.call(request.service, request.method)
+            validate_call_id(request.call_id)
+            if request.resource_id is not None:
+                validate_token(request.resource_id, "resource_id")
         except ValueError as e:
             raise _Refused(ErrorCode.INVALID_ARGUMENT, str(e)) from e
         if msg.subject != expected:
@@ -249,9 +272,11 @@ class CallConsumer:
                 ErrorCode.INVALID_ARGUMENT,
                 f"call for {request.service}.{request.method} was published on {msg.subject}",
             )
-        deadline = (
-            request.deadline if request.deadline is not None else time.time() + DEFAULT_CALL_TIMEOUT
-        )
+        now = time.time()
+        deadline = request.deadline if request.deadline is not None else now + DEFAULT_CALL_TIMEOUT
+        if not math.isfinite(deadline):
+            raise _Refused(ErrorCode.INVALID_ARGUMENT, f"deadline {deadline} is not a time")
+        deadline = min(deadline, now + MAX_CALL_TIME)
         delivery = msg.metadata.num_delivered
         for _ in range(_ROUTE_ATTEMPTS):
             remaining = deadline - time.time()
@@ -269,7 +294,13 @@ class CallConsumer:
             except RoutingError as e:
                 raise _Refused(ErrorCode.UNAVAILABLE, str(e)) from e
             forwarded = request.model_copy(update={"epoch": route.epoch, "delivery": delivery})
-            inbox = self._subjects.instance_inbox(request.service, route.instance_id)
+            try:
+                inbox = self._subjects.instance_inbox(
+                    request.service, route.instance_id, route.session
+                )
+            except ValueError:  # a record from an SDK without sessions: cannot be reached
+                await self._registry.mark_unreachable(request.service, route.instance_id)
+                continue
             try:
                 answer = await self._nc.request(
                     inbox, self._codec.encode_envelope(forwarded), timeout=remaining
@@ -286,6 +317,11 @@ class CallConsumer:
         raise _Refused(
             ErrorCode.UNAVAILABLE,
             f"no instance of {request.service!r} took the call after {_ROUTE_ATTEMPTS} tries",
+        )
+
+    def _refusal(self, request: CallRequest, code: ErrorCode, message: str) -> bytes:
+        return self._codec.encode_envelope(
+            CallReply(call_id=request.call_id, service=request.service, error=_info(code, message))
         )
 
     async def _answer(self, reply_to: str, reply: CallReply) -> None:

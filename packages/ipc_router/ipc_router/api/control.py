@@ -34,7 +34,7 @@ from ipc_client_sdk.protocol import (
     validate_token,
 )
 from ipc_router.api.admin import AdminOp, OpsEndpoint
-from ipc_router.application.registry import InstanceRegistry
+from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
 from ipc_router.domain import Health, InstanceRecord, Role
 
 _log = logging.getLogger("ipc_router.control")
@@ -94,12 +94,16 @@ class ControlAPI:
         try:
             validate_token(reg.service, "service")
             validate_token(reg.instance_id, "instance_id")
+            if reg.session:
+                validate_token(reg.session, "session")
             for method in reg.methods:
                 validate_token(method, "method")
             for resource in reg.resources:
                 validate_token(resource, "resource")
         except ValueError as e:
             raise _invalid(str(e)) from e
+        if not reg.session:
+            raise _invalid("a registration needs a session (this SDK is too old)")
         now = self._registry.now()
         outcome = await self._registry.register(
             InstanceRecord(
@@ -148,19 +152,24 @@ class ControlAPI:
             _log.debug("ignoring an unreadable heartbeat on %s: %s", msg.subject, e)
             return
         try:
-            known = await self._registry.heartbeat(beat.service, beat.instance_id, beat.session)
+            outcome = await self._registry.heartbeat(beat.service, beat.instance_id, beat.session)
         except Exception:  # the heartbeat subscription must outlive any bug
             _log.exception("heartbeat from %s.%s failed", beat.service, beat.instance_id)
             return
-        if not known and msg.reply:
-            reply = AdminReply(
-                ok=False,
-                error=ErrorInfo(
-                    code=ErrorCode.NOT_FOUND,
-                    message=f"instance {beat.instance_id!r} of {beat.service!r} is not "
-                    "registered; register again",
-                ),
+        if outcome is HeartbeatOutcome.OK or not msg.reply:
+            return
+        name = f"instance {beat.instance_id!r} of {beat.service!r}"
+        if outcome is HeartbeatOutcome.UNKNOWN:
+            error = ErrorInfo(
+                code=ErrorCode.NOT_FOUND, message=f"{name} is not registered; register again"
             )
+        else:
+            error = ErrorInfo(
+                code=ErrorCode.FAILED_PRECONDITION,
+                message=f"{name} is registered by another process now",
+            )
+        reply = AdminReply(ok=False, error=error)
+        with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
 
     async def _sweep(self) -> None:

@@ -2,12 +2,14 @@
 
 The routing table in memory is what this router decides with; the repositories keep its
 persistent part (records, claims, assignments) so that a restarted router resumes where it
-stopped. A write that fails is retried by the next change, never by blocking the caller of
-``route``: routing keeps working on the table while JetStream is briefly unavailable.
+stopped. A failed write of a routing decision is logged, not fatal: routing keeps working on the
+table while JetStream is briefly unavailable, and only a restart in that window would
+forget the decision.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 
 from ipc_router.application.errors import StoreUnavailableError
@@ -15,6 +17,16 @@ from ipc_router.application.ports import Clock, InstanceRepository, RouteReposit
 from ipc_router.domain import InstanceRecord, Registered, Route, RoutingTable
 
 _log = logging.getLogger("ipc_router.registry")
+
+
+class HeartbeatOutcome(enum.StrEnum):
+    """What a heartbeat told the registry."""
+
+    OK = "ok"
+    UNKNOWN = "unknown"
+    """No such instance: the sender should register again."""
+    REPLACED = "replaced"
+    """Another process holds the instance id now: the sender must stop serving."""
 
 
 class InstanceRegistry:
@@ -92,13 +104,20 @@ class InstanceRegistry:
         _log.info("deregistered %s", record.key)
         return record
 
-    async def heartbeat(self, service: str, instance_id: str, session: str | None) -> bool:
-        """Note a heartbeat; return False when the instance is not registered here."""
+    async def heartbeat(
+        self, service: str, instance_id: str, session: str | None
+    ) -> HeartbeatOutcome:
+        """Note a heartbeat, and say whether its sender is the registered process."""
+        record = self.table.get(service, instance_id)
+        if record is None:
+            return HeartbeatOutcome.UNKNOWN
+        if session and record.session and session != record.session:
+            return HeartbeatOutcome.REPLACED
         changed = self.table.heartbeat(service, instance_id, session, self._clock.now())
         if changed is not None:
             _log.info("instance %s is healthy again", changed.key)
             await self._save_quietly(changed)
-        return self.table.get(service, instance_id) is not None
+        return HeartbeatOutcome.OK
 
     async def expire(self) -> list[InstanceRecord]:
         """Mark silent instances unhealthy and save that; return them."""
@@ -121,6 +140,9 @@ class InstanceRegistry:
 
     async def route(self, service: str, method: str, resource_id: str | None) -> Route:
         """Choose the instance for a call, saving a new sticky assignment if one was made.
+
+        Saving waits for the store (at most its 2 s timeout, once per new resource); a
+        failed save is logged and the call is routed all the same.
 
         Raises:
             RoutingError: the call cannot be routed (the subclass says why).

@@ -77,6 +77,7 @@ class Route:
     """
 
     instance_id: str
+    session: str
     epoch: int
     new_assignment: str | None = None
 
@@ -276,7 +277,7 @@ class RoutingTable:
         if resource_id is None:
             chosen = candidates[table.next_rr % len(candidates)]
             table.next_rr += 1
-            return Route(chosen.instance_id, chosen.epoch)
+            return Route(chosen.instance_id, chosen.session, chosen.epoch)
         claimants = table.claims.get(resource_id)
         if claimants:
             owner = table.instances[claimants[0]]
@@ -286,19 +287,19 @@ class RoutingTable:
                     f"resource {resource_id!r} of {service!r} is owned by instance "
                     f"{owner.instance_id!r}, which is {owner.health.value}",
                 )
-            return Route(owner.instance_id, owner.epoch)
+            return Route(owner.instance_id, owner.session, owner.epoch)
         current = table.assignments.get(resource_id)
         if current is not None:
             record = table.instances.get(current)
             if record is not None and record in candidates:
-                return Route(record.instance_id, record.epoch)
+                return Route(record.instance_id, record.session, record.epoch)
         load = {r.instance_id: 0 for r in candidates}
         for assigned in table.assignments.values():
             if assigned in load:
                 load[assigned] += 1
         chosen = min(candidates, key=lambda r: load[r.instance_id])  # min keeps the first tie
         table.assignments[resource_id] = chosen.instance_id
-        return Route(chosen.instance_id, chosen.epoch, new_assignment=resource_id)
+        return Route(chosen.instance_id, chosen.session, chosen.epoch, new_assignment=resource_id)
 
     # --- internals ---------------------------------------------------------------------------
     @staticmethod

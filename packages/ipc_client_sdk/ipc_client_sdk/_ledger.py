@@ -1,0 +1,132 @@
+"""``ResultLedger``: at most one run per call_id, across every instance of a service.
+
+Before a handler runs, its instance *claims* the call_id in the results bucket with KV
+``create``, which is atomic: of two deliveries of one call (a caller's retry, a redelivery
+after a router crash, on this instance or another), exactly one claim succeeds. The winner
+runs the handler and replaces its claim with the reply (``update`` against the claim's
+revision). A delivery that finds a claim waits for the reply to be recorded and answers
+with it; if the caller's deadline comes first it answers ``DEADLINE_EXCEEDED`` and says
+that the call is running elsewhere (or that its instance died before recording an outcome)
+and was not run again.
+
+An outcome the caller may retry (the handler raised a retryable ``IPCError``, or the
+request did not validate) releases the claim instead, so a retry runs afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import msgpack
+import nats.errors
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from ipc_client_sdk._contracts import ErrorCode
+from ipc_client_sdk._errors import IPCError
+
+_TIMEOUT = 2.0
+"""Seconds one read or write of the results bucket may take."""
+
+_PENDING = b"\x00"
+"""First byte of a claim. A recorded reply is a MessagePack map, which never starts so."""
+
+_ANSWER_MARGIN = 0.25
+"""Seconds before the caller's deadline at which a waiting delivery gives up and says why,
+so that the answer reaches the caller before its own timer fires."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The right to run one call_id, held at ``revision`` of its key."""
+
+    call_id: str
+    revision: int
+
+
+class ResultLedger:
+    """Claims and records outcomes by call_id in the results bucket.
+
+    Args:
+        kv: the results bucket.
+        instance_id: this instance, written into its claims for the message of a repeat.
+    """
+
+    def __init__(self, kv: KeyValue, instance_id: str) -> None:
+        self._kv = kv
+        self._instance_id = instance_id
+
+    async def claim(self, call_id: str, deadline: float | None) -> Claim | bytes:
+        """Claim ``call_id`` to run it, or return the reply recorded by the run that did.
+
+        Raises:
+            IPCError: ``UNAVAILABLE`` when the bucket does not answer (running without a
+                claim could run the call twice, so it is not run); ``DEADLINE_EXCEEDED``
+                when another run holds the claim until the deadline.
+        """
+        claim_value = _PENDING + msgpack.packb([self._instance_id, time.time()])
+        delay = 0.02
+        while True:
+            try:
+                async with asyncio.timeout(_TIMEOUT):
+                    try:
+                        return Claim(call_id, await self._kv.create(call_id, claim_value))
+                    except nats.js.errors.KeyWrongLastSequenceError:
+                        pass
+                    try:
+                        entry = await self._kv.get(call_id)
+                    except nats.js.errors.KeyNotFoundError:
+                        continue  # released a moment ago: claim it again
+            except (TimeoutError, nats.errors.Error) as e:
+                raise _unavailable(e) from e
+            value = entry.value or b""
+            if not value.startswith(_PENDING):
+                return value
+            left = (deadline if deadline is not None else time.time() + 30) - time.time()
+            if left <= _ANSWER_MARGIN + delay:
+                raise IPCError(
+                    f"call {call_id} is already running on instance {_holder(value)} (or that "
+                    "instance died before recording an outcome); it was not run again",
+                    code=ErrorCode.DEADLINE_EXCEEDED,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def finish(self, claim: Claim, reply: bytes) -> bool:
+        """Replace the claim with the reply; whether it was recorded.
+
+        A reply that could not be recorded still goes to the caller; only a later repeat
+        of the call would then find the claim without an outcome.
+        """
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                await self._kv.update(claim.call_id, reply, last=claim.revision)
+        except (TimeoutError, nats.errors.Error):
+            return False
+        return True
+
+    async def release(self, claim: Claim) -> None:
+        """Drop the claim so that a retry runs the call afresh. Never raises."""
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                await self._kv.delete(claim.call_id, last=claim.revision)
+        except (TimeoutError, nats.errors.Error):
+            pass  # the claim stays: a retry waits for it and is told why
+
+
+def _holder(value: bytes) -> str:
+    try:
+        instance_id, _ = msgpack.unpackb(value[1:])
+        return str(instance_id)
+    except Exception:  # a claim written by something else: name nobody
+        return "unknown"
+
+
+def _unavailable(error: BaseException) -> IPCError:
+    reason = str(error) or type(error).__name__
+    return IPCError(
+        f"the results bucket did not answer ({reason}), so the call was not run",
+        code=ErrorCode.UNAVAILABLE,
+    )
