@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from ipc_client_sdk import IPCClient, RemoteError, Service
+import pytest
+
+from ipc_client_sdk import CallTimeoutError, IPCClient, RemoteError, Service
+from ipc_client_sdk.protocol import ErrorCode
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_router.infrastructure.process import ChildProcess
 from ipc_testing import RouterProcess, eventually
@@ -107,6 +111,12 @@ svc = Service("whoami")
 async def pid(req: int) -> int:
     return os.getpid()
 
+@svc.method("slow")
+async def slow(req: int) -> int:
+    print("slow started", flush=True)
+    await asyncio.sleep(req)
+    return req
+
 async def main() -> None:
     async with IPCClient(sys.argv[1]) as client:
         instance = await client.serve(svc, instance_id="w1")
@@ -149,3 +159,44 @@ async def test_an_instance_frozen_past_the_timeout_loses_its_id_and_never_serves
             assert await frozen.wait_for_output("replaced", timeout=10), frozen.log_tail()
     finally:
         await frozen.stop()
+
+
+async def test_a_caller_learns_at_once_that_its_instance_died_mid_call(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "doomed.py"
+    script.write_text(FROZEN_INSTANCE)
+    doomed = ChildProcess(tmp_path / "doomed.log")
+    doomed.spawn([sys.executable, str(script), nats_server.url])
+    try:
+        assert await doomed.wait_for_output("serving", timeout=20), doomed.log_tail()
+        async with IPCClient(nats_server.url) as client:
+            call = asyncio.create_task(
+                client.call("whoami.slow", 30, call_id="doomed-1", timeout=60)
+            )
+            assert await doomed.wait_for_output("slow started", timeout=10)
+            doomed.kill()
+            started = time.monotonic()
+            with pytest.raises(RemoteError) as info:
+                await call
+            # Heartbeat timeout (1.5 s) and a sweep, not the caller's 60 s.
+            assert time.monotonic() - started < 20
+            assert info.value.code is ErrorCode.UNKNOWN and not info.value.retryable
+            assert "unknown" in info.value.message
+            # Its claim stays: a retry on a live instance does not run it blind.
+            ran: list[int] = []
+            svc = Service("whoami")
+
+            @svc.method("slow")
+            async def slow(req: int) -> int:
+                ran.append(req)
+                return req
+
+            await client.serve(svc, instance_id="w2")
+            with pytest.raises(CallTimeoutError) as retry:
+                await client.call("whoami.slow", 30, call_id="doomed-1", timeout=2)
+            assert "already running on instance w1" in retry.value.message
+            assert await client.call("whoami.slow", 1, call_id="fresh-1", returns=int) == 1
+            assert ran == [1]
+    finally:
+        await doomed.stop()

@@ -8,7 +8,8 @@ For each message of the durable pull consumer the router
 3. asks the registry for the instance (claims, then sticky assignment, then round robin);
 4. sends the request, with the epoch and delivery count, to the instance's inbox as a core
    NATS request, bounded by the caller's deadline (an instance that is not listening is
-   marked unhealthy and the call is routed again);
+   marked unhealthy and the call is routed again; one that stops heartbeating while it
+   holds the call is given up on, and the caller told that the outcome is unknown);
 5. publishes the instance's reply, unchanged, to the caller's reply address;
 6. and only then acks the message. A router that dies before step 6 leaves the message
    un-acked: JetStream redelivers it after ``ack_wait`` to whichever router fetches next.
@@ -45,7 +46,7 @@ from ipc_client_sdk.protocol import (
     validate_token,
 )
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import RoutingError, UnknownMethodError
+from ipc_router.domain import Health, RoutingError, UnknownMethodError
 
 _log = logging.getLogger("ipc_router.calls")
 
@@ -109,6 +110,7 @@ class CallConsumer:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._psub: JetStreamContext.PullSubscription | None = None
+        self._awaiting: dict[asyncio.Future[Msg], tuple[str, str, str]] = {}
 
     async def start(self) -> None:
         """Bind the durable consumer (creating it when missing) and start fetching."""
@@ -143,6 +145,7 @@ class CallConsumer:
         self._tasks = [
             asyncio.create_task(self._fetch_loop(psub), name="ipc-router-fetch"),
             asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
+            asyncio.create_task(self._watch_instances(), name="ipc-router-watchdog"),
         ]
 
     async def stop(self, *, grace: float = 5.0) -> None:
@@ -203,6 +206,23 @@ class CallConsumer:
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             _log.error("call handling failed", exc_info=task.exception())
+
+    async def _watch_instances(self) -> None:
+        """Stop waiting on instances that died (or were replaced) while holding a call.
+
+        Their callers are told at once that the outcome is unknown, instead of waiting for
+        the deadline. A deregistered instance is not given up on: it is finishing its
+        in-flight calls on its way out.
+        """
+        table = self._registry.table
+        while True:
+            await asyncio.sleep(0.25)
+            for pending, (service, instance_id, session) in list(self._awaiting.items()):
+                record = table.get(service, instance_id)
+                if record is not None and (
+                    record.health is Health.UNHEALTHY or record.session != session
+                ):
+                    pending.cancel()
 
     async def _keep_alive(self) -> None:
         half = self._ack_wait / 2
@@ -301,10 +321,22 @@ class CallConsumer:
             except ValueError:  # a record from an SDK without sessions: cannot be reached
                 await self._registry.mark_unreachable(request.service, route.instance_id)
                 continue
+            pending = asyncio.ensure_future(
+                self._nc.request(inbox, self._codec.encode_envelope(forwarded), timeout=remaining)
+            )
+            self._awaiting[pending] = (request.service, route.instance_id, route.session)
             try:
-                answer = await self._nc.request(
-                    inbox, self._codec.encode_envelope(forwarded), timeout=remaining
-                )
+                answer = await pending
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the router is stopping: leave the call for redelivery
+                # The watchdog gave up on the instance (see _watch_instances).
+                raise _Refused(
+                    ErrorCode.UNKNOWN,
+                    f"instance {route.instance_id!r} stopped heartbeating while it held the "
+                    "call; whether it ran is unknown (check downstream by call_id)",
+                ) from None
             except nats.errors.NoRespondersError:
                 await self._registry.mark_unreachable(request.service, route.instance_id)
                 continue
@@ -313,6 +345,8 @@ class CallConsumer:
                     ErrorCode.DEADLINE_EXCEEDED,
                     f"instance {route.instance_id!r} did not answer before the deadline",
                 ) from e
+            finally:
+                self._awaiting.pop(pending, None)
             return answer.data
         raise _Refused(
             ErrorCode.UNAVAILABLE,
