@@ -16,6 +16,7 @@ request did not validate) releases the claim instead, so a retry runs afresh.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
@@ -66,7 +67,8 @@ class ResultLedger:
                 claim could run the call twice, so it is not run); ``DEADLINE_EXCEEDED``
                 when another run holds the claim until the deadline.
         """
-        claim_value = _PENDING + msgpack.packb([self._instance_id, time.time()])
+        # The nonce makes this claim recognisable if the create's ack is lost.
+        claim_value = _PENDING + msgpack.packb([self._instance_id, time.time(), os.urandom(8)])
         delay = 0.02
         while True:
             try:
@@ -80,7 +82,7 @@ class ResultLedger:
                     except nats.js.errors.KeyNotFoundError:
                         continue  # released a moment ago: claim it again
             except (TimeoutError, nats.errors.Error) as e:
-                raise _unavailable(e) from e
+                return await self._claimed_anyway(call_id, claim_value, e)
             value = entry.value or b""
             if not value.startswith(_PENDING):
                 return value
@@ -93,6 +95,21 @@ class ResultLedger:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def _claimed_anyway(self, call_id: str, claim_value: bytes, error: Exception) -> Claim:
+        """After a failed create: the claim may have been stored and only its ack lost.
+
+        Raises:
+            IPCError: ``UNAVAILABLE``: the claim is not (known to be) ours.
+        """
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                entry = await self._kv.get(call_id)
+        except (TimeoutError, nats.errors.Error):
+            raise _unavailable(error) from error
+        if entry.value == claim_value and entry.revision is not None:
+            return Claim(call_id, entry.revision)
+        raise _unavailable(error) from error
 
     async def finish(self, claim: Claim, reply: bytes) -> bool:
         """Replace the claim with the reply; whether it was recorded.
@@ -118,7 +135,7 @@ class ResultLedger:
 
 def _holder(value: bytes) -> str:
     try:
-        instance_id, _ = msgpack.unpackb(value[1:])
+        instance_id = msgpack.unpackb(value[1:])[0]
         return str(instance_id)
     except Exception:  # a claim written by something else: name nobody
         return "unknown"
