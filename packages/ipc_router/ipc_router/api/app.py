@@ -13,7 +13,6 @@ from ipc_router import __version__
 from ipc_router.api.admin import admin_endpoint
 from ipc_router.api.config import RouterConfig
 from ipc_router.api.leadership import Leadership, RoutingDuties
-from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
@@ -131,10 +130,7 @@ class Router(AsyncService):
             leading=lambda: leadership.leading,
         )
         await admin_endpoint(nc, subjects, codec, get_status).start()
-        try:
-            await leadership.start()
-        except StoreUnavailableError as e:
-            raise ProvisioningError(f"cannot read the saved routing state: {e}") from e
+        await leadership.start()
 
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"

@@ -118,15 +118,16 @@ class Leadership:
 
     async def start(self) -> None:
         """Try for the lease once now (so a lone router leads when ``start`` returns), then
-        keep trying or renewing in the background.
-
-        Raises:
-            StoreUnavailableError: the routing state could not be read on taking the lease.
+        keep trying or renewing in the background. Never raises: a router that cannot lead
+        yet still answers admin requests, and keeps trying.
         """
-        with contextlib.suppress(StoreUnavailableError):
+        try:
             await self._try_to_lead()
-        if not self._leading:
-            _log.info("another router leads; %s waits as standby", self._lease.holder)
+        except StoreUnavailableError as e:
+            _log.warning("cannot try for the lease yet (%s); retrying every %gs", e, self._interval)
+        else:
+            if not self._leading:
+                _log.info("another router leads; %s waits as standby", self._lease.holder)
         self._task = asyncio.create_task(self._run(), name="ipc-router-leadership")
 
     async def stop(self) -> None:
