@@ -314,6 +314,9 @@ class ServiceInstance:
         except Exception:  # a bug here must still answer, or the caller waits it out
             _log.exception("serving call %s failed", call_id)
             reply = self._error(call_id, ErrorCode.INTERNAL, "the instance failed the call")
+        except BaseException:
+            future.cancel()  # a repeat waiting on this run is cancelled with it
+            raise
         finally:
             del self._running[call_id]
         future.set_result(reply)

@@ -182,5 +182,6 @@ class Leadership:
         if not self._leading:
             return
         self._leading = False
-        _log.warning("%s stops routing: %s", self._lease.holder, why)
+        level = logging.INFO if why == "stopping" else logging.WARNING
+        _log.log(level, "%s stops routing: %s", self._lease.holder, why)
         await self._duties.stop()
