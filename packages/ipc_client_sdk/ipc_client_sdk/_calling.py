@@ -61,6 +61,8 @@ def parse_target(target: str) -> tuple[str, str]:
     Raises:
         InvalidArgumentError: not two valid tokens joined by one dot.
     """
+    if not isinstance(target, str):
+        raise InvalidArgumentError(f"call target must be 'service.method', got {target!r}")
     service, dot, method = target.partition(".")
     try:
         if not dot:

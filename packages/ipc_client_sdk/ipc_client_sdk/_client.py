@@ -207,7 +207,7 @@ class IPCClient:
             RemoteError: the router refused it (``ALREADY_EXISTS``: another live process
                 serves this instance_id).
         """
-        check_serve_arguments(service, instance_id, resources, concurrency)
+        check_serve_arguments(service, instance_id, resources, concurrency, heartbeat_interval)
         instance = ServiceInstance(
             self,
             service,

@@ -41,9 +41,9 @@ so that the answer reaches the caller before its own timer fires."""
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """The right to run one call_id, held at ``revision`` of its key."""
+    """The right to run one call, held at ``revision`` of its key."""
 
-    call_id: str
+    key: str
     revision: int
 
 
@@ -59,8 +59,12 @@ class ResultLedger:
         self._kv = kv
         self._instance_id = instance_id
 
-    async def claim(self, call_id: str, deadline: float | None) -> Claim | bytes:
-        """Claim ``call_id`` to run it, or return the reply recorded by the run that did.
+    async def claim(self, key: str, deadline: float | None) -> Claim | bytes:
+        """Claim ``key`` to run its call, or return the reply recorded by the run that did.
+
+        ``key`` names the call in the bucket: ``<service>.<method>.<call_id>``, so one
+        call_id used for two different methods is two calls. Without a deadline a waiting
+        delivery gives up after 30 seconds.
 
         Raises:
             IPCError: ``UNAVAILABLE`` when the bucket does not answer (running without a
@@ -69,25 +73,26 @@ class ResultLedger:
         """
         # The nonce makes this claim recognisable if the create's ack is lost.
         claim_value = _PENDING + msgpack.packb([self._instance_id, time.time(), os.urandom(8)])
+        give_up_at = (deadline if deadline is not None else time.time() + 30) - _ANSWER_MARGIN
+        call_id = key.rsplit(".", 1)[-1]
         delay = 0.02
         while True:
             try:
                 async with asyncio.timeout(_TIMEOUT):
                     try:
-                        return Claim(call_id, await self._kv.create(call_id, claim_value))
+                        return Claim(key, await self._kv.create(key, claim_value))
                     except nats.js.errors.KeyWrongLastSequenceError:
                         pass
                     try:
-                        entry = await self._kv.get(call_id)
+                        entry = await self._kv.get(key)
                     except nats.js.errors.KeyNotFoundError:
                         continue  # released a moment ago: claim it again
             except (TimeoutError, nats.errors.Error) as e:
-                return await self._claimed_anyway(call_id, claim_value, e)
+                return await self._claimed_anyway(key, claim_value, e)
             value = entry.value or b""
             if not value.startswith(_PENDING):
                 return value
-            left = (deadline if deadline is not None else time.time() + 30) - time.time()
-            if left <= _ANSWER_MARGIN + delay:
+            if time.time() + delay >= give_up_at:
                 raise IPCError(
                     f"call {call_id} is already running on instance {_holder(value)} (or that "
                     "instance died before recording an outcome); it was not run again",
@@ -96,7 +101,7 @@ class ResultLedger:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _claimed_anyway(self, call_id: str, claim_value: bytes, error: Exception) -> Claim:
+    async def _claimed_anyway(self, key: str, claim_value: bytes, error: Exception) -> Claim:
         """After a failed create: the claim may have been stored and only its ack lost.
 
         Raises:
@@ -104,11 +109,11 @@ class ResultLedger:
         """
         try:
             async with asyncio.timeout(_TIMEOUT):
-                entry = await self._kv.get(call_id)
+                entry = await self._kv.get(key)
         except (TimeoutError, nats.errors.Error):
             raise _unavailable(error) from error
         if entry.value == claim_value and entry.revision is not None:
-            return Claim(call_id, entry.revision)
+            return Claim(key, entry.revision)
         raise _unavailable(error) from error
 
     async def finish(self, claim: Claim, reply: bytes) -> bool:
@@ -119,7 +124,7 @@ class ResultLedger:
         """
         try:
             async with asyncio.timeout(_TIMEOUT):
-                await self._kv.update(claim.call_id, reply, last=claim.revision)
+                await self._kv.update(claim.key, reply, last=claim.revision)
         except (TimeoutError, nats.errors.Error):
             return False
         return True
@@ -128,7 +133,7 @@ class ResultLedger:
         """Drop the claim so that a retry runs the call afresh. Never raises."""
         try:
             async with asyncio.timeout(_TIMEOUT):
-                await self._kv.delete(claim.call_id, last=claim.revision)
+                await self._kv.delete(claim.key, last=claim.revision)
         except (TimeoutError, nats.errors.Error):
             pass  # the claim stays: a retry waits for it and is told why
 

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, overload
 
 from ipc_client_sdk._codec import check_type
+from ipc_client_sdk._errors import InvalidArgumentError
 from ipc_client_sdk._subjects import validate_token
 
 Handler = Callable[..., Awaitable[Any]]
@@ -88,11 +89,14 @@ class Service:
         name: the service name: letters, digits, '_' and '-'.
 
     Raises:
-        ValueError: the name is not a valid service name.
+        InvalidArgumentError: the name is not a valid service name (a ``ValueError`` too).
     """
 
     def __init__(self, name: str) -> None:
-        self.name = validate_token(name, "service name")
+        try:
+            self.name = validate_token(name, "service name")
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from e
         self._methods: dict[str, MethodSpec] = {}
 
     @property
@@ -112,7 +116,7 @@ class Service:
         Raises:
             TypeError: the handler is not ``async def`` or takes other parameters than
                 ``(request)`` or ``(request, ctx)``.
-            ValueError: the name is invalid or already declared.
+            InvalidArgumentError: the name is invalid or already declared (a ``ValueError``).
         """
         if callable(name):
             return self._declare(name.__name__, name)
@@ -123,9 +127,15 @@ class Service:
         return declare
 
     def _declare[H: Handler](self, name: str, handler: H) -> H:
-        validate_token(name, "method name")
+        try:
+            validate_token(name, "method name")
+        except ValueError as e:
+            raise InvalidArgumentError(str(e), service=self.name) from e
         if name in self._methods:
-            raise ValueError(f"method {name!r} is already declared on service {self.name!r}")
+            raise InvalidArgumentError(
+                f"method {name!r} is already declared on service {self.name!r}",
+                service=self.name,
+            )
         if not _is_async(handler):
             raise TypeError(f"handler for {self.name}.{name} must be an 'async def' function")
         params = [

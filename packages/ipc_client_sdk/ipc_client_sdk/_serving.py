@@ -99,6 +99,7 @@ class ServiceInstance:
         self._reregister: asyncio.Task[None] | None = None
         self._ledger: ResultLedger | None = None
         self._replaced = False
+        self._closing = False
         self._registration: RegistrationResult | None = None
         self._stopped = False
         self.claimed: tuple[str, ...] = ()
@@ -201,6 +202,7 @@ class ServiceInstance:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 drained = self._inbox.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
                 await asyncio.wait_for(drained, timeout)
+        self._closing = True  # whatever the drain left is refused, not served after we return
         await self._unsubscribe()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout)
@@ -283,7 +285,17 @@ class ServiceInstance:
 
     # --- calls -------------------------------------------------------------------------
     async def _on_call(self, msg: Msg) -> None:
-        await self._slots.acquire()  # back-pressure: later calls wait in the subscription
+        if not self._closing:
+            await self._slots.acquire()  # back-pressure: later calls wait in the subscription
+            if self._closing:
+                self._slots.release()
+        if self._closing:
+            # stop() ran out of time draining: refuse what is left, quickly and retryably.
+            reply = self._error(
+                "", ErrorCode.UNAVAILABLE, f"instance {self.instance_id} is stopping"
+            )
+            await self._respond(msg, reply)
+            return
         task = asyncio.create_task(self._serve_one(msg))
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
@@ -340,7 +352,9 @@ class ServiceInstance:
             )
         assert self._ledger is not None
         try:
-            claimed = await self._ledger.claim(call_id, request.deadline)
+            claimed = await self._ledger.claim(
+                f"{self.service}.{spec.name}.{call_id}", request.deadline
+            )
         except IPCError as e:
             return self._error(call_id, e.code, e.message)
         if isinstance(claimed, bytes):
@@ -352,6 +366,9 @@ class ServiceInstance:
             return self._error(call_id, ErrorCode.INVALID_ARGUMENT, e.message)
         try:
             reply, keep = await self._run(spec, argument, request)
+        except Exception:  # a bug after the claim: record it, never leave the claim behind
+            _log.exception("call %s failed after it was claimed", call_id)
+            reply, keep = self._error(call_id, ErrorCode.INTERNAL, "the instance failed"), True
         except asyncio.CancelledError:
             # stop() gave up waiting. The handler may have done part of its work, so the
             # call must not run again: record that its outcome is unknown.
@@ -411,7 +428,7 @@ class ServiceInstance:
 
     async def _respond(self, msg: Msg, reply: bytes) -> None:
         if msg.reply:
-            with contextlib.suppress(nats.errors.Error):
+            with contextlib.suppress(nats.errors.Error, IPCError):  # closed: nobody to tell
                 await self._client.nats.publish(msg.reply, reply)
 
     def _error(
@@ -425,17 +442,27 @@ class ServiceInstance:
     ) -> bytes:
         info = ErrorInfo(
             code=code,
-            message=message,
+            message=message[:_MAX_ERROR_MESSAGE],
             details=details or {},
             retryable=code.retryable if retryable is None else retryable,
         )
-        return self._client.codec.encode_envelope(
-            CallReply(call_id=call_id, error=info, service=self.service, instance=self.instance_id)
+        reply = CallReply(
+            call_id=call_id, error=info, service=self.service, instance=self.instance_id
         )
+        try:
+            return self._client.codec.encode_envelope(reply)
+        except CodecError:
+            # Details the codec cannot carry (or too many): the error still gets through.
+            plain = info.model_copy(update={"details": {"dropped": "details not encodable"}})
+            return self._client.codec.encode_envelope(reply.model_copy(update={"error": plain}))
 
 
 def check_serve_arguments(
-    service: Service, instance_id: str, resources: Sequence[str], concurrency: int
+    service: Service,
+    instance_id: str,
+    resources: Sequence[str],
+    concurrency: int,
+    heartbeat_interval: float,
 ) -> None:
     """Refuse bad ``serve`` arguments before anything is sent.
 
@@ -446,10 +473,18 @@ def check_serve_arguments(
         raise InvalidArgumentError(f"serve() takes a Service, got {type(service).__name__}")
     if not service.methods:
         raise InvalidArgumentError(f"service {service.name!r} declares no methods")
-    if isinstance(resources, str):
-        raise InvalidArgumentError("resources must be a list of ids, not one string")
-    if concurrency < 1:
-        raise InvalidArgumentError(f"concurrency must be at least 1, got {concurrency}")
+    if isinstance(resources, str) or not isinstance(resources, Sequence | set | frozenset):
+        raise InvalidArgumentError(f"resources must be a list of ids, got {resources!r}")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidArgumentError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+    if (
+        isinstance(heartbeat_interval, bool)
+        or not isinstance(heartbeat_interval, int | float)
+        or not 0.05 <= heartbeat_interval <= 60
+    ):
+        raise InvalidArgumentError(
+            f"heartbeat_interval must be between 0.05 and 60 seconds, got {heartbeat_interval!r}"
+        )
     try:
         validate_token(instance_id, "instance_id")
         for resource in resources:

@@ -428,3 +428,111 @@ async def test_returns_of_a_type_pydantic_cannot_validate_is_refused_before_send
     with pytest.raises(InvalidArgumentError):
         await caller.call("service_b.do_work", work(), returns=unhashable)
     assert sum(svc.runs.values()) == 0
+
+
+async def test_one_call_id_on_two_methods_is_two_calls(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = Service("desk")
+
+    @svc.method("check")
+    async def check(req: int) -> str:
+        return "checked"
+
+    @svc.method("place")
+    async def place(req: int) -> str:
+        return "placed"
+
+    await server.serve(svc, instance_id="d1")
+    assert await caller.call("desk.check", 1, call_id="same-1", returns=str) == "checked"
+    assert await caller.call("desk.place", 1, call_id="same-1", returns=str) == "placed"
+
+
+async def test_an_error_reply_the_codec_cannot_carry_still_answers_and_is_recorded(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    runs = 0
+    svc = Service("odd")
+
+    @svc.method("fail")
+    async def fail(req: int) -> None:
+        nonlocal runs
+        runs += 1
+        raise IPCError("refused", code=ErrorCode.FAILED_PRECONDITION, details={"x": object()})
+
+    await server.serve(svc, instance_id="o1")
+    for _ in range(2):
+        with pytest.raises(RemoteError) as info:
+            await caller.call("odd.fail", 1, call_id="odd-1", timeout=5)
+        assert info.value.code is ErrorCode.FAILED_PRECONDITION
+    assert runs == 1
+
+
+async def test_stop_that_runs_out_of_time_serves_nothing_after_it_returns(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    started: list[float] = []
+    svc = Service("slowpoke")
+
+    @svc.method("work")
+    async def work_slowly(req: float) -> float:
+        started.append(time.monotonic())
+        await asyncio.sleep(req)
+        return req
+
+    instance = await server.serve(svc, instance_id="s1", concurrency=1)
+    calls = [asyncio.create_task(caller.call("slowpoke.work", 1.0, timeout=20)) for _ in range(4)]
+
+    async def first_started() -> None:
+        assert started
+
+    await eventually(first_started, interval=0.01)
+    await instance.stop(timeout=0.5)
+    stopped_at = time.monotonic()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(1.5)
+    assert all(t <= stopped_at for t in started), "a handler started after stop() returned"
+    refused = [o for o in outcomes if isinstance(o, IPCError)]
+    assert refused and all(
+        o.code in (ErrorCode.UNAVAILABLE, ErrorCode.ABORTED) for o in refused
+    ), outcomes
+
+
+async def test_a_handler_blocking_its_event_loop_for_a_while_still_answers(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = Service("cpu")
+
+    @svc.method("crunch")
+    async def crunch(req: float) -> float:
+        time.sleep(req)  # noqa: ASYNC251  # the point: no heartbeats while it runs
+        return req
+
+    await server.serve(svc, instance_id="c1")
+    assert await caller.call("cpu.crunch", 2.5, timeout=30, returns=float) == 2.5
+
+
+async def test_bad_serve_and_call_arguments_are_invalid_argument_errors(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService().service
+    bad: Any
+    for bad in (0, -1, float("nan"), "1", 1000):
+        with pytest.raises(InvalidArgumentError):
+            await server.serve(svc, instance_id="b1", heartbeat_interval=bad)
+    for bad in (0, "2", None, True):
+        with pytest.raises(InvalidArgumentError):
+            await server.serve(svc, instance_id="b1", concurrency=bad)
+    for bad in (None, 5, [1]):
+        with pytest.raises(InvalidArgumentError):
+            await server.serve(svc, instance_id="b1", resources=bad)
+    for bad in (None, 5, b"service_b.do_work"):
+        with pytest.raises(InvalidArgumentError):
+            await caller.call(bad, {})
+    with pytest.raises(InvalidArgumentError):
+        Service("bad name")

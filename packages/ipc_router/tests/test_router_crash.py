@@ -200,3 +200,17 @@ async def test_a_caller_learns_at_once_that_its_instance_died_mid_call(
             assert ran == [1]
     finally:
         await doomed.stop()
+
+
+async def test_two_routers_given_the_same_id_never_both_lead(
+    nats_server: NatsServerProcess, tmp_path: Path
+) -> None:
+    logs = [tmp_path / "twin1.log", tmp_path / "twin2.log"]
+    async with (
+        RouterProcess(nats_server.url, logs[0], router_id="twin"),
+        RouterProcess(nats_server.url, logs[1], router_id="twin"),
+    ):
+        await asyncio.sleep(4)  # several renewal rounds
+        texts = [log.read_text() for log in logs]
+    assert sum(text.count("twin leads") for text in texts) == 1, texts
+    assert not any("lost the lease" in text for text in texts)

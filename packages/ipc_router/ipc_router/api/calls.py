@@ -210,18 +210,27 @@ class CallConsumer:
     async def _watch_instances(self) -> None:
         """Stop waiting on instances that died (or were replaced) while holding a call.
 
-        Their callers are told at once that the outcome is unknown, instead of waiting for
-        the deadline. A deregistered instance is not given up on: it is finishing its
-        in-flight calls on its way out.
+        An instance unhealthy for a further heartbeat timeout is given up on, and its
+        callers told that the outcome is unknown, instead of waiting for the deadline. A
+        deregistered instance is not given up on: it is finishing its in-flight calls on
+        its way out.
         """
         table = self._registry.table
+        grace = table.heartbeat_timeout  # a handler blocking its event loop a while recovers
+        suspects: dict[asyncio.Future[Msg], float] = {}
         while True:
             await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for pending in [p for p in suspects if p not in self._awaiting]:
+                del suspects[pending]
             for pending, (service, instance_id, session) in list(self._awaiting.items()):
                 record = table.get(service, instance_id)
-                if record is not None and (
+                lost = record is not None and (
                     record.health is Health.UNHEALTHY or record.session != session
-                ):
+                )
+                if not lost:
+                    suspects.pop(pending, None)
+                elif now - suspects.setdefault(pending, now) >= grace and not pending.done():
                     pending.cancel()
 
     async def _keep_alive(self) -> None:
@@ -313,7 +322,9 @@ class CallConsumer:
                 raise _Refused(ErrorCode.NOT_FOUND, str(e)) from e
             except RoutingError as e:
                 raise _Refused(ErrorCode.UNAVAILABLE, str(e)) from e
-            forwarded = request.model_copy(update={"epoch": route.epoch, "delivery": delivery})
+            forwarded = request.model_copy(
+                update={"epoch": route.epoch, "delivery": delivery, "deadline": deadline}
+            )
             try:
                 inbox = self._subjects.instance_inbox(
                     request.service, route.instance_id, route.session

@@ -84,13 +84,15 @@ class RoutingDuties:
         await self._calls.start()
 
     async def stop(self, *, grace: float = 5.0) -> None:
-        """Stop consuming (in-flight calls get ``grace`` seconds), then stop registration."""
-        if self._calls is not None:
-            await self._calls.stop(grace=grace)
-            self._calls = None
+        """Stop registration and heartbeats, then consuming; in-flight calls get ``grace``
+        seconds (calls abandoned after that are redelivered, and the results bucket
+        answers any that already ran)."""
         if self._control is not None:
             await self._control.stop()
             self._control = None
+        if self._calls is not None:
+            await self._calls.stop(grace=grace)
+            self._calls = None
 
 
 class Leadership:
@@ -152,9 +154,10 @@ class Leadership:
                 _log.exception("leadership check failed")
 
     async def _try_to_lead(self) -> None:
+        sent = time.monotonic()
         if not await self._lease.acquire():
             return
-        self._last_renewed = time.monotonic()
+        self._last_renewed = sent
         try:
             await self._duties.start()
         except BaseException:
@@ -163,25 +166,36 @@ class Leadership:
             raise
         self._leading = True
         _log.info("%s leads: registering instances and routing calls", self._lease.holder)
+        await self._renew()  # starting may have taken a while: renew, or step down now
 
     async def _renew(self) -> None:
-        try:
-            renewed = await self._lease.renew()
-        except StoreUnavailableError as e:
-            if time.monotonic() - self._last_renewed < self._step_down_after:
-                _log.warning("lease not renewed (%s); retrying", e)
-                return
-            self._lease.forget()
-            renewed = False
+        # The lease counts from when the last successful renewal was *sent*; past the
+        # step-down point this router must stop, whatever JetStream says later.
+        sent = time.monotonic()
+        budget = self._last_renewed + self._step_down_after - sent
+        renewed = False
+        if budget > 0:
+            try:
+                renewed = await self._lease.renew(timeout=budget)
+            except StoreUnavailableError as e:
+                if time.monotonic() - self._last_renewed < self._step_down_after:
+                    _log.warning("lease not renewed (%s); retrying", e)
+                    return
         if renewed:
-            self._last_renewed = time.monotonic()
-        else:
-            await self._step_down("lost the lease")
+            self._last_renewed = sent
+            return
+        self._lease.forget()
+        await self._step_down("lost the lease (or could not renew it in time)")
 
     async def _step_down(self, why: str) -> None:
         if not self._leading:
             return
         self._leading = False
-        level = logging.INFO if why == "stopping" else logging.WARNING
-        _log.log(level, "%s stops routing: %s", self._lease.holder, why)
-        await self._duties.stop()
+        if why == "stopping":
+            _log.info("%s stops routing: %s", self._lease.holder, why)
+            await self._duties.stop()
+        else:
+            # Another router may lead in (TTL - step-down) seconds: stop at once, and leave
+            # in-flight calls to redelivery rather than finish them late.
+            _log.warning("%s stops routing: %s", self._lease.holder, why)
+            await self._duties.stop(grace=0)

@@ -3,13 +3,15 @@
 The key is created with KV ``create``, which is atomic: of several routers, exactly one
 succeeds (first come, first served). Its holder renews it with ``update`` against the last
 revision it wrote; the bucket's TTL removes a key nobody renews, and then the next router's
-``create`` succeeds. A router that finds its own id in the key (it restarted faster than
-the TTL) takes the lease back at once.
+``create`` succeeds. The value is the router id and a random per-process nonce, so two
+processes given the same router id never both hold it; a router restarted after a crash
+waits for its old lease to expire like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import nats.errors
 import nats.js.errors
@@ -28,6 +30,7 @@ class JetStreamLease:
         self._kv = kv
         self._bucket = bucket
         self.holder = holder
+        self._value = f"{holder} {os.urandom(8).hex()}".encode()
         self._timeout = timeout
         self._revision: int | None = None
 
@@ -37,12 +40,12 @@ class JetStreamLease:
         return self._revision is not None
 
     async def acquire(self) -> bool:
-        """Take the lease if nobody holds it (or this router's id does); whether it did.
+        """Take the lease if nobody holds it (or this process still does); whether it did.
 
         Raises:
             StoreUnavailableError: JetStream did not answer.
         """
-        value = self.holder.encode()
+        value = self._value
         async with guarded(self._bucket, self._timeout):
             try:
                 self._revision = await self._kv.create(LEADER_KEY, value)
@@ -61,19 +64,20 @@ class JetStreamLease:
                 return False
             return True
 
-    async def renew(self) -> bool:
+    async def renew(self, *, timeout: float | None = None) -> bool:
         """Extend the lease; False when it was lost (expired, or taken by another router).
+
+        Args:
+            timeout: the longest to wait for JetStream (default: the lease's own timeout).
 
         Raises:
             StoreUnavailableError: JetStream did not answer (the lease may still be held).
         """
         if self._revision is None:
             return False
-        async with guarded(self._bucket, self._timeout):
+        async with guarded(self._bucket, timeout or self._timeout):
             try:
-                self._revision = await self._kv.update(
-                    LEADER_KEY, self.holder.encode(), last=self._revision
-                )
+                self._revision = await self._kv.update(LEADER_KEY, self._value, last=self._revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 self._revision = None
                 return False
