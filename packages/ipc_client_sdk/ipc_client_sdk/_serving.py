@@ -2,15 +2,8 @@
 
 An instance registers with the router, heartbeats, and takes calls from its inbox
 (``<prefix>.inst.<service>.<instance_id>.<session>``; the session is random per process, so
-a process that lost its id to a newer one receives nothing) with bounded concurrency. Each
-call runs at most once per call_id:
-
-- a call already running here is not started again: the repeat waits for the first run's
-  reply;
-- every other delivery first claims the call_id in the results bucket (``ResultLedger``):
-  a repeat anywhere finds the claim or the recorded outcome instead of running again;
-- a handler's outcome (result or error) replaces the claim *before* the reply is sent, so a
-  repeat arriving after a router crash finds it.
+a process that lost its id to a newer one receives nothing) with bounded concurrency.
+``CallRunner`` (``_runner.py``) handles each call at most once per call.
 
 What this cannot cover: a process that dies after the handler's side effect and before the
 outcome is recorded. Its claim stays, so the call is not run again; repeats are told its
@@ -25,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -36,7 +29,6 @@ from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
     AdminReply,
     CallReply,
-    CallRequest,
     ErrorCode,
     ErrorInfo,
     Heartbeat,
@@ -52,15 +44,14 @@ from ipc_client_sdk._errors import (
 )
 from ipc_client_sdk._ledger import ResultLedger
 from ipc_client_sdk._nats import servers_label
-from ipc_client_sdk._service import CallContext, MethodSpec, Service
+from ipc_client_sdk._runner import CallRunner
+from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
 
 if TYPE_CHECKING:
     from ipc_client_sdk._client import IPCClient
 
 _log = logging.getLogger("ipc_client_sdk.serving")
-
-_MAX_ERROR_MESSAGE = 500
 
 
 class ServiceInstance:
@@ -91,13 +82,12 @@ class ServiceInstance:
         self._heartbeat_interval = heartbeat_interval
         self._session = os.urandom(8).hex()
         self._slots = asyncio.Semaphore(concurrency)
-        self._running: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbox: Subscription | None = None
         self._beats: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._reregister: asyncio.Task[None] | None = None
-        self._ledger: ResultLedger | None = None
+        self._runner: CallRunner | None = None
         self._replaced = False
         self._closing = False
         self._registration: RegistrationResult | None = None
@@ -148,7 +138,9 @@ class ServiceInstance:
             raise RouterUnavailableError(
                 f"JetStream did not answer: {e or type(e).__name__}", service=self.service
             ) from e
-        self._ledger = ResultLedger(results, self.instance_id)
+        self._runner = CallRunner(
+            client.codec, self._service, self.instance_id, ResultLedger(results, self.instance_id)
+        )
         inbox = client.subjects.instance_inbox(self.service, self.instance_id, self._session)
         try:
             self._inbox = await nc.subscribe(inbox, cb=self._on_call, pending_msgs_limit=1_000_000)
@@ -289,11 +281,9 @@ class ServiceInstance:
             await self._slots.acquire()  # back-pressure: later calls wait in the subscription
             if self._closing:
                 self._slots.release()
-        if self._closing:
+        if self._closing or self._runner is None:
             # stop() ran out of time draining: refuse what is left, quickly and retryably.
-            reply = self._error(
-                "", ErrorCode.UNAVAILABLE, f"instance {self.instance_id} is stopping"
-            )
+            reply = self._refusal(ErrorCode.UNAVAILABLE, f"instance {self.instance_id} is stopping")
             await self._respond(msg, reply)
             return
         task = asyncio.create_task(self._serve_one(msg))
@@ -306,155 +296,19 @@ class ServiceInstance:
         if not task.cancelled() and task.exception() is not None:
             _log.error("serving a call failed", exc_info=task.exception())
 
+    def _refusal(self, code: ErrorCode, message: str) -> bytes:
+        info = ErrorInfo(code=code, message=message, retryable=code.retryable)
+        reply = CallReply(call_id="", error=info, service=self.service, instance=self.instance_id)
+        return self._client.codec.encode_envelope(reply)
+
     async def _serve_one(self, msg: Msg) -> None:
-        codec = self._client.codec
-        try:
-            request = codec.decode_envelope(msg.data, CallRequest)
-        except CodecError as e:
-            await self._respond(msg, self._error("", e.code, e.message))
-            return
-        call_id = request.call_id
-        running = self._running.get(call_id)
-        if running is not None:
-            # The same call, delivered here again while its first run is still going.
-            await self._respond(msg, await asyncio.shield(running))
-            return
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._running[call_id] = future
-        try:
-            reply = await self._execute(request)
-        except Exception:  # a bug here must still answer, or the caller waits it out
-            _log.exception("serving call %s failed", call_id)
-            reply = self._error(call_id, ErrorCode.INTERNAL, "the instance failed the call")
-        except BaseException:
-            future.cancel()  # a repeat waiting on this run is cancelled with it
-            raise
-        finally:
-            del self._running[call_id]
-        future.set_result(reply)
-        await self._respond(msg, reply)
-
-    async def _execute(self, request: CallRequest) -> bytes:
-        """Run one call at most once (or find its outcome) and return the encoded reply."""
-        codec = self._client.codec
-        call_id = request.call_id
-        spec = self._service.methods.get(request.method)
-        if request.service != self.service or spec is None:
-            known = ", ".join(sorted(self._service.methods))
-            return self._error(
-                call_id,
-                ErrorCode.NOT_FOUND,
-                f"{request.service}.{request.method} is not served here (methods: {known})",
-            )
-        if request.deadline is not None and request.deadline <= time.time():
-            return self._error(
-                call_id, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before the call ran"
-            )
-        assert self._ledger is not None
-        try:
-            claimed = await self._ledger.claim(
-                f"{self.service}.{spec.name}.{call_id}", request.deadline
-            )
-        except IPCError as e:
-            return self._error(call_id, e.code, e.message)
-        if isinstance(claimed, bytes):
-            return claimed  # an earlier run's outcome
-        try:
-            argument = codec.decode(request.payload, spec.request_type)
-        except CodecError as e:
-            await self._ledger.release(claimed)
-            return self._error(call_id, ErrorCode.INVALID_ARGUMENT, e.message)
-        try:
-            reply, keep = await self._run(spec, argument, request)
-        except Exception:  # a bug after the claim: record it, never leave the claim behind
-            _log.exception("call %s failed after it was claimed", call_id)
-            reply, keep = self._error(call_id, ErrorCode.INTERNAL, "the instance failed"), True
-        except asyncio.CancelledError:
-            # stop() gave up waiting. The handler may have done part of its work, so the
-            # call must not run again: record that its outcome is unknown.
-            reply = self._error(
-                call_id,
-                ErrorCode.ABORTED,
-                f"instance {self.instance_id} stopped while the call was running; its "
-                "effects are unknown (check downstream by call_id)",
-                retryable=False,
-            )
-            keep = True
-        if not keep:
-            await self._ledger.release(claimed)
-        elif not await self._ledger.finish(claimed, reply):
-            # The caller still gets its reply; a repeat would find no outcome and wait.
-            _log.error("outcome of call %s not recorded", call_id)
-        return reply
-
-    async def _run(
-        self, spec: MethodSpec, argument: Any, request: CallRequest
-    ) -> tuple[bytes, bool]:
-        """Run the handler; return the reply and whether to record it.
-
-        A retryable error the handler raises is not recorded, so a retry runs again.
-        """
-        ctx = CallContext(
-            call_id=request.call_id,
-            service=self.service,
-            method=spec.name,
-            instance_id=self.instance_id,
-            resource_id=request.resource_id,
-            deadline=request.deadline,
-            caller=request.caller,
-            epoch=request.epoch,
-            delivery=request.delivery,
-        )
-        codec = self._client.codec
-        try:
-            result = await spec.invoke(argument, ctx)
-            payload = codec.encode(result)
-        except IPCError as e:
-            error = self._error(
-                request.call_id, e.code, e.message, details=e.details, retryable=e.retryable
-            )
-            return error, not e.retryable
-        except Exception as e:
-            _log.exception("%s.%s failed (call %s)", self.service, spec.name, request.call_id)
-            text = f"{type(e).__name__}: {e}"[:_MAX_ERROR_MESSAGE]
-            return self._error(request.call_id, ErrorCode.INTERNAL, text), True
-        reply = CallReply(
-            call_id=request.call_id,
-            payload=payload,
-            service=self.service,
-            instance=self.instance_id,
-        )
-        return codec.encode_envelope(reply), True
+        assert self._runner is not None
+        await self._respond(msg, await self._runner.handle(msg.data))
 
     async def _respond(self, msg: Msg, reply: bytes) -> None:
         if msg.reply:
             with contextlib.suppress(nats.errors.Error, IPCError):  # closed: nobody to tell
                 await self._client.nats.publish(msg.reply, reply)
-
-    def _error(
-        self,
-        call_id: str,
-        code: ErrorCode,
-        message: str,
-        *,
-        details: dict[str, Any] | None = None,
-        retryable: bool | None = None,
-    ) -> bytes:
-        info = ErrorInfo(
-            code=code,
-            message=message[:_MAX_ERROR_MESSAGE],
-            details=details or {},
-            retryable=code.retryable if retryable is None else retryable,
-        )
-        reply = CallReply(
-            call_id=call_id, error=info, service=self.service, instance=self.instance_id
-        )
-        try:
-            return self._client.codec.encode_envelope(reply)
-        except CodecError:
-            # Details the codec cannot carry (or too many): the error still gets through.
-            plain = info.model_copy(update={"details": {"dropped": "details not encodable"}})
-            return self._client.codec.encode_envelope(reply.model_copy(update={"error": plain}))
 
 
 def check_serve_arguments(

@@ -1,0 +1,192 @@
+"""``CallRunner``: how an instance handles one delivered call, at most once per call.
+
+- A call already running here is not started again: the repeat waits for the first run's
+  reply.
+- Every other delivery first claims the call in the results bucket (``ResultLedger``), so
+  a repeat on any instance finds the claim or the recorded outcome instead of running.
+- A handler's outcome (result or error) replaces the claim *before* the reply is sent, so
+  a repeat arriving after a router crash finds it.
+- Outcomes a caller may retry (a retryable ``IPCError``, a request that does not validate)
+  release the claim instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ipc_client_sdk._codec import Codec
+from ipc_client_sdk._contracts import CallReply, CallRequest, ErrorCode, ErrorInfo
+from ipc_client_sdk._errors import CodecError, IPCError
+from ipc_client_sdk._ledger import ResultLedger
+from ipc_client_sdk._service import CallContext, MethodSpec, Service
+
+_log = logging.getLogger("ipc_client_sdk.serving")
+
+_MAX_ERROR_MESSAGE = 500
+
+
+class CallRunner:
+    """Runs the calls delivered to one instance.
+
+    Args:
+        codec: the client's codec.
+        service: the methods served.
+        instance_id: this instance.
+        ledger: claims and outcomes in the results bucket.
+    """
+
+    def __init__(
+        self, codec: Codec, service: Service, instance_id: str, ledger: ResultLedger
+    ) -> None:
+        self._codec = codec
+        self._service = service
+        self._name = service.name
+        self.instance_id = instance_id
+        self._ledger = ledger
+        self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+
+    async def handle(self, data: bytes) -> bytes:
+        """Handle one delivered call and return the encoded reply. Never raises ``Exception``."""
+        try:
+            request = self._codec.decode_envelope(data, CallRequest)
+        except CodecError as e:
+            return self.error("", e.code, e.message)
+        call_id = request.call_id
+        key = (request.method, call_id)
+        running = self._running.get(key)
+        if running is not None:
+            # The same call, delivered here again while its first run is still going.
+            return await asyncio.shield(running)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            reply = await self._execute(request)
+        except Exception:  # a bug here must still answer, or the caller waits it out
+            _log.exception("serving call %s failed", call_id)
+            reply = self.error(call_id, ErrorCode.INTERNAL, "the instance failed the call")
+        except BaseException:
+            future.cancel()  # a repeat waiting on this run is cancelled with it
+            raise
+        finally:
+            del self._running[key]
+        future.set_result(reply)
+        return reply
+
+    async def _execute(self, request: CallRequest) -> bytes:
+        """Run one call at most once (or find its outcome) and return the encoded reply."""
+        codec = self._codec
+        call_id = request.call_id
+        spec = self._service.methods.get(request.method)
+        if request.service != self._name or spec is None:
+            known = ", ".join(sorted(self._service.methods))
+            return self.error(
+                call_id,
+                ErrorCode.NOT_FOUND,
+                f"{request.service}.{request.method} is not served here (methods: {known})",
+            )
+        if request.deadline is not None and request.deadline <= time.time():
+            return self.error(
+                call_id, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before the call ran"
+            )
+        try:
+            claimed = await self._ledger.claim(
+                f"{self._name}.{spec.name}.{call_id}", request.deadline
+            )
+        except IPCError as e:
+            return self.error(call_id, e.code, e.message)
+        if isinstance(claimed, bytes):
+            return claimed  # an earlier run's outcome
+        try:
+            argument = codec.decode(request.payload, spec.request_type)
+        except CodecError as e:
+            await self._ledger.release(claimed)
+            return self.error(call_id, ErrorCode.INVALID_ARGUMENT, e.message)
+        try:
+            reply, keep = await self._run(spec, argument, request)
+        except Exception:  # a bug after the claim: record it, never leave the claim behind
+            _log.exception("call %s failed after it was claimed", call_id)
+            reply, keep = self.error(call_id, ErrorCode.INTERNAL, "the instance failed"), True
+        except asyncio.CancelledError:
+            # stop() gave up waiting. The handler may have done part of its work, so the
+            # call must not run again: record that its outcome is unknown.
+            reply = self.error(
+                call_id,
+                ErrorCode.ABORTED,
+                f"instance {self.instance_id} stopped while the call was running; its "
+                "effects are unknown (check downstream by call_id)",
+                retryable=False,
+            )
+            keep = True
+        if not keep:
+            await self._ledger.release(claimed)
+        elif not await self._ledger.finish(claimed, reply):
+            # The caller still gets its reply; a repeat would find no outcome and wait.
+            _log.error("outcome of call %s not recorded", call_id)
+        return reply
+
+    async def _run(
+        self, spec: MethodSpec, argument: Any, request: CallRequest
+    ) -> tuple[bytes, bool]:
+        """Run the handler; return the reply and whether to record it.
+
+        A retryable error the handler raises is not recorded, so a retry runs again.
+        """
+        ctx = CallContext(
+            call_id=request.call_id,
+            service=self._name,
+            method=spec.name,
+            instance_id=self.instance_id,
+            resource_id=request.resource_id,
+            deadline=request.deadline,
+            caller=request.caller,
+            epoch=request.epoch,
+            delivery=request.delivery,
+        )
+        codec = self._codec
+        try:
+            result = await spec.invoke(argument, ctx)
+            payload = codec.encode(result)
+        except IPCError as e:
+            error = self.error(
+                request.call_id, e.code, e.message, details=e.details, retryable=e.retryable
+            )
+            return error, not e.retryable
+        except Exception as e:
+            _log.exception("%s.%s failed (call %s)", self._name, spec.name, request.call_id)
+            text = f"{type(e).__name__}: {e}"[:_MAX_ERROR_MESSAGE]
+            return self.error(request.call_id, ErrorCode.INTERNAL, text), True
+        reply = CallReply(
+            call_id=request.call_id,
+            payload=payload,
+            service=self._name,
+            instance=self.instance_id,
+        )
+        return codec.encode_envelope(reply), True
+
+    def error(
+        self,
+        call_id: str,
+        code: ErrorCode,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retryable: bool | None = None,
+    ) -> bytes:
+        info = ErrorInfo(
+            code=code,
+            message=message[:_MAX_ERROR_MESSAGE],
+            details=details or {},
+            retryable=code.retryable if retryable is None else retryable,
+        )
+        reply = CallReply(
+            call_id=call_id, error=info, service=self._name, instance=self.instance_id
+        )
+        try:
+            return self._codec.encode_envelope(reply)
+        except CodecError:
+            # Details the codec cannot carry (or too many): the error still gets through.
+            plain = info.model_copy(update={"details": {"dropped": "details not encodable"}})
+            return self._codec.encode_envelope(reply.model_copy(update={"error": plain}))
