@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,6 +25,7 @@ async def main() -> None:
         IPCClient(URL, name="svc_a") as caller,
     ):
         instance = await server.serve(service_b, instance_id="b1", resources=["acc_XYZ"])
+        order_id = f"order-{uuid.uuid4().hex[:12]}"  # the client's own id for this order
         order = WorkRequest(
             account="acc_XYZ", quantity=100, price=Decimal("187.25"), placed_at=datetime.now(UTC)
         )
@@ -33,7 +35,7 @@ async def main() -> None:
             resource_id="acc_XYZ",
             timeout=2.0,
             returns=WorkResult,
-            call_id="order-0001",  # our own id: a retry can never book twice
+            call_id=order_id,  # our own id: a retry can never book twice
         )
         print(f"booked {result.notional} for {result.account} on {result.booked_by}")
         again = await caller.call(
@@ -41,7 +43,7 @@ async def main() -> None:
             order,
             resource_id="acc_XYZ",
             returns=WorkResult,
-            call_id="order-0001",
+            call_id=order_id,
         )
         print(f"retry with the same call_id answered from the record: {again == result}")
         await instance.stop()

@@ -165,10 +165,12 @@ class IPCClient:
             InvalidArgumentError: a bad target, resource_id, call_id or timeout.
             CodecError: the payload cannot be encoded, or the result does not fit
                 ``returns``.
-            ServiceUnavailableError: no healthy instance can serve the call (at once, not
-                after the timeout); ``RouterUnavailableError`` when no router is set up.
+            ServiceUnavailableError: nobody can serve the call now, e.g. no healthy
+                instance (raised at once, not after the timeout); ``RouterUnavailableError``
+                when no router has set this deployment up.
             CallTimeoutError: the deadline passed.
-            RemoteError: the handler failed (``INTERNAL`` or its own code), the method does
+            RemoteError: the handler failed (``INTERNAL`` or its own code), its instance died
+                holding the call (``UNKNOWN``: whether it ran is unknown), the method does
                 not exist (``NOT_FOUND``), or the payload did not fit its model
                 (``INVALID_ARGUMENT``, and the handler did not run).
             IPCConnectionError: the NATS connection is gone.

@@ -154,7 +154,11 @@ class CallTimeoutError(IPCError):
 
 
 class ServiceUnavailableError(IPCError):
-    """Nobody can serve the call right now (no healthy instance, nobody subscribed)."""
+    """Nobody can serve the call right now; retrying later may succeed.
+
+    No healthy instance (raised at once), the instance is stopping or cannot reach its
+    results bucket, the calls stream refused the call, or the handler raised UNAVAILABLE.
+    """
 
     default_code = ErrorCode.UNAVAILABLE
 

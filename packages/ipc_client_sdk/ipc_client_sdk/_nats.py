@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
@@ -58,11 +58,14 @@ async def open_nats(
     name: str | None,
     connect_timeout: float = 2.0,
     logger: logging.Logger = _log,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
 ) -> NATS:
     """Connect to NATS within ``connect_timeout`` seconds.
 
     Args:
         servers: one URL, a comma-separated list, or a sequence of URLs.
+        on_closed: called when the connection is closed for good (by ``close()``, or by
+            nats-py after a server error it does not reconnect from).
 
     Raises:
         IPCConnectionError: no server could be reached in time, or a URL is invalid.
@@ -99,6 +102,7 @@ async def open_nats(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                closed_cb=on_closed,
             ),
             timeout=connect_timeout,
         )

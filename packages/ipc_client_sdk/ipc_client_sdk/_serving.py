@@ -152,6 +152,12 @@ class ServiceInstance:
             raise IPCConnectionError(
                 servers_label(client.servers), str(e) or type(e).__name__
             ) from e
+        except IPCError:
+            # The router may have registered us and only the answer was lost: undo it, so
+            # a phantom instance does not hold our claims until it is reaped.
+            await self._unsubscribe()
+            await self._deregister(timeout=1.0)
+            raise
         except BaseException:
             await self._unsubscribe()
             raise
@@ -174,20 +180,7 @@ class ServiceInstance:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        try:
-            await request_op(
-                self._client,
-                self._client.subjects.control("deregister"),
-                "deregister",
-                {
-                    "service": self.service,
-                    "instance_id": self.instance_id,
-                    "session": self._session,
-                },
-                timeout=min(timeout, self._client.request_timeout),
-            )
-        except IPCError as e:
-            _log.warning("deregistering %s.%s failed: %s", self.service, self.instance_id, e)
+        await self._deregister(timeout=min(timeout, self._client.request_timeout))
         if self._inbox is not None:
             # Drain, not unsubscribe: calls already delivered but waiting for a free slot
             # are served, not dropped.
@@ -201,6 +194,23 @@ class ServiceInstance:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+    async def _deregister(self, *, timeout: float) -> None:
+        try:
+            await request_op(
+                self._client,
+                self._client.subjects.control("deregister"),
+                "deregister",
+                {
+                    "service": self.service,
+                    "instance_id": self.instance_id,
+                    "session": self._session,
+                },
+                timeout=timeout,
+            )
+        except IPCError as e:
+            if e.code not in (ErrorCode.NOT_FOUND, ErrorCode.FAILED_PRECONDITION):
+                _log.warning("deregistering %s.%s failed: %s", self.service, self.instance_id, e)
 
     async def _unsubscribe(self) -> None:
         for sub in (self._inbox, self._beats):

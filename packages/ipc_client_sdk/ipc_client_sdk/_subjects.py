@@ -20,19 +20,25 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _PREFIX_TOKEN = re.compile(r"^[a-z0-9]+$")
 
 
+MAX_TOKEN_LENGTH = 128
+"""The longest name, id or call_id: subjects and KV keys built from several of them must
+stay far below NATS's 4 KiB protocol line, which a server enforces by closing the
+connection."""
+
+
 def validate_token(value: str, what: str) -> str:
     """Return ``value`` if it can be one NATS subject token, else raise ``ValueError``.
 
-    Service names, method names and instance ids each become one token of a subject.
+    Service names, method names, instance ids, resource ids and call ids each become one
+    token of a subject or KV key: 1 to 128 letters, digits, '_' or '-'.
     """
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} must be non-empty and use only letters, digits, '_' and '-'"
         )
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise ValueError(f"{what} must be at most {MAX_TOKEN_LENGTH} characters")
     return value
-
-
-CALL_ID_MAX_LENGTH = 128
 
 
 def validate_call_id(value: str) -> str:
@@ -41,8 +47,6 @@ def validate_call_id(value: str) -> str:
     Raises:
         ValueError: empty, too long, or characters other than letters, digits, '_' and '-'.
     """
-    if isinstance(value, str) and len(value) > CALL_ID_MAX_LENGTH:
-        raise ValueError(f"call_id must be at most {CALL_ID_MAX_LENGTH} characters")
     return validate_token(value, "call_id")
 
 
@@ -151,7 +155,7 @@ class Subjects:
 
     @property
     def routes_bucket(self) -> str:
-        """KV bucket: resource -> owning instance, and per-service roles and epochs."""
+        """KV bucket: claimed resources (claimants, owner first) and sticky assignments."""
         return f"{self._name}_ROUTES"
 
     @property

@@ -66,8 +66,9 @@ class FakeBucket:
 
     async def delete(self, key: str, last: int) -> None:
         self._check()
-        if key in self.data and self.data[key].revision == last:
-            del self.data[key]
+        if key in self.data and self.data[key].revision != last:
+            raise nats.js.errors.KeyWrongLastSequenceError
+        self.data.pop(key, None)
 
 
 def ledger(bucket: FakeBucket, instance_id: str = "b1") -> ResultLedger:

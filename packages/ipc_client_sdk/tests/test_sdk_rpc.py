@@ -438,15 +438,23 @@ async def test_one_call_id_on_two_methods_is_two_calls(
 
     @svc.method("check")
     async def check(req: int) -> str:
+        await asyncio.sleep(0.2)
         return "checked"
 
     @svc.method("place")
     async def place(req: int) -> str:
+        await asyncio.sleep(0.2)
         return "placed"
 
     await server.serve(svc, instance_id="d1")
     assert await caller.call("desk.check", 1, call_id="same-1", returns=str) == "checked"
     assert await caller.call("desk.place", 1, call_id="same-1", returns=str) == "placed"
+    # At the same time on one instance, too.
+    both = await asyncio.gather(
+        caller.call("desk.check", 2, call_id="same-2", returns=str),
+        caller.call("desk.place", 2, call_id="same-2", returns=str),
+    )
+    assert list(both) == ["checked", "placed"]
 
 
 async def test_an_error_reply_the_codec_cannot_carry_still_answers_and_is_recorded(
@@ -531,8 +539,12 @@ async def test_bad_serve_and_call_arguments_are_invalid_argument_errors(
     for bad in (None, 5, [1]):
         with pytest.raises(InvalidArgumentError):
             await server.serve(svc, instance_id="b1", resources=bad)
-    for bad in (None, 5, b"service_b.do_work"):
+    for bad in (None, 5, b"service_b.do_work", "s" * 5000 + ".m"):
         with pytest.raises(InvalidArgumentError):
             await caller.call(bad, {})
+    with pytest.raises(InvalidArgumentError):
+        await caller.call("service_b.do_work", {}, resource_id="r" * 4100)
+    with pytest.raises(InvalidArgumentError):
+        await server.serve(svc, instance_id="b1", resources=["r" * 200])
     with pytest.raises(InvalidArgumentError):
         Service("bad name")

@@ -88,6 +88,9 @@ async def stream_is_empty(nc: NATS) -> None:
         pytest.param(
             msgpack.packb(request(resource_id="acc\n1")), "resource_id", id="bad-resource-id"
         ),
+        pytest.param(
+            msgpack.packb(request(resource_id="r" * 4100)), "at most", id="long-resource-id"
+        ),
     ],
 )
 async def test_unusable_calls_get_an_error_reply_and_are_removed(

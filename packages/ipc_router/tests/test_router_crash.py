@@ -64,10 +64,13 @@ async def test_router_killed_mid_load_every_accepted_call_gets_one_result_and_on
         router.kill()
         assert await router.wait_exit(5)
         killed_at = completed
+        restarted_from = router.log_size()
         await router.start()
         results = await asyncio.gather(*calls)
+        redelivered = router.log_since(restarted_from).decode().count("delivered again")
 
     assert killed_at < CALLS, "the kill landed after the load; nothing was tested"
+    assert redelivered > 0, "no call was in flight at the kill; nothing was tested"
     assert len(results) == CALLS
     call_ids = [r.call_id for r in results]
     assert len(set(call_ids)) == CALLS
@@ -82,9 +85,13 @@ async def test_a_standby_router_takes_over_when_the_leader_dies(
     svc = CountingService()
     async with (
         RouterProcess(nats_server.url, tmp_path / "second.log", router_id="second") as second,
+        IPCClient(nats_server.url, name="svc_b2") as other,
         IPCClient(nats_server.url, name="svc_b") as server,
         IPCClient(nats_server.url, name="svc_a") as caller,
     ):
+        # b2 registers first: were acc_1's claim not restored, the new leader would give
+        # acc_1 to b2 (least assigned, earliest registered).
+        await other.serve(svc.service, instance_id="b2")
         await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
         status = await caller.admin.status()
         assert status.leader is not None
@@ -96,6 +103,11 @@ async def test_a_standby_router_takes_over_when_the_leader_dies(
             "service_b.do_work", work(99), resource_id="acc_1", timeout=30, returns=WorkResult
         )
         assert result.instance_id == "b1"
+        for i in range(10):
+            again = await caller.call(
+                "service_b.do_work", work(i), resource_id="acc_1", returns=WorkResult
+            )
+            assert again.instance_id == "b1"
         assert (await caller.admin.status()).leader is True
         assert second.running
     assert set(svc.runs.values()) == {1}

@@ -161,19 +161,28 @@ async def test_registry_persists_and_a_restarted_registry_routes_the_same_way() 
     restarted = InstanceRegistry(RoutingTable(TIMEOUT), instances, routes, clock)
     assert await restarted.restore() == 2
     assert await restarted.expire() == []
+    assert restarted.table.assignments("svc") == registry.table.assignments("svc")
+    assert restarted.table.claims("svc") == {"acc_1": ["b1"]}
     after = {r: (await restarted.route("svc", "work", r)).instance_id for r in before}
     assert after == before
 
 
-async def test_registry_keeps_routing_when_an_assignment_cannot_be_saved() -> None:
-    routes = InMemoryRouteRepository()
-    registry = InstanceRegistry(
-        RoutingTable(TIMEOUT), InMemoryInstanceRepository(), routes, FakeClock(0)
-    )
-    await registry.register(instance("b1"))
+async def test_writes_that_fail_leave_the_table_whole_and_the_sweep_saves_them() -> None:
+    instances, routes = InMemoryInstanceRepository(), InMemoryRouteRepository()
+    registry = InstanceRegistry(RoutingTable(TIMEOUT), instances, routes, FakeClock(0))
+    await registry.register(instance("b1", session="1"))
+    await registry.register(instance("b2", session="2"))
     routes.failing = True
-    assert (await registry.route("svc", "work", "acc_1")).instance_id == "b1"
-    assert (await registry.route("svc", "work", "acc_1")).instance_id == "b1"
+    placed = (await registry.route("svc", "work", "acc_1")).instance_id
+    assert (await registry.route("svc", "work", "acc_1")).instance_id == placed  # sticky
+    outcome = await registry.register(instance("b3", "acc_9", session="3"))  # still registers
+    assert outcome.claimed == ("acc_9",)
+    assert registry.pending_writes == 2 and routes.assignments == {}
+    routes.failing = False
+    await registry.expire()  # the sweep retries
+    assert registry.pending_writes == 0
+    assert routes.assignments == {("svc", "acc_1"): placed}
+    assert routes.claims == {("svc", "acc_9"): ["b3"]}
 
 
 async def test_deregister_removes_record_claims_and_assignments() -> None:
@@ -183,3 +192,23 @@ async def test_deregister_removes_record_claims_and_assignments() -> None:
     await registry.route("svc", "work", "x")
     await registry.deregister("svc", "b1")
     assert (instances.records, routes.claims, routes.assignments) == ({}, {}, {})
+
+
+async def test_an_instance_silent_for_reap_after_is_removed_and_its_claim_passes_on() -> None:
+    instances, routes, clock = InMemoryInstanceRepository(), InMemoryRouteRepository(), FakeClock(0)
+    registry = InstanceRegistry(RoutingTable(TIMEOUT, reap_after=10), instances, routes, clock)
+    await registry.register(instance("b1", "acc_1", session="1"))
+    await registry.register(instance("b2", "acc_1", session="2"))
+    clock.current = 5
+    registry.table.heartbeat("svc", "b2", "2", 5)
+    assert [r.instance_id for r in await registry.expire()] == ["b1"]  # unhealthy, kept
+    assert registry.table.claims("svc") == {"acc_1": ["b1", "b2"]}
+    clock.current = 11
+    registry.table.heartbeat("svc", "b2", "2", 11)
+    await registry.expire()  # b1 silent for 11 s: removed
+    assert registry.table.get("svc", "b1") is None
+    b2 = registry.table.get("svc", "b2")
+    assert b2 is not None and b2.role is Role.ACTIVE  # the vacancy is filled
+    assert routes.claims == {("svc", "acc_1"): ["b2"]}
+    assert set(instances.records) == {"svc.b2"}
+    assert registry.table.route("svc", "work", "acc_1").instance_id == "b2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -64,6 +65,9 @@ class Router(AsyncService):
         self.storage = StorageSettings(replicas=config.replicas)
         self._leadership: Leadership | None = None
         self._started_at = time.time()
+        self._stopping = False
+        self.lost = asyncio.Event()
+        """Set when the NATS connection closed for good while the router was running."""
 
     @property
     def nats_url(self) -> str:
@@ -88,6 +92,7 @@ class Router(AsyncService):
                 name=f"ipc-router {self.config.router_id}",
                 connect_timeout=self.config.connect_timeout,
                 logger=_log,
+                on_closed=self._on_closed,
             )
             self.stores = await provision(nc.jetstream(), self.subjects, self.storage)
             await self._serve(nc, self.stores)
@@ -160,8 +165,14 @@ class Router(AsyncService):
             server.log_path,
         )
 
+    async def _on_closed(self) -> None:
+        if not self._stopping:
+            _log.error("the NATS connection closed for good; the router cannot go on")
+            self.lost.set()
+
     async def stop(self) -> None:
         """Finish in-flight calls, drain NATS, stop the embedded server. Idempotent."""
+        self._stopping = True
         if self._leadership is not None:
             await self._leadership.stop()
             self._leadership = None

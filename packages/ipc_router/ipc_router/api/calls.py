@@ -61,6 +61,10 @@ MAX_CALL_TIME = 3600.0
 _TOKEN_CHARS = r"[!-)+-\-/-=?-~]+"  # printable ASCII but '*', '.' and '>'
 _SUBJECT = re.compile(rf"^{_TOKEN_CHARS}(\.{_TOKEN_CHARS})*$")
 
+_MAX_REPLY_TO = 512
+"""A longer reply subject is refused: NATS closes a connection whose protocol line is too
+long, and a reply address is part of one."""
+
 _ROUTE_ATTEMPTS = 3
 """Instances tried for one delivery when the chosen one is not listening."""
 
@@ -255,7 +259,7 @@ class CallConsumer:
             await msg.term()
             return
         reply_to = request.reply_to or reply_to
-        if not reply_to or not _SUBJECT.fullmatch(reply_to):
+        if not reply_to or len(reply_to) > _MAX_REPLY_TO or not _SUBJECT.fullmatch(reply_to):
             _log.warning(
                 "call %s on %s has no usable reply address (%r); dropped",
                 request.call_id,
@@ -307,6 +311,8 @@ class CallConsumer:
             raise _Refused(ErrorCode.INVALID_ARGUMENT, f"deadline {deadline} is not a time")
         deadline = min(deadline, now + MAX_CALL_TIME)
         delivery = msg.metadata.num_delivered
+        if delivery > 1:
+            _log.info("call %s delivered again (delivery %d)", request.call_id, delivery)
         for _ in range(_ROUTE_ATTEMPTS):
             remaining = deadline - time.time()
             if remaining <= 0:

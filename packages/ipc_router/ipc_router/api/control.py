@@ -2,7 +2,7 @@
 
 - ``<prefix>.ctl.register`` / ``<prefix>.ctl.deregister``: request/reply (``AdminRequest``
   with the ``Registration`` fields as ``args``), answered by one router.
-- ``<prefix>.hb.<service>.<instance_id>``: heartbeats, seen by every router. A heartbeat
+- ``<prefix>.hb.<service>.<instance_id>``: heartbeats, seen by the leading router. A heartbeat
   from an instance this router does not know is answered with ``NOT_FOUND`` on the
   heartbeat's reply subject, and the SDK registers again.
 - A sweep every quarter of the heartbeat timeout marks silent instances unhealthy.

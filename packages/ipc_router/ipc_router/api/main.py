@@ -21,8 +21,17 @@ async def run(config: RouterConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Router(config):
-            await stop.wait()
+        async with Router(config) as router:
+            stopped = asyncio.create_task(stop.wait())
+            lost = asyncio.create_task(router.lost.wait())
+            await asyncio.wait({stopped, lost}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (stopped, lost):
+                task.cancel()
+            if router.lost.is_set():
+                # nats-py does not reconnect from some server errors; a supervisor restarts
+                # us, and the lease passes to a standby router meanwhile.
+                _log.error("router %s exits: NATS connection lost for good", config.router_id)
+                return 1
             _log.info("shutting down: draining")
     except RouterStartError as e:
         _log.error("router failed to start: %s", e)

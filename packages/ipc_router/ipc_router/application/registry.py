@@ -1,16 +1,19 @@
-"""The registry use cases: register, deregister, heartbeat, expire, route.
+"""The registry use cases: register, deregister, heartbeat, sweep, route.
 
-The routing table in memory is what this router decides with; the repositories keep its
-persistent part (records, claims, assignments) so that a restarted router resumes where it
-stopped. A failed write of a routing decision is logged, not fatal: routing keeps working on the
-table while JetStream is briefly unavailable, and only a restart in that window would
-forget the decision.
+The routing table in memory is what the leading router decides with; the repositories keep
+a copy of it (records, claims, assignments) so that a restarted or new leader resumes where
+the last one stopped. Memory changes first and the copy follows: a write that fails is
+remembered and retried by the next sweep (every quarter of the heartbeat timeout), always
+with the table's state *at that time*, so the copy converges on the table and a failed
+write never leaves the table half-changed. A leader that dies with writes outstanding
+loses only those; instances it forgot register again on their next heartbeat.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Awaitable, Collection
 
 from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.ports import Clock, InstanceRepository, RouteRepository
@@ -30,7 +33,7 @@ class HeartbeatOutcome(enum.StrEnum):
 
 
 class InstanceRegistry:
-    """Owns the routing table and keeps its persistent part in the repositories."""
+    """Owns the routing table and keeps its copy in the repositories."""
 
     def __init__(
         self,
@@ -43,13 +46,21 @@ class InstanceRegistry:
         self._instances = instances
         self._routes = routes
         self._clock = clock
+        self._dirty_records: set[tuple[str, str]] = set()
+        self._dirty_claims: set[tuple[str, str]] = set()
+        self._dirty_assignments: set[tuple[str, str]] = set()
 
     def now(self) -> float:
         """The registry's clock."""
         return self._clock.now()
 
+    @property
+    def pending_writes(self) -> int:
+        """Changes not yet saved (retried by the next sweep)."""
+        return len(self._dirty_records) + len(self._dirty_claims) + len(self._dirty_assignments)
+
     async def restore(self) -> int:
-        """Load what an earlier run saved; return how many instances were restored.
+        """Load what an earlier leader saved; return how many instances were restored.
 
         Raises:
             StoreUnavailableError: the stores did not answer.
@@ -60,23 +71,22 @@ class InstanceRegistry:
         return len(records)
 
     async def register(self, record: InstanceRecord) -> Registered:
-        """Register an instance and persist it with its claims.
+        """Register an instance with its claims, and save them.
 
         Raises:
             InstanceConflictError: a live process already holds the instance id.
-            StoreUnavailableError: the registration could not be saved (the caller retries).
         """
         service = record.service
         before = self.table.assignments(service)
         outcome = self.table.register(record, self._clock.now())
-        await self._instances.put(outcome.record)
-        claims = self.table.claims(service)
         touched = set(outcome.record.resources)
         if outcome.replaced is not None:
             touched |= set(outcome.replaced.resources)
-        for resource in sorted(touched):
-            await self._routes.save_claim(service, resource, claims.get(resource, []))
-        await self._save_assignment_changes(service, before)
+        await self._write(
+            records={(service, record.instance_id)},
+            claims={(service, resource) for resource in touched},
+            assignments=self._assignment_changes(service, before),
+        )
         _log.info(
             "registered %s as %s (claims %d, standby for %d)",
             outcome.record.key,
@@ -87,20 +97,21 @@ class InstanceRegistry:
         return outcome
 
     async def deregister(self, service: str, instance_id: str) -> InstanceRecord | None:
-        """Remove an instance; return its last record, or None when it was not registered.
-
-        Raises:
-            StoreUnavailableError: the removal could not be saved.
-        """
+        """Remove an instance; return its last record, or None when it was not registered."""
         before = self.table.assignments(service)
         record = self.table.deregister(service, instance_id)
         if record is None:
             return None
-        await self._instances.delete(service, instance_id)
-        claims = self.table.claims(service)
-        for resource in record.resources:
-            await self._routes.save_claim(service, resource, claims.get(resource, []))
-        await self._save_assignment_changes(service, before)
+        records = {(service, instance_id)}
+        promoted = self.table.fill_vacancy(service)
+        if promoted is not None:
+            _log.info("%s is active now", promoted.key)
+            records.add((service, promoted.instance_id))
+        await self._write(
+            records=records,
+            claims={(service, resource) for resource in record.resources},
+            assignments=self._assignment_changes(service, before),
+        )
         _log.info("deregistered %s", record.key)
         return record
 
@@ -116,19 +127,29 @@ class InstanceRegistry:
         changed = self.table.heartbeat(service, instance_id, session, self._clock.now())
         if changed is not None:
             _log.info("instance %s is healthy again", changed.key)
-            await self._save_quietly(changed)
+            await self._write(records={(service, instance_id)})
         return HeartbeatOutcome.OK
 
     async def expire(self) -> list[InstanceRecord]:
-        """Mark silent instances unhealthy and save that; return them."""
-        expired = self.table.expire(self._clock.now())
+        """The sweep: mark silent instances unhealthy, remove long-dead ones, and retry the
+        writes that failed before. Returns the instances that turned unhealthy."""
+        now = self._clock.now()
+        expired = self.table.expire(now)
         for record in expired:
             _log.warning(
                 "instance %s missed heartbeats for %.1fs; unhealthy",
                 record.key,
                 self.table.heartbeat_timeout,
             )
-            await self._save_quietly(record)
+            self._dirty_records.add((record.service, record.instance_id))
+        for record in self.table.reapable(now):
+            _log.warning(
+                "instance %s silent for %.0fs; removed with its claims",
+                record.key,
+                self.table.reap_after,
+            )
+            await self.deregister(record.service, record.instance_id)
+        await self.flush()
         return expired
 
     async def mark_unreachable(self, service: str, instance_id: str) -> None:
@@ -136,34 +157,71 @@ class InstanceRegistry:
         record = self.table.mark_unhealthy(service, instance_id)
         if record is not None:
             _log.warning("instance %s is not listening on its inbox; unhealthy", record.key)
-            await self._save_quietly(record)
+            await self._write(records={(service, instance_id)})
 
     async def route(self, service: str, method: str, resource_id: str | None) -> Route:
         """Choose the instance for a call, saving a new sticky assignment if one was made.
 
-        Saving waits for the store (at most its 2 s timeout, once per new resource); a
-        failed save is logged and the call is routed all the same.
+        The save waits for the store (at most its 2 s timeout, once per new resource); if
+        it fails the call is routed all the same and the save is retried by the sweep.
 
         Raises:
             RoutingError: the call cannot be routed (the subclass says why).
         """
         route = self.table.route(service, method, resource_id)
         if route.new_assignment is not None:
-            try:
-                await self._routes.save_assignment(service, route.new_assignment, route.instance_id)
-            except StoreUnavailableError as e:
-                # The table in memory holds the assignment; only a restart would forget it.
-                _log.warning("assignment of %s not saved: %s", route.new_assignment, e)
+            await self._write(assignments={(service, route.new_assignment)})
         return route
 
-    async def _save_assignment_changes(self, service: str, before: dict[str, str]) -> None:
-        after = self.table.assignments(service)
-        for resource, instance_id in before.items():
-            if after.get(resource) != instance_id:
-                await self._routes.save_assignment(service, resource, after.get(resource))
+    async def flush(self) -> None:
+        """Retry every change not saved yet, from the table's current state. Never raises."""
+        await self._write(
+            records=set(self._dirty_records),
+            claims=set(self._dirty_claims),
+            assignments=set(self._dirty_assignments),
+        )
 
-    async def _save_quietly(self, record: InstanceRecord) -> None:
+    async def _write(
+        self,
+        *,
+        records: Collection[tuple[str, str]] = (),
+        claims: Collection[tuple[str, str]] = (),
+        assignments: Collection[tuple[str, str]] = (),
+    ) -> None:
+        """Save these keys as the table has them now; remember the ones that fail."""
+        for service, instance_id in sorted(records):
+            record = self.table.get(service, instance_id)
+            write = (
+                self._instances.put(record)
+                if record is not None
+                else self._instances.delete(service, instance_id)
+            )
+            await self._save(self._dirty_records, (service, instance_id), write)
+        for service, resource in sorted(claims):
+            claimants = self.table.claims(service).get(resource, [])
+            write = self._routes.save_claim(service, resource, claimants)
+            await self._save(self._dirty_claims, (service, resource), write)
+        for service, resource in sorted(assignments):
+            target = self.table.assignments(service).get(resource)
+            write = self._routes.save_assignment(service, resource, target)
+            await self._save(self._dirty_assignments, (service, resource), write)
+
+    @staticmethod
+    async def _save(
+        dirty: set[tuple[str, str]], key: tuple[str, str], write: Awaitable[None]
+    ) -> None:
         try:
-            await self._instances.put(record)
+            await write
         except StoreUnavailableError as e:
-            _log.warning("registry record %s not saved: %s", record.key, e)
+            dirty.add(key)
+            _log.warning("%s not saved yet (%s); the sweep retries", ".".join(key), e)
+            return
+        dirty.discard(key)
+
+    def _assignment_changes(self, service: str, before: dict[str, str]) -> set[tuple[str, str]]:
+        after = self.table.assignments(service)
+        return {
+            (service, resource)
+            for resource, instance_id in before.items()
+            if after.get(resource) != instance_id
+        }

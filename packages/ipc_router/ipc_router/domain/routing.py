@@ -14,10 +14,16 @@ Policy, in order:
 3. **No resource**: round robin over the healthy instances.
 
 Only instances that registered the method are considered.
+
+An instance silent for ``reap_after`` seconds (60 by default) is removed, with its claims
+and assignments, as if it had deregistered: a process that died for good must not hold its
+resources forever. When the active instance of a service goes (deregistered or reaped), the
+first healthy standby in registration order becomes active.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -99,7 +105,20 @@ class _ServiceTable:
     instances: dict[str, InstanceRecord] = field(default_factory=dict)  # registration order
     claims: dict[str, list[str]] = field(default_factory=dict)  # resource -> claimants
     assignments: dict[str, str] = field(default_factory=dict)  # resource -> instance
+    load: Counter[str] = field(default_factory=Counter)  # instance -> assigned resources
     next_rr: int = 0
+
+    def assign(self, resource: str, instance_id: str) -> None:
+        self.unassign(resource)
+        self.assignments[resource] = instance_id
+        self.load[instance_id] += 1
+
+    def unassign(self, resource: str) -> None:
+        instance_id = self.assignments.pop(resource, None)
+        if instance_id is not None:
+            self.load[instance_id] -= 1
+            if self.load[instance_id] <= 0:
+                del self.load[instance_id]
 
     def healthy_with(self, method: str) -> list[InstanceRecord]:
         return [
@@ -117,10 +136,12 @@ class RoutingTable:
 
     Args:
         heartbeat_timeout: seconds without a heartbeat after which an instance is unhealthy.
+        reap_after: seconds without a heartbeat after which it is removed altogether.
     """
 
-    def __init__(self, heartbeat_timeout: float) -> None:
+    def __init__(self, heartbeat_timeout: float, *, reap_after: float = 60.0) -> None:
         self.heartbeat_timeout = heartbeat_timeout
+        self.reap_after = max(reap_after, heartbeat_timeout)
         self._services: dict[str, _ServiceTable] = {}
 
     # --- queries ---------------------------------------------------------------------------
@@ -179,7 +200,7 @@ class RoutingTable:
                 claimants.append(record.instance_id)
             if claimants[0] == record.instance_id:
                 claimed.append(resource)
-                table.assignments.pop(resource, None)
+                table.unassign(resource)
             else:
                 standby_for[resource] = claimants[0]
         return Registered(record, tuple(claimed), standby_for, replaced=old)
@@ -194,6 +215,30 @@ class RoutingTable:
         if not table.instances:
             del self._services[service]
         return record
+
+    def fill_vacancy(self, service: str) -> InstanceRecord | None:
+        """Make the first healthy standby active when no healthy active is left.
+
+        Returns the promoted record, if any.
+        """
+        table = self._services.get(service)
+        if table is None:
+            return None
+        healthy = [r for r in table.instances.values() if r.health is Health.HEALTHY]
+        if not healthy or any(r.role is Role.ACTIVE for r in healthy):
+            return None
+        promoted = replace(healthy[0], role=Role.ACTIVE)
+        table.instances[promoted.instance_id] = promoted
+        return promoted
+
+    def reapable(self, now: float) -> list[InstanceRecord]:
+        """Instances silent for longer than ``reap_after``: to be deregistered."""
+        return [
+            r
+            for t in self._services.values()
+            for r in t.instances.values()
+            if now - r.last_heartbeat_at > self.reap_after
+        ]
 
     def heartbeat(
         self, service: str, instance_id: str, session: str | None, now: float
@@ -254,7 +299,7 @@ class RoutingTable:
         for (service, resource), instance_id in assignments.items():
             found = self._services.get(service)
             if found is not None and instance_id in found.instances:
-                found.assignments[resource] = instance_id
+                found.assign(resource, instance_id)
 
     # --- the decision ----------------------------------------------------------------------
     def route(self, service: str, method: str, resource_id: str | None) -> Route:
@@ -293,12 +338,9 @@ class RoutingTable:
             record = table.instances.get(current)
             if record is not None and record in candidates:
                 return Route(record.instance_id, record.session, record.epoch)
-        load = {r.instance_id: 0 for r in candidates}
-        for assigned in table.assignments.values():
-            if assigned in load:
-                load[assigned] += 1
-        chosen = min(candidates, key=lambda r: load[r.instance_id])  # min keeps the first tie
-        table.assignments[resource_id] = chosen.instance_id
+        # min keeps the first of equals: ties go to the earliest registered.
+        chosen = min(candidates, key=lambda r: table.load[r.instance_id])
+        table.assign(resource_id, chosen.instance_id)
         return Route(chosen.instance_id, chosen.session, chosen.epoch, new_assignment=resource_id)
 
     # --- internals ---------------------------------------------------------------------------
@@ -311,4 +353,4 @@ class RoutingTable:
                 if not table.claims[resource]:
                     del table.claims[resource]
         for resource in [r for r, i in table.assignments.items() if i == instance_id]:
-            del table.assignments[resource]
+            table.unassign(resource)

@@ -86,7 +86,7 @@ async def provision(
         bucket = _BucketMaker(js, settings)
         return RouterStores(
             registry=await bucket(subjects.registry_bucket, "registered instances"),
-            routes=await bucket(subjects.routes_bucket, "routes, roles and epochs", history=5),
+            routes=await bucket(subjects.routes_bucket, "claims and assignments", history=5),
             leases=await bucket(subjects.leases_bucket, "router lease", ttl=settings.lease_ttl_s),
             results=await bucket(
                 subjects.results_bucket, "completed results", ttl=settings.result_ttl_s
