@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -113,7 +114,7 @@ async def test_a_standby_router_takes_over_when_the_leader_dies(
     assert set(svc.runs.values()) == {1}
 
 
-FROZEN_INSTANCE = """
+WHOAMI_INSTANCE = """
 import asyncio, os, sys
 from ipc_client_sdk import IPCClient, Service
 
@@ -142,76 +143,76 @@ asyncio.run(main())
 """
 
 
-async def test_an_instance_frozen_past_the_timeout_loses_its_id_and_never_serves_again(
+@pytest.fixture
+async def whoami(
     nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
-) -> None:
-    script = tmp_path / "frozen.py"
-    script.write_text(FROZEN_INSTANCE)
-    frozen = ChildProcess(tmp_path / "frozen.log")
-    frozen.spawn([sys.executable, str(script), nats_server.url])
+) -> AsyncIterator[ChildProcess]:
+    """Instance w1 of service ``whoami`` in a process of its own, serving."""
+    script = tmp_path / "whoami.py"
+    script.write_text(WHOAMI_INSTANCE)
+    proc = ChildProcess(tmp_path / "whoami.log")
+    proc.spawn([sys.executable, str(script), nats_server.url])
     try:
-        assert await frozen.wait_for_output("serving", timeout=20), frozen.log_tail()
-        frozen.pause()
-        svc = Service("whoami")
-
-        @svc.method("pid")
-        async def pid(req: int) -> int:
-            return os.getpid()
-
-        async with IPCClient(nats_server.url) as client:
-
-            async def take_over() -> None:
-                await client.serve(svc, instance_id="w1")
-
-            # Refused while the frozen process still counts as alive, then granted.
-            await eventually(take_over, retry_on=(RemoteError,), within=10)
-            frozen.resume()
-            pids = {await client.call("whoami.pid", i, returns=int) for i in range(20)}
-            assert pids == {os.getpid()}
-            assert await frozen.wait_for_output("replaced", timeout=10), frozen.log_tail()
+        assert await proc.wait_for_output("serving", timeout=20), proc.log_tail()
+        yield proc
     finally:
-        await frozen.stop()
+        await proc.stop()
+
+
+async def test_an_instance_frozen_past_the_timeout_loses_its_id_and_never_serves_again(
+    nats_server: NatsServerProcess, whoami: ChildProcess
+) -> None:
+    frozen = whoami
+    frozen.pause()
+    svc = Service("whoami")
+
+    @svc.method("pid")
+    async def pid(req: int) -> int:
+        return os.getpid()
+
+    async with IPCClient(nats_server.url) as client:
+
+        async def take_over() -> None:
+            await client.serve(svc, instance_id="w1")
+
+        # Refused while the frozen process still counts as alive, then granted.
+        await eventually(take_over, retry_on=(RemoteError,), within=10)
+        frozen.resume()
+        pids = {await client.call("whoami.pid", i, returns=int) for i in range(20)}
+        assert pids == {os.getpid()}
+        assert await frozen.wait_for_output("replaced", timeout=10), frozen.log_tail()
 
 
 async def test_a_caller_learns_at_once_that_its_instance_died_mid_call(
-    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+    nats_server: NatsServerProcess, whoami: ChildProcess
 ) -> None:
-    script = tmp_path / "doomed.py"
-    script.write_text(FROZEN_INSTANCE)
-    doomed = ChildProcess(tmp_path / "doomed.log")
-    doomed.spawn([sys.executable, str(script), nats_server.url])
-    try:
-        assert await doomed.wait_for_output("serving", timeout=20), doomed.log_tail()
-        async with IPCClient(nats_server.url) as client:
-            call = asyncio.create_task(
-                client.call("whoami.slow", 30, call_id="doomed-1", timeout=60)
-            )
-            assert await doomed.wait_for_output("slow started", timeout=10)
-            doomed.kill()
-            started = time.monotonic()
-            with pytest.raises(RemoteError) as info:
-                await call
-            # Heartbeat timeout (1.5 s) and a sweep, not the caller's 60 s.
-            assert time.monotonic() - started < 20
-            assert info.value.code is ErrorCode.UNKNOWN and not info.value.retryable
-            assert "unknown" in info.value.message
-            # Its claim stays: a retry on a live instance does not run it blind.
-            ran: list[int] = []
-            svc = Service("whoami")
+    doomed = whoami
+    async with IPCClient(nats_server.url) as client:
+        call = asyncio.create_task(client.call("whoami.slow", 30, call_id="doomed-1", timeout=60))
+        assert await doomed.wait_for_output("slow started", timeout=10)
+        doomed.kill()
+        started = time.monotonic()
+        with pytest.raises(RemoteError) as info:
+            await call
+        # Heartbeat timeout (1.5 s) and a sweep, not the caller's 60 s.
+        assert time.monotonic() - started < 20
+        assert info.value.code is ErrorCode.UNKNOWN and not info.value.retryable
+        assert "unknown" in info.value.message
+        # Its claim stays: a retry on a live instance does not run it blind.
+        ran: list[int] = []
+        svc = Service("whoami")
 
-            @svc.method("slow")
-            async def slow(req: int) -> int:
-                ran.append(req)
-                return req
+        @svc.method("slow")
+        async def slow(req: int) -> int:
+            ran.append(req)
+            return req
 
-            await client.serve(svc, instance_id="w2")
-            with pytest.raises(CallTimeoutError) as retry:
-                await client.call("whoami.slow", 30, call_id="doomed-1", timeout=2)
-            assert "already running on instance w1" in retry.value.message
-            assert await client.call("whoami.slow", 1, call_id="fresh-1", returns=int) == 1
-            assert ran == [1]
-    finally:
-        await doomed.stop()
+        await client.serve(svc, instance_id="w2")
+        with pytest.raises(CallTimeoutError) as retry:
+            await client.call("whoami.slow", 30, call_id="doomed-1", timeout=2)
+        assert "already running on instance w1" in retry.value.message
+        assert await client.call("whoami.slow", 1, call_id="fresh-1", returns=int) == 1
+        assert ran == [1]
 
 
 async def test_two_routers_given_the_same_id_never_both_lead(
