@@ -175,14 +175,20 @@ async def test_writes_that_fail_leave_the_table_whole_and_the_sweep_saves_them()
     routes.failing = True
     placed = (await registry.route("svc", "work", "acc_1")).instance_id
     assert (await registry.route("svc", "work", "acc_1")).instance_id == placed  # sticky
+    tried = routes.attempts
     outcome = await registry.register(instance("b3", "acc_9", session="3"))  # still registers
+    for resource in ("x", "y", "z"):
+        await registry.route("svc", "work", resource)
+    assert routes.attempts == tried  # the store is known down: nobody waits on it
     assert outcome.claimed == ("acc_9",)
-    assert registry.pending_writes == 2 and routes.assignments == {}
+    assert registry.pending_writes == 6 and routes.assignments == {}
+    assert await registry.flush() is False  # still down
     routes.failing = False
-    await registry.expire()  # the sweep retries
+    assert await registry.flush() is True
     assert registry.pending_writes == 0
-    assert routes.assignments == {("svc", "acc_1"): placed}
+    assert routes.assignments[("svc", "acc_1")] == placed and len(routes.assignments) == 4
     assert routes.claims == {("svc", "acc_9"): ["b3"]}
+    assert "svc.b3" in instances.records
 
 
 async def test_deregister_removes_record_claims_and_assignments() -> None:
@@ -206,9 +212,10 @@ async def test_an_instance_silent_for_reap_after_is_removed_and_its_claim_passes
     clock.current = 11
     registry.table.heartbeat("svc", "b2", "2", 11)
     await registry.expire()  # b1 silent for 11 s: removed
+    await registry.flush()
     assert registry.table.get("svc", "b1") is None
     b2 = registry.table.get("svc", "b2")
-    assert b2 is not None and b2.role is Role.ACTIVE  # the vacancy is filled
+    assert b2 is not None and b2.role is Role.ACTIVE and b2.epoch == 2  # vacancy filled
     assert routes.claims == {("svc", "acc_1"): ["b2"]}
     assert set(instances.records) == {"svc.b2"}
     assert registry.table.route("svc", "work", "acc_1").instance_id == "b2"

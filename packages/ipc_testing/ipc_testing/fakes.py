@@ -24,12 +24,16 @@ class InMemoryInstanceRepository:
 
 
 class InMemoryRouteRepository:
-    """``RouteRepository`` in two dicts; ``failing`` makes every write raise."""
+    """``RouteRepository`` in two dicts; ``failing`` makes every write raise.
+
+    ``attempts`` counts the writes tried, failed or not.
+    """
 
     def __init__(self) -> None:
         self.claims: dict[tuple[str, str], list[str]] = {}
         self.assignments: dict[tuple[str, str], str] = {}
         self.failing = False
+        self.attempts = 0
 
     async def load(self) -> SavedRoutes:
         return SavedRoutes(claims=dict(self.claims), assignments=dict(self.assignments))
@@ -49,6 +53,7 @@ class InMemoryRouteRepository:
             self.assignments[(service, resource)] = instance_id
 
     def _check(self) -> None:
+        self.attempts += 1
         if self.failing:
             raise StoreUnavailableError("routes", "failing on purpose")
 

@@ -66,6 +66,7 @@ class Router(AsyncService):
         self._leadership: Leadership | None = None
         self._started_at = time.time()
         self._stopping = False
+        self._connected = False  # nats-py also calls closed_cb when a first connect fails
         self.lost = asyncio.Event()
         """Set when the NATS connection closed for good while the router was running."""
 
@@ -94,6 +95,7 @@ class Router(AsyncService):
                 logger=_log,
                 on_closed=self._on_closed,
             )
+            self._connected = True
             self.stores = await provision(nc.jetstream(), self.subjects, self.storage)
             await self._serve(nc, self.stores)
         except IPCConnectionError as e:
@@ -166,7 +168,7 @@ class Router(AsyncService):
         )
 
     async def _on_closed(self) -> None:
-        if not self._stopping:
+        if self._connected and not self._stopping:
             _log.error("the NATS connection closed for good; the router cannot go on")
             self.lost.set()
 

@@ -67,6 +67,7 @@ class ControlAPI:
         self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
         self._heartbeats: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the control and heartbeat subscriptions and start the sweep."""
@@ -75,14 +76,16 @@ class ControlAPI:
             self._subjects.heartbeat_all, cb=self._on_heartbeat, pending_msgs_limit=100_000
         )
         self._sweeper = asyncio.create_task(self._sweep(), name="ipc-router-health-sweep")
+        self._flusher = asyncio.create_task(self._flush(), name="ipc-router-flush")
 
     async def stop(self) -> None:
         """Stop the sweep and both subscriptions."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._flusher = None
         await self._endpoint.stop()
         if self._heartbeats is not None:
             with contextlib.suppress(nats.errors.Error):
@@ -180,3 +183,16 @@ class ControlAPI:
                 await self._registry.expire()
             except Exception:  # keep sweeping whatever one pass hit
                 _log.exception("health sweep failed")
+
+    async def _flush(self) -> None:
+        """Save pending changes; back off to 5 s between tries while the store is down."""
+        interval = self._registry.table.heartbeat_timeout / 4
+        delay = interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                saved = await self._registry.flush()
+            except Exception:
+                _log.exception("saving the routing table failed")
+                saved = False
+            delay = interval if saved else min(delay * 2, 5.0)

@@ -50,6 +50,7 @@ class RoutingDuties:
         self._config = config
         self._control: ControlAPI | None = None
         self._calls: CallConsumer | None = None
+        self._registry: InstanceRegistry | None = None
 
     async def start(self) -> None:
         """Load the saved routing state, then open registration and the call consumer.
@@ -71,6 +72,7 @@ class RoutingDuties:
                 restored,
                 self._config.heartbeat_timeout,
             )
+        self._registry = registry
         self._control = ControlAPI(self._nc, subjects, codec, registry)
         await self._control.start()
         self._calls = CallConsumer(
@@ -93,6 +95,10 @@ class RoutingDuties:
         if self._calls is not None:
             await self._calls.stop(grace=grace)
             self._calls = None
+        if self._registry is not None and grace > 0:
+            # A planned stop: save what is pending, so the next leader starts from it.
+            await self._registry.flush()
+            self._registry = None
 
 
 class Leadership:

@@ -3,23 +3,27 @@
 The routing table in memory is what the leading router decides with; the repositories keep
 a copy of it (records, claims, assignments) so that a restarted or new leader resumes where
 the last one stopped. Memory changes first and the copy follows: a write that fails is
-remembered and retried by the next sweep (every quarter of the heartbeat timeout), always
-with the table's state *at that time*, so the copy converges on the table and a failed
-write never leaves the table half-changed. A leader that dies with writes outstanding
-loses only those; instances it forgot register again on their next heartbeat.
+remembered, and ``flush`` (run in the background with backoff) retries it with the table's
+state *at that time*, so the copy converges on the table and a failed write never leaves
+the table half-changed. While the store is down nothing waits on it. A leader that dies
+with writes outstanding loses only those; instances it forgot register again on their next
+heartbeat.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.ports import Clock, InstanceRepository, RouteRepository
-from ipc_router.domain import InstanceRecord, Registered, Route, RoutingTable
+from ipc_router.domain import InstanceRecord, Registered, Role, Route, RoutingTable
 
 _log = logging.getLogger("ipc_router.registry")
+
+_Keys = tuple[set[tuple[str, str]], set[tuple[str, str]], set[tuple[str, str]]]
+"""Records, claims and assignments to save: (service, instance_id or resource) each."""
 
 
 class HeartbeatOutcome(enum.StrEnum):
@@ -49,6 +53,7 @@ class InstanceRegistry:
         self._dirty_records: set[tuple[str, str]] = set()
         self._dirty_claims: set[tuple[str, str]] = set()
         self._dirty_assignments: set[tuple[str, str]] = set()
+        self._store_down = False
 
     def now(self) -> float:
         """The registry's clock."""
@@ -83,9 +88,9 @@ class InstanceRegistry:
         if outcome.replaced is not None:
             touched |= set(outcome.replaced.resources)
         await self._write(
-            records={(service, record.instance_id)},
-            claims={(service, resource) for resource in touched},
-            assignments=self._assignment_changes(service, before),
+            {(service, record.instance_id)},
+            {(service, resource) for resource in touched},
+            self._assignment_changes(service, before),
         )
         _log.info(
             "registered %s as %s (claims %d, standby for %d)",
@@ -98,21 +103,10 @@ class InstanceRegistry:
 
     async def deregister(self, service: str, instance_id: str) -> InstanceRecord | None:
         """Remove an instance; return its last record, or None when it was not registered."""
-        before = self.table.assignments(service)
-        record = self.table.deregister(service, instance_id)
-        if record is None:
-            return None
-        records = {(service, instance_id)}
-        promoted = self.table.fill_vacancy(service)
-        if promoted is not None:
-            _log.info("%s is active now", promoted.key)
-            records.add((service, promoted.instance_id))
-        await self._write(
-            records=records,
-            claims={(service, resource) for resource in record.resources},
-            assignments=self._assignment_changes(service, before),
-        )
-        _log.info("deregistered %s", record.key)
+        record, keys = self._remove(service, instance_id)
+        if record is not None:
+            await self._write(*keys)
+            _log.info("deregistered %s", record.key)
         return record
 
     async def heartbeat(
@@ -127,12 +121,15 @@ class InstanceRegistry:
         changed = self.table.heartbeat(service, instance_id, session, self._clock.now())
         if changed is not None:
             _log.info("instance %s is healthy again", changed.key)
-            await self._write(records={(service, instance_id)})
+            await self._write({(service, instance_id)})
         return HeartbeatOutcome.OK
 
     async def expire(self) -> list[InstanceRecord]:
-        """The sweep: mark silent instances unhealthy, remove long-dead ones, and retry the
-        writes that failed before. Returns the instances that turned unhealthy."""
+        """The sweep: mark silent instances unhealthy and remove long-dead ones.
+
+        It does no I/O (the changes are saved by ``flush``), so no heartbeat or
+        registration can interleave with it. Returns the instances that turned unhealthy.
+        """
         now = self._clock.now()
         expired = self.table.expire(now)
         for record in expired:
@@ -148,16 +145,36 @@ class InstanceRegistry:
                 record.key,
                 self.table.reap_after,
             )
-            await self.deregister(record.service, record.instance_id)
-        await self.flush()
+            _, (records, claims, assignments) = self._remove(record.service, record.instance_id)
+            self._dirty_records |= records
+            self._dirty_claims |= claims
+            self._dirty_assignments |= assignments
         return expired
+
+    def _remove(self, service: str, instance_id: str) -> tuple[InstanceRecord | None, _Keys]:
+        """Take an instance out of the table; return it and the keys to save."""
+        before = self.table.assignments(service)
+        held = {
+            r for r, claimants in self.table.claims(service).items() if instance_id in claimants
+        }
+        record = self.table.deregister(service, instance_id)
+        if record is None:
+            return None, (set(), set(), set())
+        records = {(service, instance_id)}
+        if record.role is Role.ACTIVE:
+            promoted = self.table.fill_vacancy(service)
+            if promoted is not None:
+                _log.info("%s is active now (epoch %d)", promoted.key, promoted.epoch)
+                records.add((service, promoted.instance_id))
+        claims = {(service, resource) for resource in held | set(record.resources)}
+        return record, (records, claims, self._assignment_changes(service, before))
 
     async def mark_unreachable(self, service: str, instance_id: str) -> None:
         """An instance did not take a call delivered to it: stop routing to it now."""
         record = self.table.mark_unhealthy(service, instance_id)
         if record is not None:
             _log.warning("instance %s is not listening on its inbox; unhealthy", record.key)
-            await self._write(records={(service, instance_id)})
+            await self._write({(service, instance_id)})
 
     async def route(self, service: str, method: str, resource_id: str | None) -> Route:
         """Choose the instance for a call, saving a new sticky assignment if one was made.
@@ -173,50 +190,71 @@ class InstanceRegistry:
             await self._write(assignments={(service, route.new_assignment)})
         return route
 
-    async def flush(self) -> None:
-        """Retry every change not saved yet, from the table's current state. Never raises."""
+    async def flush(self) -> bool:
+        """Retry the changes not saved yet, from the table's current state.
+
+        Returns True when nothing is left pending. Never raises.
+        """
+        pending = self.pending_writes
+        if not pending:
+            return True
+        self._store_down = False  # this is the retry: try the store again
         await self._write(
-            records=set(self._dirty_records),
-            claims=set(self._dirty_claims),
-            assignments=set(self._dirty_assignments),
+            set(self._dirty_records), set(self._dirty_claims), set(self._dirty_assignments)
         )
+        if self.pending_writes:
+            return False
+        _log.info("the stores answer again; %d pending changes saved", pending)
+        return True
 
     async def _write(
         self,
-        *,
         records: Collection[tuple[str, str]] = (),
         claims: Collection[tuple[str, str]] = (),
         assignments: Collection[tuple[str, str]] = (),
     ) -> None:
-        """Save these keys as the table has them now; remember the ones that fail."""
-        for service, instance_id in sorted(records):
-            record = self.table.get(service, instance_id)
-            write = (
-                self._instances.put(record)
-                if record is not None
-                else self._instances.delete(service, instance_id)
-            )
-            await self._save(self._dirty_records, (service, instance_id), write)
-        for service, resource in sorted(claims):
-            claimants = self.table.claims(service).get(resource, [])
-            write = self._routes.save_claim(service, resource, claimants)
-            await self._save(self._dirty_claims, (service, resource), write)
-        for service, resource in sorted(assignments):
-            target = self.table.assignments(service).get(resource)
-            write = self._routes.save_assignment(service, resource, target)
-            await self._save(self._dirty_assignments, (service, resource), write)
+        """Save these keys as the table has them now.
 
-    @staticmethod
-    async def _save(
-        dirty: set[tuple[str, str]], key: tuple[str, str], write: Awaitable[None]
-    ) -> None:
-        try:
-            await write
-        except StoreUnavailableError as e:
-            dirty.add(key)
-            _log.warning("%s not saved yet (%s); the sweep retries", ".".join(key), e)
-            return
-        dirty.discard(key)
+        At the first failure, this and every remaining key are left pending without being
+        tried, and so is every write until ``flush`` succeeds: while the store is down, a
+        registration or a new route costs no store timeout at all.
+        """
+        jobs: list[tuple[set[tuple[str, str]], tuple[str, str], Callable[[], Awaitable[None]]]] = []
+        for key in sorted(records):
+            jobs.append((self._dirty_records, key, self._record_writer(key)))
+        for key in sorted(claims):
+            jobs.append((self._dirty_claims, key, self._claim_writer(key)))
+        for key in sorted(assignments):
+            jobs.append((self._dirty_assignments, key, self._assignment_writer(key)))
+        for dirty, key, write in jobs:
+            if self._store_down:
+                dirty.add(key)
+                continue
+            try:
+                await write()
+            except StoreUnavailableError as e:
+                self._store_down = True
+                dirty.add(key)
+                _log.warning("the stores do not answer (%s); changes are saved later", e)
+                continue
+            dirty.discard(key)
+
+    def _record_writer(self, key: tuple[str, str]) -> Callable[[], Awaitable[None]]:
+        service, instance_id = key
+        record = self.table.get(service, instance_id)
+        if record is None:
+            return lambda: self._instances.delete(service, instance_id)
+        return lambda: self._instances.put(record)
+
+    def _claim_writer(self, key: tuple[str, str]) -> Callable[[], Awaitable[None]]:
+        service, resource = key
+        claimants = self.table.claims(service).get(resource, [])
+        return lambda: self._routes.save_claim(service, resource, claimants)
+
+    def _assignment_writer(self, key: tuple[str, str]) -> Callable[[], Awaitable[None]]:
+        service, resource = key
+        target = self.table.assignments(service).get(resource)
+        return lambda: self._routes.save_assignment(service, resource, target)
 
     def _assignment_changes(self, service: str, before: dict[str, str]) -> set[tuple[str, str]]:
         after = self.table.assignments(service)

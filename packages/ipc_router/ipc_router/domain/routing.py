@@ -141,7 +141,9 @@ class RoutingTable:
 
     def __init__(self, heartbeat_timeout: float, *, reap_after: float = 60.0) -> None:
         self.heartbeat_timeout = heartbeat_timeout
-        self.reap_after = max(reap_after, heartbeat_timeout)
+        # Past three timeouts, so the router has given up on calls the instance held
+        # (which takes about two) before the instance disappears.
+        self.reap_after = max(reap_after, 3 * heartbeat_timeout)
         self._services: dict[str, _ServiceTable] = {}
 
     # --- queries ---------------------------------------------------------------------------
@@ -182,9 +184,7 @@ class RoutingTable:
                 raise InstanceConflictError(old, age)
         if old is not None:
             self._forget(table, record.instance_id, keep_claims=old.session == record.session)
-        active = any(
-            r.health is Health.HEALTHY and r.role is Role.ACTIVE for r in table.instances.values()
-        )
+        active = any(r.role is Role.ACTIVE for r in table.instances.values())
         record = replace(
             record,
             role=Role.STANDBY if active else Role.ACTIVE,
@@ -217,17 +217,17 @@ class RoutingTable:
         return record
 
     def fill_vacancy(self, service: str) -> InstanceRecord | None:
-        """Make the first healthy standby active when no healthy active is left.
-
-        Returns the promoted record, if any.
+        """Make the first healthy standby active when the service has no active at all
+        (its active was removed), under a new epoch. Returns the promoted record, if any.
         """
         table = self._services.get(service)
-        if table is None:
+        if table is None or any(r.role is Role.ACTIVE for r in table.instances.values()):
             return None
         healthy = [r for r in table.instances.values() if r.health is Health.HEALTHY]
-        if not healthy or any(r.role is Role.ACTIVE for r in healthy):
+        if not healthy:
             return None
-        promoted = replace(healthy[0], role=Role.ACTIVE)
+        epoch = max(r.epoch for r in table.instances.values()) + 1
+        promoted = replace(healthy[0], role=Role.ACTIVE, epoch=epoch)
         table.instances[promoted.instance_id] = promoted
         return promoted
 
