@@ -58,6 +58,9 @@ class ResultLedger:
     def __init__(self, kv: KeyValue, instance_id: str) -> None:
         self._kv = kv
         self._instance_id = instance_id
+        # Claims whose create failed here but may still land (nats-py sends its buffer
+        # after a reconnect): key -> the exact value. The handler never ran for them.
+        self._lost: dict[str, bytes] = {}
 
     async def claim(self, key: str, deadline: float | None) -> Claim | bytes:
         """Claim ``key`` to run its call, or return the reply recorded by the run that did.
@@ -92,6 +95,10 @@ class ResultLedger:
             value = entry.value or b""
             if not value.startswith(_PENDING):
                 return value
+            if self._lost.get(key) == value and entry.revision is not None:
+                # Our own claim from a create that "failed": nothing ran under it.
+                del self._lost[key]
+                return Claim(key, entry.revision)
             if time.time() + delay >= give_up_at:
                 raise IPCError(
                     f"call {call_id} is already running on instance {_holder(value)} (or that "
@@ -111,10 +118,31 @@ class ResultLedger:
             async with asyncio.timeout(_TIMEOUT):
                 entry = await self._kv.get(key)
         except (TimeoutError, nats.errors.Error):
+            self._lost[key] = claim_value
             raise _unavailable(error) from error
         if entry.value == claim_value and entry.revision is not None:
             return Claim(key, entry.revision)
+        self._lost[key] = claim_value
         raise _unavailable(error) from error
+
+    async def clean_up(self) -> None:
+        """Remove claims whose create failed here but landed later. Never raises.
+
+        Called now and then (with the heartbeats): a late claim would otherwise make every
+        retry of a call that never ran wait and be told it is "already running".
+        """
+        for key, value in list(self._lost.items()):
+            try:
+                async with asyncio.timeout(_TIMEOUT):
+                    try:
+                        entry = await self._kv.get(key)
+                    except nats.js.errors.KeyNotFoundError:
+                        entry = None
+                    if entry is not None and entry.value == value and entry.revision:
+                        await self._kv.delete(key, last=entry.revision)
+            except (TimeoutError, nats.errors.Error):
+                continue  # still unreachable: try again next time
+            self._lost.pop(key, None)
 
     async def finish(self, claim: Claim, reply: bytes) -> bool:
         """Replace the claim with the reply; whether it was recorded.

@@ -45,7 +45,7 @@ class CallRunner:
         self._service = service
         self._name = service.name
         self.instance_id = instance_id
-        self._ledger = ledger
+        self.ledger = ledger
         self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}
 
     async def handle(self, data: bytes) -> bytes:
@@ -92,7 +92,7 @@ class CallRunner:
                 call_id, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before the call ran"
             )
         try:
-            claimed = await self._ledger.claim(
+            claimed = await self.ledger.claim(
                 f"{self._name}.{spec.name}.{call_id}", request.deadline
             )
         except IPCError as e:
@@ -102,7 +102,7 @@ class CallRunner:
         try:
             argument = codec.decode(request.payload, spec.request_type)
         except CodecError as e:
-            await self._ledger.release(claimed)
+            await self.ledger.release(claimed)
             return self.error(call_id, ErrorCode.INVALID_ARGUMENT, e.message)
         try:
             reply, keep = await self._run(spec, argument, request)
@@ -121,8 +121,8 @@ class CallRunner:
             )
             keep = True
         if not keep:
-            await self._ledger.release(claimed)
-        elif not await self._ledger.finish(claimed, reply):
+            await self.ledger.release(claimed)
+        elif not await self.ledger.finish(claimed, reply):
             # The caller still gets its reply; a repeat would find no outcome and wait.
             _log.error("outcome of call %s not recorded", call_id)
         return reply

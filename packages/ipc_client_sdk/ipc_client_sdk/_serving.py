@@ -87,6 +87,7 @@ class ServiceInstance:
         self._beats: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._reregister: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
         self._runner: CallRunner | None = None
         self._replaced = False
         self._closing = False
@@ -175,7 +176,7 @@ class ServiceInstance:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._heartbeat, self._reregister):
+        for task in (self._heartbeat, self._reregister, self._cleanup):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -241,6 +242,7 @@ class ServiceInstance:
         nc = self._client.nats
         subject = self._client.subjects.heartbeat(self.service, self.instance_id)
         reply = self._beats.subject if self._beats else ""
+        beats = 1
         while True:
             beat = Heartbeat(
                 service=self.service,
@@ -253,6 +255,10 @@ class ServiceInstance:
             )
             with contextlib.suppress(nats.errors.Error):
                 await nc.publish(subject, self._client.codec.encode_envelope(beat), reply=reply)
+            if self._runner is not None and beats % 10 == 0:
+                if self._cleanup is None or self._cleanup.done():  # off the heartbeat path
+                    self._cleanup = asyncio.create_task(self._runner.ledger.clean_up())
+            beats += 1
             await asyncio.sleep(self._heartbeat_interval)
 
     async def _on_heartbeat_reply(self, msg: Msg) -> None:

@@ -33,6 +33,7 @@ class FakeBucket:
         self.data: dict[str, Entry] = {}
         self.revision = 0
         self.lose_next_ack = False
+        self.down_after_create = False
         self.down = False
 
     def _check(self) -> None:
@@ -47,6 +48,9 @@ class FakeBucket:
         self.data[key] = Entry(value, self.revision)
         if self.lose_next_ack:
             self.lose_next_ack = False
+            if self.down_after_create:
+                self.down_after_create = False
+                self.down = True
             raise nats.errors.TimeoutError
         return self.revision
 
@@ -116,3 +120,25 @@ async def test_a_bucket_that_does_not_answer_means_the_call_is_not_run() -> None
     claim = Claim("c1", 1)
     assert await ledger(bucket).finish(claim, b"\x81reply") is False
     await ledger(bucket).release(claim)  # never raises
+
+
+async def test_a_claim_that_failed_but_landed_later_is_adopted_or_cleaned_up() -> None:
+    bucket = FakeBucket()
+    mine = ledger(bucket)
+    bucket.lose_next_ack = True
+    bucket.down_after_create = True  # the create lands, then nothing answers
+    with pytest.raises(IPCError):
+        await mine.claim("c1", time.time() + 5)
+    bucket.down = False
+    # The same instance gets the call again: it knows the claim is its own and runs it.
+    again = await mine.claim("c1", time.time() + 5)
+    assert isinstance(again, Claim)
+    # And a late claim nobody came back for is removed, so other instances may run it.
+    bucket.lose_next_ack = True
+    bucket.down_after_create = True
+    with pytest.raises(IPCError):
+        await mine.claim("c2", time.time() + 5)
+    bucket.down = False
+    await mine.clean_up()
+    assert "c2" not in bucket.data
+    assert isinstance(await ledger(bucket, "b2").claim("c2", time.time() + 5), Claim)

@@ -19,7 +19,9 @@ from ipc_testing import ChildProcess, NatsServerConfig, NatsServerProcess, free_
 from ipc_testing.fakes import make_instance
 
 
-def embedded_router(tmp_path: Path, port: int, router_id: str = "emb") -> ChildProcess:
+def embedded_router(
+    tmp_path: Path, port: int, router_id: str = "emb", log_name: str = "router.log"
+) -> ChildProcess:
     """``ipc-router`` with no NATS URL, its embedded server on ``port``."""
 
     argv = [
@@ -35,7 +37,7 @@ def embedded_router(tmp_path: Path, port: int, router_id: str = "emb") -> ChildP
     ]
     env = {k: v for k, v in os.environ.items() if k != "IPC_NATS_URL"}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = ChildProcess(tmp_path / "router.log")
+    proc = ChildProcess(tmp_path / log_name)
     proc.spawn(argv, env=env)
     return proc
 
@@ -127,3 +129,23 @@ async def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
         assert "--nats-url" in log and "Traceback" not in log
     finally:
         await occupant.stop()
+
+
+async def test_a_second_embedded_router_on_the_same_data_folder_is_refused(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    first = embedded_router(tmp_path, port, router_id="first")
+    try:
+        await wait_for_log(first, "router first ready")
+        second = embedded_router(tmp_path, free_port(), router_id="second", log_name="r2.log")
+        try:
+            assert await second.wait_exit(20)
+            assert second.returncode == 1
+            assert "in use by another router" in second.log_tail(5)
+        finally:
+            await second.stop()
+        async with IPCClient(f"nats://127.0.0.1:{port}") as client:
+            assert (await client.admin.status()).router_id == "first"
+    finally:
+        assert await first.stop() == 0

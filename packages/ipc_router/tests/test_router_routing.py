@@ -219,3 +219,16 @@ async def test_an_instance_silent_for_reap_after_is_removed_and_its_claim_passes
     assert routes.claims == {("svc", "acc_1"): ["b2"]}
     assert set(instances.records) == {"svc.b2"}
     assert registry.table.route("svc", "work", "acc_1").instance_id == "b2"
+
+
+async def test_a_new_leader_restores_every_instance_healthy_whatever_was_saved() -> None:
+    instances, routes, clock = InMemoryInstanceRepository(), InMemoryRouteRepository(), FakeClock(0)
+    registry = InstanceRegistry(RoutingTable(TIMEOUT), instances, routes, clock)
+    await registry.register(instance("b1", "acc_1", session="1"))
+    clock.current = 10  # the old leader was cut off and saw no heartbeats
+    await registry.expire()
+    await registry.flush()
+    assert instances.records["svc.b1"].health is Health.UNHEALTHY
+    restarted = InstanceRegistry(RoutingTable(TIMEOUT), instances, routes, clock)
+    await restarted.restore()
+    assert restarted.table.route("svc", "work", "acc_1").instance_id == "b1"

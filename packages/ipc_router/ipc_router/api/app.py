@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import time
+from pathlib import Path
+from typing import TextIO
 
 from nats.aio.client import Client as NATS
 
@@ -67,6 +70,7 @@ class Router(AsyncService):
         self._started_at = time.time()
         self._stopping = False
         self._connected = False  # nats-py also calls closed_cb when a first connect fails
+        self._store_lock: TextIO | None = None
         self.lost = asyncio.Event()
         """Set when the NATS connection closed for good while the router was running."""
 
@@ -141,6 +145,7 @@ class Router(AsyncService):
 
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"
+        self._lock_store(store)
         server = NatsServerProcess(
             NatsServerConfig(
                 store_dir=store,
@@ -167,6 +172,27 @@ class Router(AsyncService):
             server.log_path,
         )
 
+    def _lock_store(self, store: Path) -> None:
+        """Hold an exclusive lock on the embedded store for the router's lifetime.
+
+        Two nats-servers on one JetStream store corrupt it; a second router started in the
+        same folder must fail instead.
+
+        Raises:
+            NatsServerError: another running router holds the folder.
+        """
+        store.mkdir(parents=True, exist_ok=True)
+        lock = (store / "router.lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            lock.close()
+            raise NatsServerError(
+                f"data folder {store.parent} is in use by another router; give this one "
+                "its own --data-dir, or pass --nats-url to share that router's NATS"
+            ) from e
+        self._store_lock = lock
+
     async def _on_closed(self) -> None:
         if self._connected and not self._stopping:
             _log.error("the NATS connection closed for good; the router cannot go on")
@@ -185,3 +211,6 @@ class Router(AsyncService):
             await self.embedded.stop()
             _log.info("stopped embedded nats-server")
             self.embedded = None
+        if self._store_lock is not None:
+            self._store_lock.close()  # releases the lock
+            self._store_lock = None

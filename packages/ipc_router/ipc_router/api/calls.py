@@ -65,8 +65,15 @@ _MAX_REPLY_TO = 512
 """A longer reply subject is refused: NATS closes a connection whose protocol line is too
 long, and a reply address is part of one."""
 
+_RETRY_LATER = 1.0
+"""Seconds before a redelivered call that cannot be routed yet is delivered again."""
+
 _ROUTE_ATTEMPTS = 3
 """Instances tried for one delivery when the chosen one is not listening."""
+
+
+class _Later(Exception):
+    """The call cannot be routed yet: leave it for redelivery (nak with a delay)."""
 
 
 class _Refused(Exception):
@@ -270,6 +277,10 @@ class CallConsumer:
             return
         try:
             reply = await self._relay(msg, request)
+        except _Later:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=_RETRY_LATER)
+            return
         except _Refused as e:
             reply = self._refusal(request, e.code, e.message)
         except nats.errors.Error as e:
@@ -327,6 +338,11 @@ class CallConsumer:
             except UnknownMethodError as e:
                 raise _Refused(ErrorCode.NOT_FOUND, str(e)) from e
             except RoutingError as e:
+                if delivery > 1 and remaining > _RETRY_LATER:
+                    # A redelivered call may already have run: a caller told "unavailable,
+                    # retry" might retry under a new call_id. Wait for an instance instead
+                    # (a new leader hears heartbeats within a second).
+                    raise _Later from e
                 raise _Refused(ErrorCode.UNAVAILABLE, str(e)) from e
             forwarded = request.model_copy(
                 update={"epoch": route.epoch, "delivery": delivery, "deadline": deadline}

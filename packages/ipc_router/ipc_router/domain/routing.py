@@ -284,12 +284,16 @@ class RoutingTable:
     ) -> None:
         """Load state saved by an earlier router run.
 
-        Every instance gets a full heartbeat timeout from ``now`` before it can be declared
-        dead, so a router restart alone never makes an instance unhealthy.
+        Every instance starts healthy with a full heartbeat timeout from ``now`` before it
+        can be declared dead, whatever the last leader saved (it may have marked everyone
+        unhealthy while it was cut off), so a change of leader alone never makes an
+        instance unhealthy.
         """
         for record in sorted(records, key=lambda r: r.registered_at):
             table = self._services.setdefault(record.service, _ServiceTable())
-            table.instances[record.instance_id] = replace(record, last_heartbeat_at=now)
+            table.instances[record.instance_id] = replace(
+                record, health=Health.HEALTHY, last_heartbeat_at=now
+            )
         for (service, resource), claimants in claims.items():
             found = self._services.get(service)
             if found is not None:
