@@ -98,6 +98,7 @@ class Caller:
         """See ``IPCClient.call``."""
         client = self._client
         service, method = parse_target(target)
+        client.nats  # noqa: B018  # raises ClientStateError unless the client is open
         timeout = client.request_timeout if timeout is None else timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
@@ -181,7 +182,8 @@ class Caller:
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise CallTimeoutError(
-                    "the call was not accepted before its deadline (JetStream did not ack)",
+                    "JetStream did not confirm the call before its deadline (it may still "
+                    "have been stored: retry with the same call_id to be safe)",
                     call_id=request.call_id,
                     service=request.service,
                 )

@@ -74,12 +74,25 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_BIGINT, str(obj).encode("ascii"))
     if isinstance(obj, BaseModel):
         # by_alias: the receiving side validates by alias (e.g. camelCase wire names).
-        return obj.model_dump(mode="python", by_alias=True)
+        return _packable(obj.model_dump(mode="python", by_alias=True))
     if isinstance(obj, enum.Enum):
-        return obj.value
+        return _packable(obj.value)
     if isinstance(obj, set | frozenset):
         return list(obj)
     raise TypeError(f"cannot encode a value of type {type(obj).__qualname__}")
+
+
+_NATIVE = (dict, list, tuple, str, bytes, bytearray, bool, float, type(None))
+
+
+def _packable(value: Any) -> Any:
+    """msgpack applies ``_default`` once per value: convert what it returned, if needed
+    (a ``RootModel[Decimal]`` dumps to a Decimal, an enum's value may be one)."""
+    if isinstance(value, _NATIVE) or (
+        isinstance(value, int) and _INT64_MIN <= value <= _UINT64_MAX
+    ):
+        return value
+    return _default(value)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

@@ -124,11 +124,16 @@ async def close_nats(nc: NATS, *, timeout: float = 5.0) -> None:
     """
     if nc.is_closed:
         return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
         await asyncio.wait_for(nc.drain(), timeout)
     except (TimeoutError, nats.errors.Error, OSError) as e:
         _log.debug("drain failed (%s); closing", e)
-    await _close_quietly(nc)
+    try:  # close flushes: bounded too, a frozen server must not hold us
+        await asyncio.wait_for(_close_quietly(nc), max(0.5, deadline - loop.time()))
+    except TimeoutError:
+        _log.debug("close did not finish in time; abandoning the connection")
 
 
 async def _close_quietly(nc: NATS) -> None:

@@ -176,22 +176,28 @@ class ServiceInstance:
         if self._stopped:
             return
         self._stopped = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - loop.time())
+
         for task in (self._heartbeat, self._reregister, self._cleanup):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self._deregister(timeout=min(timeout, self._client.request_timeout))
+        await self._deregister(timeout=min(left(), self._client.request_timeout))
         if self._inbox is not None:
             # Drain, not unsubscribe: calls already delivered but waiting for a free slot
             # are served, not dropped.
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 drained = self._inbox.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
-                await asyncio.wait_for(drained, timeout)
+                await asyncio.wait_for(drained, left())
         self._closing = True  # whatever the drain left is refused, not served after we return
         await self._unsubscribe()
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=timeout)
+            _, late = await asyncio.wait(self._tasks, timeout=left())
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)

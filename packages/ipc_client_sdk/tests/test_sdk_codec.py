@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgpack
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -323,3 +324,15 @@ def test_unencodable_value() -> None:
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Codec(max_payload=0)
+
+
+class Price(enum.Enum):
+    TICK = Decimal("0.01")
+
+
+def test_values_that_dump_to_other_extension_types_round_trip() -> None:
+    codec = Codec()
+    assert codec.decode(codec.encode(Price.TICK), Price) is Price.TICK
+    root = pydantic.RootModel[Decimal](Decimal("2.50"))
+    assert codec.decode(codec.encode(root)) == Decimal("2.50")
+    assert codec.decode(codec.encode({"p": Price.TICK})) == {"p": Decimal("0.01")}

@@ -65,6 +65,10 @@ _MAX_REPLY_TO = 512
 """A longer reply subject is refused: NATS closes a connection whose protocol line is too
 long, and a reply address is part of one."""
 
+_FETCH_BYTES = 32 * 1024 * 1024
+"""Bytes one fetch may bring in at most, were every call as large as allowed (30 calls
+at the default 1 MiB limit)."""
+
 _RETRY_LATER = 1.0
 """Seconds before a redelivered call that cannot be routed yet is delivered again."""
 
@@ -196,8 +200,11 @@ class CallConsumer:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            # Bound a fetch by bytes too: a batch of the largest calls arriving at once must
+            # stay well under nats-server's per-connection buffer (64 MiB), or it drops us.
+            batch = max(1, min(free, _FETCH_BYTES // self._codec.max_envelope))
             try:
-                msgs = await psub.fetch(batch=min(free, 256), timeout=1.0)
+                msgs = await psub.fetch(batch=batch, timeout=1.0)
             except TimeoutError:
                 continue  # nothing to do for a second
             except nats.errors.Error as e:

@@ -149,6 +149,7 @@ class Leadership:
         await self._lease.release()
 
     async def _run(self) -> None:
+        store_down = False
         while True:
             await asyncio.sleep(self._interval)
             try:
@@ -156,6 +157,13 @@ class Leadership:
                     await self._renew()
                 else:
                     await self._try_to_lead()
+                store_down = False
+            except StoreUnavailableError as e:
+                if not store_down:  # once per outage, not every second
+                    _log.warning(
+                        "cannot reach the lease (%s); retrying every %gs", e, self._interval
+                    )
+                store_down = True
             except Exception:  # the loop must survive anything one pass hits
                 _log.exception("leadership check failed")
 
