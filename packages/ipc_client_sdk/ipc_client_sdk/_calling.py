@@ -107,7 +107,6 @@ class Caller:
                 check_type(returns)
             if resource_id is not None:
                 validate_token(resource_id, "resource_id")
-            own_id = call_id is not None
             call_id = validate_call_id(call_id) if call_id is not None else new_call_id()
         except (TypeError, ValueError) as e:
             raise InvalidArgumentError(str(e), service=service) from e
@@ -123,7 +122,6 @@ class Caller:
             deadline=deadline,
             reply_to=reply_to,
             caller=client.name,
-            own_call_id=own_id,
         )
         token = reply_to.rsplit(".", 1)[-1]
         try:

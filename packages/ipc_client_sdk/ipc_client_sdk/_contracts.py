@@ -92,8 +92,6 @@ class CallRequest(Envelope):
     reply_to: str | None = None
     caller: str | None = None
     epoch: int | None = None
-    own_call_id: bool = False
-    """True when the caller chose the call_id: a retry is possible, so check the record."""
     delivery: int = 1
     """How many times the router has been handed this request (above 1: a redelivery)."""
 

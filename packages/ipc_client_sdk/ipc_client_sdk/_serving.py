@@ -28,9 +28,7 @@ from nats.aio.subscription import Subscription
 from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
     AdminReply,
-    CallReply,
     ErrorCode,
-    ErrorInfo,
     Heartbeat,
     Registration,
     RegistrationResult,
@@ -299,14 +297,16 @@ class ServiceInstance:
 
     # --- calls -------------------------------------------------------------------------
     async def _on_call(self, msg: Msg) -> None:
+        runner = self._runner
+        assert runner is not None  # set before the inbox is subscribed
         if not self._closing:
             await self._slots.acquire()  # back-pressure: later calls wait in the subscription
             if self._closing:
                 self._slots.release()
-        if self._closing or self._runner is None:
+        if self._closing:
             # stop() ran out of time draining: refuse what is left, quickly and retryably.
-            reply = self._refusal(ErrorCode.UNAVAILABLE, f"instance {self.instance_id} is stopping")
-            await self._respond(msg, reply)
+            message = f"instance {self.instance_id} is stopping"
+            await self._respond(msg, runner.error("", ErrorCode.UNAVAILABLE, message))
             return
         task = asyncio.create_task(self._serve_one(msg))
         self._tasks.add(task)
@@ -317,11 +317,6 @@ class ServiceInstance:
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             _log.error("serving a call failed", exc_info=task.exception())
-
-    def _refusal(self, code: ErrorCode, message: str) -> bytes:
-        info = ErrorInfo(code=code, message=message, retryable=code.retryable)
-        reply = CallReply(call_id="", error=info, service=self.service, instance=self.instance_id)
-        return self._client.codec.encode_envelope(reply)
 
     async def _serve_one(self, msg: Msg) -> None:
         assert self._runner is not None

@@ -118,6 +118,9 @@ async def test_calls_nobody_can_answer_are_dropped_and_the_router_keeps_serving(
         )
     )
     assert await send_raw(raw, bad_reply, reply_header=False) is None
+    # An unreadable body whose reply header is not a subject either: dropped, not echoed
+    # into the router's protocol stream.
+    await raw.jetstream().publish(TARGET, b"\xc1", headers={REPLY_TO_HEADER: "x y\r\nPUB z"})
     await eventually(lambda: stream_is_empty(raw))
     async with IPCClient(nats_server.url) as client:
         svc = CountingService()

@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import time
+from typing import TypeGuard
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -268,12 +269,12 @@ class CallConsumer:
             request = self._codec.decode_envelope(msg.data, CallRequest)
         except CodecError as e:
             _log.warning("refusing an unreadable call on %s: %s", msg.subject, e.message)
-            if reply_to:
+            if _usable(reply_to):
                 await self._answer(reply_to, CallReply(call_id="", error=_info(e.code, e.message)))
             await msg.term()
             return
         reply_to = request.reply_to or reply_to
-        if not reply_to or len(reply_to) > _MAX_REPLY_TO or not _SUBJECT.fullmatch(reply_to):
+        if not _usable(reply_to):
             _log.warning(
                 "call %s on %s has no usable reply address (%r); dropped",
                 request.call_id,
@@ -401,6 +402,15 @@ class CallConsumer:
     async def _answer(self, reply_to: str, reply: CallReply) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(reply_to, self._codec.encode_envelope(reply))
+
+
+def _usable(reply_to: str | None) -> TypeGuard[str]:
+    """Whether a reply address is one publishable subject (never trust a raw publisher)."""
+    return (
+        reply_to is not None
+        and len(reply_to) <= _MAX_REPLY_TO
+        and _SUBJECT.fullmatch(reply_to) is not None
+    )
 
 
 def _info(code: ErrorCode, message: str) -> ErrorInfo:
