@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 
 from ipc_client_sdk._contracts import AdminReply, AdminRequest, ErrorCode, RouterStatus
-from ipc_client_sdk._errors import IPCConnectionError, RemoteError, RouterUnavailableError
-from ipc_client_sdk._nats import servers_label
+from ipc_client_sdk._errors import RemoteError, RouterUnavailableError
+from ipc_client_sdk._nats import connection_error
 
 if TYPE_CHECKING:
     from ipc_client_sdk._client import IPCClient
@@ -80,7 +80,7 @@ async def request_op(
             f"no router answered {subject} within {timeout:g}s", service=ROUTER
         ) from e
     except nats.errors.Error as e:
-        raise IPCConnectionError(servers_label(client.servers), str(e) or type(e).__name__) from e
+        raise connection_error(client.servers, e) from e
     reply = client.codec.decode_envelope(msg.data, AdminReply)
     if not reply.ok:
         info = reply.error

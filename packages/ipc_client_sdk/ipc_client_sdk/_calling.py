@@ -36,13 +36,12 @@ from ipc_client_sdk._errors import (
     CallTimeoutError,
     ClientStateError,
     InvalidArgumentError,
-    IPCConnectionError,
     IPCError,
     RemoteError,
     RouterUnavailableError,
     ServiceUnavailableError,
 )
-from ipc_client_sdk._nats import servers_label
+from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 
 if TYPE_CHECKING:
@@ -150,9 +149,7 @@ class Caller:
                             f"{inbox}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
                         )
                     except nats.errors.Error as e:
-                        raise IPCConnectionError(
-                            servers_label(self._client.servers), str(e) or type(e).__name__
-                        ) from e
+                        raise connection_error(self._client.servers, e) from e
                     self._inbox = inbox
         token = os.urandom(8).hex()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -217,9 +214,7 @@ class Caller:
             except nats.errors.Error as e:
                 if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
                     raise ClientStateError("the client closed during the call") from e
-                raise IPCConnectionError(
-                    servers_label(client.servers), str(e) or type(e).__name__
-                ) from e
+                raise connection_error(client.servers, e) from e
             if ack.duplicate and first:
                 # An earlier call with this call_id is (or was) in the stream, answering
                 # another reply address. Accept this attempt too; the serving side runs the

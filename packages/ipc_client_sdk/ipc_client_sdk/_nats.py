@@ -117,6 +117,11 @@ async def open_nats(
     return nc
 
 
+def connection_error(servers: Sequence[str], error: BaseException) -> IPCConnectionError:
+    """The SDK's error for a nats-py failure of an open connection (closed, draining...)."""
+    return IPCConnectionError(servers_label(servers), str(error) or type(error).__name__)
+
+
 async def close_nats(nc: NATS, *, timeout: float = 5.0) -> None:
     """Drain the connection (finish in-flight handlers, flush publishes), then close it.
 

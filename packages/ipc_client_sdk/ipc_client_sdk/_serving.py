@@ -36,12 +36,11 @@ from ipc_client_sdk._contracts import (
 from ipc_client_sdk._errors import (
     CodecError,
     InvalidArgumentError,
-    IPCConnectionError,
     IPCError,
     RouterUnavailableError,
 )
 from ipc_client_sdk._ledger import ResultLedger
-from ipc_client_sdk._nats import servers_label
+from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._runner import CallRunner
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
@@ -148,9 +147,7 @@ class ServiceInstance:
             await self._register()
         except nats.errors.Error as e:
             await self._unsubscribe()
-            raise IPCConnectionError(
-                servers_label(client.servers), str(e) or type(e).__name__
-            ) from e
+            raise connection_error(client.servers, e) from e
         except IPCError:
             # The router may have registered us and only the answer was lost: undo it, so
             # a phantom instance does not hold our claims until it is reaped.
