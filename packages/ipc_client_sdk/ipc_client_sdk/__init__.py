@@ -22,7 +22,7 @@ from ipc_client_sdk._errors import (
     ServiceUnavailableError,
 )
 from ipc_client_sdk._service import CallContext, Service
-from ipc_client_sdk._serving import ServiceInstance
+from ipc_client_sdk._serving import RoleChange, ServiceInstance
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "RouterStatus",
     "RouterUnavailableError",
     "Service",
+    "RoleChange",
     "ServiceInstance",
     "ServiceUnavailableError",
     "__version__",

@@ -6,9 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 
-from ipc_client_sdk._contracts import AdminReply, AdminRequest, ErrorCode, RouterStatus
-from ipc_client_sdk._errors import RemoteError, RouterUnavailableError
+from ipc_client_sdk._contracts import (
+    AdminReply,
+    AdminRequest,
+    ErrorCode,
+    Promotion,
+    RouterStatus,
+)
+from ipc_client_sdk._errors import InvalidArgumentError, RemoteError, RouterUnavailableError
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._subjects import validate_token
 
 if TYPE_CHECKING:
     from ipc_client_sdk._client import IPCClient
@@ -32,6 +39,34 @@ class AdminClient:
         result = await self.request("status", timeout=timeout)
         status: RouterStatus = self._client.codec.validate(result, RouterStatus)
         return status
+
+    async def promote(
+        self, service: str, instance_id: str, *, drain: float = 10.0, timeout: float | None = None
+    ) -> Promotion:
+        """Make ``instance_id`` the active of ``service`` and of every resource it claims.
+
+        A planned handover: the current actives get no new calls, the router waits up to
+        ``drain`` seconds for the calls in flight to them, then moves the roles (new epochs)
+        and tells every instance concerned. The former actives stay as standbys.
+
+        Raises:
+            InvalidArgumentError: a bad name or drain time, before anything is sent.
+            RemoteError: ``NOT_FOUND`` (no such instance), ``FAILED_PRECONDITION`` (it is
+                unhealthy), ``UNAVAILABLE`` (no router leads right now).
+            RouterUnavailableError: no router answered.
+        """
+        try:
+            validate_token(service, "service")
+            validate_token(instance_id, "instance_id")
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from e
+        if isinstance(drain, bool) or not isinstance(drain, int | float) or not 0 <= drain <= 300:
+            raise InvalidArgumentError(f"drain must be between 0 and 300 seconds, got {drain!r}")
+        args = {"service": service, "instance_id": instance_id, "drain": float(drain)}
+        wait = drain + 10.0 if timeout is None else timeout
+        result = await self.request("promote", args, timeout=wait)
+        promotion: Promotion = self._client.codec.validate(result, Promotion)
+        return promotion
 
     async def request(
         self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None

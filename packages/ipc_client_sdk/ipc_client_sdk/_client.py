@@ -16,7 +16,7 @@ from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._errors import ClientStateError
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
 from ipc_client_sdk._service import Service
-from ipc_client_sdk._serving import ServiceInstance, check_serve_arguments
+from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
 
 _log = logging.getLogger("ipc_client_sdk")
@@ -192,6 +192,7 @@ class IPCClient:
         resources: Sequence[str] = (),
         concurrency: int = 64,
         heartbeat_interval: float = 0.5,
+        on_role_change: RoleListener | None = None,
     ) -> ServiceInstance:
         """Serve ``service`` as instance ``instance_id``: register, heartbeat, take calls.
 
@@ -201,7 +202,11 @@ class IPCClient:
             resources: resources this instance claims; each belongs to the first live
                 instance that claimed it.
             concurrency: calls handled at once; more wait their turn.
-            heartbeat_interval: seconds between heartbeats.
+            heartbeat_interval: seconds between heartbeats (keep it under half the
+                router's lease, 0.8 of its ``--heartbeat-timeout``).
+            on_role_change: called (plain or ``async``) with a ``RoleChange`` each time
+                the router changes this instance's roles; ``instance.role_changes()`` is
+                the async-iterator form.
 
         Raises:
             InvalidArgumentError: a bad argument, before anything is sent.
@@ -217,6 +222,7 @@ class IPCClient:
             resources,
             concurrency=concurrency,
             heartbeat_interval=heartbeat_interval,
+            on_role_change=on_role_change,
         )
         await instance.start()
         self._instances.append(instance)

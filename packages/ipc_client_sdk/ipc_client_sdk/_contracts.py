@@ -25,6 +25,11 @@ REPLY_TO_HEADER = "Ipc-Reply-To"
 """NATS header repeating a call's reply address, so that a router can answer even a request
 whose body it cannot read (a newer protocol version, a broken envelope)."""
 
+REFUSED_HEADER = "Ipc-Refused"
+"""NATS header on an instance's refusal of a call it must not run (``fenced``: its lease ran
+out; ``stale-epoch``: routed before its role changed). The router routes such a call again
+instead of relaying the refusal."""
+
 MSG_ID_HEADER = "Nats-Msg-Id"
 """JetStream's de-duplication header; the SDK sets it to the call_id."""
 
@@ -94,6 +99,10 @@ class CallRequest(Envelope):
     epoch: int | None = None
     delivery: int = 1
     """How many times the router has been handed this request (above 1: a redelivery)."""
+    abandoned: str | None = None
+    """An instance the router gave up on while it held this call (it died or froze): a
+    claim it left is not waited for past the instance's grace, and the call is answered
+    ``UNKNOWN``."""
 
 
 class CallReply(Envelope):
@@ -116,6 +125,8 @@ class Heartbeat(Envelope):
     epoch: int | None = None
     inflight: int = 0
     session: str | None = None
+    seq: int = 0
+    """Numbers the heartbeats of one process; the router's answer echoes it."""
 
 
 class Registration(Envelope):
@@ -126,6 +137,9 @@ class Registration(Envelope):
     methods: list[str] = Field(default_factory=list)
     resources: list[str] = Field(default_factory=list)
     sdk_version: str | None = None
+    load_balanced: bool = False
+    """Spread calls without a claimed resource over every healthy instance instead of
+    sending them to the service's active."""
     session: str | None = None
     """Random per process: tells a restarted instance from a second copy of a live one."""
 
@@ -140,6 +154,57 @@ class RegistrationResult(BaseModel):
     claimed: list[str] = Field(default_factory=list)
     standby_for: dict[str, str] = Field(default_factory=dict)
     """Resources this instance asked for that another instance already owns: owner by id."""
+    lease: float = 0.0
+    """Seconds, counted from when a heartbeat was sent, for which the router's answer to it
+    lets the instance take calls. Shorter than ``heartbeat_timeout``, so an instance cut off
+    from the router stops before the router can promote anyone in its place."""
+    heartbeat_timeout: float = 0.0
+    """The router's failure detection timeout."""
+
+
+class InstanceState(BaseModel):
+    """What the router tells an instance about itself: in every answer to a heartbeat, and
+    at once when one of its roles changes."""
+
+    role: str
+    epoch: int
+    owned: list[str] | None = None
+    """The claimed resources it is the active of (None: unchanged since the last answer)."""
+    seq: int | None = None
+    """The heartbeat this answers (None for a role change announced on its own)."""
+    lease: float = 0.0
+
+
+class Promotion(BaseModel):
+    """The result of the ``promote`` admin operation."""
+
+    service: str
+    instance_id: str
+    role: str
+    epoch: int
+    owned: list[str] = Field(default_factory=list)
+    """The claimed resources it is the active of now."""
+    demoted: list[str] = Field(default_factory=list)
+    """The instances that handed roles over to it."""
+
+
+class RouterEvent(Envelope):
+    """A change the leading router publishes on ``<prefix>.events.<kind>``.
+
+    ``kind`` is ``role`` (``role``, ``epoch``, ``resource``: None for the service, and
+    ``reason``: failover, handover, promote, removed, registered), ``health`` (``state``:
+    healthy or unhealthy) or ``registry`` (``state``: registered, deregistered, reaped).
+    """
+
+    kind: str
+    service: str
+    instance_id: str
+    at: float
+    state: str | None = None
+    role: str | None = None
+    epoch: int | None = None
+    resource: str | None = None
+    reason: str | None = None
 
 
 class AdminRequest(Envelope):

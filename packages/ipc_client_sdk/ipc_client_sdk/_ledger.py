@@ -55,29 +55,36 @@ class ResultLedger:
         instance_id: this instance, written into its claims for the message of a repeat.
     """
 
-    def __init__(self, kv: KeyValue, instance_id: str) -> None:
+    def __init__(self, kv: KeyValue, instance_id: str, *, grace: float = 1.5) -> None:
         self._kv = kv
         self._instance_id = instance_id
+        self.grace = grace
         # Claims whose create failed here but may still land (nats-py sends its buffer
         # after a reconnect): key -> the exact value. The handler never ran for them.
         self._lost: dict[str, bytes] = {}
 
-    async def claim(self, key: str, deadline: float | None) -> Claim | bytes:
+    async def claim(
+        self, key: str, deadline: float | None, *, abandoned: str | None = None
+    ) -> Claim | bytes:
         """Claim ``key`` to run its call, or return the reply recorded by the run that did.
 
         ``key`` names the call in the bucket: ``<service>.<method>.<call_id>``, so one
         call_id used for two different methods is two calls. Without a deadline a waiting
-        delivery gives up after 30 seconds.
+        delivery gives up after 30 seconds. A claim held by ``abandoned`` (an instance the
+        router gave up on) is waited for ``grace`` seconds at most: a handler it was running
+        may still record its outcome, if the instance was only frozen.
 
         Raises:
             IPCError: ``UNAVAILABLE`` when the bucket does not answer (running without a
                 claim could run the call twice, so it is not run); ``DEADLINE_EXCEEDED``
-                when another run holds the claim until the deadline.
+                when another run holds the claim until the deadline; ``UNKNOWN`` when the
+                abandoned instance holds it past the grace.
         """
         # The nonce makes this claim recognisable if the create's ack is lost.
         claim_value = _PENDING + msgpack.packb([self._instance_id, time.time(), os.urandom(8)])
         give_up_at = (deadline if deadline is not None else time.time() + 30) - _ANSWER_MARGIN
         call_id = key.rsplit(".", 1)[-1]
+        abandoned_until = time.time() + self.grace
         delay = 0.02
         while True:
             try:
@@ -99,9 +106,17 @@ class ResultLedger:
                 # Our own claim from a create that "failed": nothing ran under it.
                 del self._lost[key]
                 return Claim(key, entry.revision)
+            holder = _holder(value)
+            if holder == abandoned and time.time() + delay >= abandoned_until:
+                raise IPCError(
+                    f"call {call_id} was running on instance {holder}, which stopped "
+                    "heartbeating before it recorded an outcome; whether it ran is unknown "
+                    "(check downstream by call_id)",
+                    code=ErrorCode.UNKNOWN,
+                )
             if time.time() + delay >= give_up_at:
                 raise IPCError(
-                    f"call {call_id} is already running on instance {_holder(value)} (or that "
+                    f"call {call_id} is already running on instance {holder} (or that "
                     "instance died before recording an outcome); it was not run again",
                     code=ErrorCode.DEADLINE_EXCEEDED,
                 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ipc_client_sdk._codec import Codec
@@ -27,6 +28,9 @@ _log = logging.getLogger("ipc_client_sdk.serving")
 
 _MAX_ERROR_MESSAGE = 500
 
+Admission = Callable[[CallRequest], str | None]
+"""Why the instance must refuse a call now (``fenced``, ``stale-epoch``), or None."""
+
 
 class CallRunner:
     """Runs the calls delivered to one instance.
@@ -36,10 +40,18 @@ class CallRunner:
         service: the methods served.
         instance_id: this instance.
         ledger: claims and outcomes in the results bucket.
+        admit: checked before a call is claimed; a reason to refuse it makes the reply a
+            ``FAILED_PRECONDITION`` that the router routes again.
     """
 
     def __init__(
-        self, codec: Codec, service: Service, instance_id: str, ledger: ResultLedger
+        self,
+        codec: Codec,
+        service: Service,
+        instance_id: str,
+        ledger: ResultLedger,
+        *,
+        admit: Admission | None = None,
     ) -> None:
         self._codec = codec
         self._service = service
@@ -47,13 +59,32 @@ class CallRunner:
         self.instance_id = instance_id
         self.ledger = ledger
         self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        self._admit = admit
 
-    async def handle(self, data: bytes) -> bytes:
-        """Handle one delivered call and return the encoded reply. Never raises ``Exception``."""
+    async def handle(self, data: bytes) -> tuple[bytes, str | None]:
+        """Handle one delivered call; return the encoded reply, and the reason when the call
+        was refused unrun (fenced or stale epoch). Never raises ``Exception``."""
         try:
             request = self._codec.decode_envelope(data, CallRequest)
         except CodecError as e:
-            return self.error("", e.code, e.message)
+            return self.error("", e.code, e.message), None
+        refused = self._admit(request) if self._admit is not None else None
+        if refused is not None:
+            message = (
+                f"instance {self.instance_id} is fenced: it has not heard the router within "
+                "its lease"
+                if refused == "fenced"
+                else f"call {request.call_id} was routed under epoch {request.epoch}, before "
+                f"the roles of instance {self.instance_id} changed"
+            )
+            _log.warning(
+                "refused call %s unrun (the router routes it again): %s", request.call_id, message
+            )
+            reply = self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
+            return reply, refused
+        return await self._handle(request), None
+
+    async def _handle(self, request: CallRequest) -> bytes:
         call_id = request.call_id
         key = (request.method, call_id)
         running = self._running.get(key)
@@ -93,7 +124,7 @@ class CallRunner:
             )
         try:
             claimed = await self.ledger.claim(
-                f"{self._name}.{spec.name}.{call_id}", request.deadline
+                f"{self._name}.{spec.name}.{call_id}", request.deadline, abandoned=request.abandoned
             )
         except IPCError as e:
             return self.error(call_id, e.code, e.message)

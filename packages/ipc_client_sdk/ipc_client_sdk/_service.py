@@ -87,16 +87,27 @@ class Service:
 
     Args:
         name: the service name: letters, digits, '_' and '-'.
+        load_balanced: by default a service is *active/standby*: its first healthy instance
+            (the active) takes every call that is not for a resource another instance
+            claimed, and the others stand by to take over. With ``True``, such calls are
+            spread over every healthy instance instead (round robin; an unclaimed
+            ``resource_id`` sticks to one instance): for stateless services such as quotes.
+            Claimed resources always go to their owner.
 
     Raises:
         InvalidArgumentError: the name is not a valid service name (a ``ValueError`` too).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, load_balanced: bool = False) -> None:
         try:
             self.name = validate_token(name, "service name")
         except ValueError as e:
             raise InvalidArgumentError(str(e)) from e
+        if not isinstance(load_balanced, bool):
+            raise InvalidArgumentError(
+                f"load_balanced must be True or False, got {load_balanced!r}"
+            )
+        self.load_balanced = load_balanced
         self._methods: dict[str, MethodSpec] = {}
 
     @property

@@ -5,9 +5,20 @@ An instance registers with the router, heartbeats, and takes calls from its inbo
 a process that lost its id to a newer one receives nothing) with bounded concurrency.
 ``CallRunner`` (``_runner.py``) handles each call at most once per call.
 
+**Roles and fencing.** The router says which role the instance has (``role``: ``active`` or
+``standby`` in its service; ``claimed``: the resources it owns) in its answer to every
+heartbeat, and at once when a role changes; ``role_changes()`` and ``on_role_change`` tell
+the application. Each answer renews a *lease* counted from when that heartbeat was sent and
+shorter than the router's failure timeout: an instance that stops hearing the router
+(frozen, cut off) refuses calls (``FAILED_PRECONDITION``, *fenced*) before the router can
+have promoted a standby in its place, and a call routed under an epoch older than its own
+(routed before its role changed) is refused the same way. The router routes refused calls
+again.
+
 What this cannot cover: a process that dies after the handler's side effect and before the
 outcome is recorded. Its claim stays, so the call is not run again; repeats are told its
-outcome is unknown. ``ctx.call_id`` is the key to check downstream for that case.
+outcome is unknown. ``ctx.call_id`` is the key to check downstream for that case. A handler
+already running when its process froze finishes when it wakes: it cannot be recalled.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -27,9 +39,12 @@ from nats.aio.subscription import Subscription
 
 from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
+    REFUSED_HEADER,
     AdminReply,
+    CallRequest,
     ErrorCode,
     Heartbeat,
+    InstanceState,
     Registration,
     RegistrationResult,
 )
@@ -49,6 +64,29 @@ if TYPE_CHECKING:
     from ipc_client_sdk._client import IPCClient
 
 _log = logging.getLogger("ipc_client_sdk.serving")
+
+_LEASE_FRACTION = 0.8
+"""Without a lease from the router (an older router), the share of its heartbeat timeout
+used as one."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChange:
+    """An instance's roles after a change: what ``role_changes()`` yields.
+
+    Attributes:
+        role: ``"active"`` or ``"standby"`` in the service.
+        epoch: the instance's epoch now; calls routed under an older one are refused.
+        claimed: the resources it owns (is the active of) now.
+    """
+
+    role: str
+    epoch: int
+    claimed: tuple[str, ...]
+
+
+RoleListener = Callable[[RoleChange], Awaitable[None] | None]
+"""``on_role_change``: a plain or ``async`` function taking a ``RoleChange``."""
 
 
 class ServiceInstance:
@@ -70,6 +108,7 @@ class ServiceInstance:
         *,
         concurrency: int,
         heartbeat_interval: float,
+        on_role_change: RoleListener | None = None,
     ) -> None:
         self._client = client
         self._service = service
@@ -88,20 +127,50 @@ class ServiceInstance:
         self._runner: CallRunner | None = None
         self._replaced = False
         self._closing = False
-        self._registration: RegistrationResult | None = None
         self._stopped = False
         self.claimed: tuple[str, ...] = ()
         self.standby_for: dict[str, str] = {}
+        self._role = "standby"
+        self._epoch = 0
+        self._lease = 0.0
+        self._lease_until = 0.0  # monotonic
+        self._seq = 0
+        self._sent: dict[int, float] = {}  # heartbeat seq -> monotonic time sent
+        self._listeners: list[RoleListener] = [on_role_change] if on_role_change else []
+        self._queues: set[asyncio.Queue[RoleChange | None]] = set()
+        self._listener_tasks: set[asyncio.Task[object]] = set()
 
     @property
     def role(self) -> str:
-        """``"active"`` or ``"standby"``, as the router last said."""
-        return self._registration.role if self._registration else "standby"
+        """``"active"`` or ``"standby"`` in the service, as the router last said."""
+        return self._role
 
     @property
     def epoch(self) -> int:
-        """The epoch the router registered this instance under."""
-        return self._registration.epoch if self._registration else 0
+        """This instance's epoch: it changes whenever one of its roles changes."""
+        return self._epoch
+
+    @property
+    def fenced(self) -> bool:
+        """True while the instance's lease has run out (it has not heard the router for
+        longer than the lease): it refuses every call until the router answers again."""
+        return time.monotonic() > self._lease_until
+
+    async def role_changes(self) -> AsyncIterator[RoleChange]:
+        """Yield the instance's roles each time they change, until it stops.
+
+        ``async for change in instance.role_changes(): ...``
+        """
+        queue: asyncio.Queue[RoleChange | None] = asyncio.Queue()
+        self._queues.add(queue)
+        try:
+            while not self._stopped:
+                change = await queue.get()
+                if change is None:  # stopped
+                    return
+                yield change
+        finally:
+            self._queues.discard(queue)
 
     @property
     def replaced(self) -> bool:
@@ -137,12 +206,18 @@ class ServiceInstance:
                 f"JetStream did not answer: {e or type(e).__name__}", service=self.service
             ) from e
         self._runner = CallRunner(
-            client.codec, self._service, self.instance_id, ResultLedger(results, self.instance_id)
+            client.codec,
+            self._service,
+            self.instance_id,
+            ResultLedger(results, self.instance_id),
+            admit=self._admit,
         )
-        inbox = client.subjects.instance_inbox(self.service, self.instance_id, self._session)
+        subjects = client.subjects
+        inbox = subjects.instance_inbox(self.service, self.instance_id, self._session)
+        control = subjects.instance_control(self.service, self.instance_id, self._session)
         try:
             self._inbox = await nc.subscribe(inbox, cb=self._on_call, pending_msgs_limit=1_000_000)
-            self._beats = await nc.subscribe(nc.new_inbox(), cb=self._on_heartbeat_reply)
+            self._beats = await nc.subscribe(control, cb=self._on_control)
             await nc.flush()  # the inbox must be live before the router routes here
             await self._register()
         except nats.errors.Error as e:
@@ -162,11 +237,14 @@ class ServiceInstance:
         )
 
     async def stop(self, *, timeout: float = 10.0) -> None:
-        """Deregister, stop taking calls, and let the in-flight ones finish.
+        """Hand over, deregister, stop taking calls, and let the in-flight ones finish.
 
-        Calls still running after ``timeout`` seconds are cancelled and answered
-        ``ABORTED``; that outcome is recorded, so a retry with the same call_id does not run
-        them again either (their effects are unknown). Idempotent.
+        The router first stops routing new calls here (they wait for the next active, none
+        fails), waits until the calls it sent here are answered, then deregisters the
+        instance and promotes the first healthy standby to its roles at once. Calls still
+        running after ``timeout`` seconds are cancelled and answered ``ABORTED``; that
+        outcome is recorded, so a retry with the same call_id does not run them again
+        either (their effects are unknown). Idempotent.
         """
         if self._stopped:
             return
@@ -177,12 +255,15 @@ class ServiceInstance:
         def left() -> float:
             return max(0.1, deadline - loop.time())
 
+        # Heartbeats go on while the router drains this instance: its lease must hold.
+        await self._deregister(timeout=left(), drain=True)
         for task in (self._heartbeat, self._reregister, self._cleanup):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self._deregister(timeout=min(left(), self._client.request_timeout))
+        for queue in self._queues:
+            queue.put_nowait(None)
         if self._inbox is not None:
             # Drain, not unsubscribe: calls already delivered but waiting for a free slot
             # are served, not dropped.
@@ -197,17 +278,20 @@ class ServiceInstance:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    async def _deregister(self, *, timeout: float) -> None:
+    async def _deregister(self, *, timeout: float, drain: bool = False) -> None:
+        args: dict[str, object] = {
+            "service": self.service,
+            "instance_id": self.instance_id,
+            "session": self._session,
+        }
+        if drain:
+            args["drain"] = max(0.0, timeout - 0.5)  # the router answers within it
         try:
             await request_op(
                 self._client,
                 self._client.subjects.control("deregister"),
                 "deregister",
-                {
-                    "service": self.service,
-                    "instance_id": self.instance_id,
-                    "session": self._session,
-                },
+                args,
                 timeout=timeout,
             )
         except IPCError as e:
@@ -228,16 +312,34 @@ class ServiceInstance:
             methods=sorted(self._service.methods),
             resources=self._resources,
             session=self._session,
+            load_balanced=self._service.load_balanced,
         )
+        sent = time.monotonic()
         result = await request_op(
             self._client,
             self._client.subjects.control("register"),
             "register",
             registration.model_dump(exclude={"v"}),
         )
-        self._registration = reg = self._client.codec.validate(result, RegistrationResult)
-        self.claimed = tuple(reg.claimed)
+        reg = self._client.codec.validate(result, RegistrationResult)
+        self._lease = reg.lease or reg.heartbeat_timeout * _LEASE_FRACTION
+        if self._lease and self._heartbeat_interval > self._lease / 3:
+            # Two heartbeats may be lost before the lease runs out, whatever was asked for.
+            _log.warning(
+                "heartbeat_interval %.2fs is too long for the router's lease of %.2fs; "
+                "%s.%s heartbeats every %.2fs instead",
+                self._heartbeat_interval,
+                self._lease,
+                self.service,
+                self.instance_id,
+                self._lease / 3,
+            )
+            self._heartbeat_interval = self._lease / 3
+        self._lease_until = sent + self._lease
+        if self._runner is not None and reg.heartbeat_timeout > 0:
+            self._runner.ledger.grace = reg.heartbeat_timeout
         self.standby_for = dict(reg.standby_for)
+        self._apply(InstanceState(role=reg.role, epoch=reg.epoch, owned=reg.claimed), force=True)
 
     async def _heartbeats(self) -> None:
         nc = self._client.nats
@@ -245,6 +347,9 @@ class ServiceInstance:
         reply = self._beats.subject if self._beats else ""
         beats = 1
         while True:
+            self._seq += 1
+            self._sent[self._seq] = time.monotonic()
+            self._sent.pop(self._seq - 64, None)  # answers that old renew nothing
             beat = Heartbeat(
                 service=self.service,
                 instance_id=self.instance_id,
@@ -253,6 +358,7 @@ class ServiceInstance:
                 epoch=self.epoch,
                 inflight=self.inflight,
                 session=self._session,
+                seq=self._seq,
             )
             with contextlib.suppress(nats.errors.Error):
                 await nc.publish(subject, self._client.codec.encode_envelope(beat), reply=reply)
@@ -262,10 +368,21 @@ class ServiceInstance:
             beats += 1
             await asyncio.sleep(self._heartbeat_interval)
 
-    async def _on_heartbeat_reply(self, msg: Msg) -> None:
+    async def _on_control(self, msg: Msg) -> None:
         try:
             answer = self._client.codec.decode_envelope(msg.data, AdminReply)
+            state = (
+                self._client.codec.validate(answer.result, InstanceState)
+                if answer.ok and answer.result is not None
+                else None
+            )
         except CodecError:
+            return
+        if state is not None:
+            if state.seq is not None and state.seq in self._sent and not self._replaced:
+                lease = state.lease or self._lease
+                self._lease_until = max(self._lease_until, self._sent[state.seq] + lease)
+            self._apply(state)
             return
         if answer.error is None:
             return
@@ -282,6 +399,49 @@ class ServiceInstance:
         elif answer.error.code is ErrorCode.NOT_FOUND and not self._replaced:
             if self._reregister is None or self._reregister.done():
                 self._reregister = asyncio.create_task(self._register_again())
+
+    def _apply(self, state: InstanceState, *, force: bool = False) -> None:
+        """Take the roles the router announced, and tell the listeners of a change."""
+        if state.epoch < self._epoch and not force:
+            return  # an answer overtaken by a newer one
+        owned = tuple(state.owned) if state.owned is not None else self.claimed
+        changed = (state.role, state.epoch, owned) != (self._role, self._epoch, self.claimed)
+        self._role, self._epoch, self.claimed = state.role, state.epoch, owned
+        if not changed:
+            return
+        _log.info(
+            "%s.%s is %s (epoch %d, owns %d resources)",
+            self.service,
+            self.instance_id,
+            state.role,
+            state.epoch,
+            len(owned),
+        )
+        change = RoleChange(state.role, state.epoch, owned)
+        for queue in self._queues:
+            queue.put_nowait(change)
+        for listener in self._listeners:
+            try:
+                result = listener(change)
+                if asyncio.iscoroutine(result):
+                    task: asyncio.Task[object] = asyncio.create_task(result)
+                    self._listener_tasks.add(task)
+                    task.add_done_callback(self._listener_done)
+            except Exception:
+                _log.exception("on_role_change of %s.%s failed", self.service, self.instance_id)
+
+    def _listener_done(self, task: asyncio.Task[object]) -> None:
+        self._listener_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("on_role_change failed", exc_info=task.exception())
+
+    def _admit(self, request: CallRequest) -> str | None:
+        """Why this instance must refuse a call now (None: it may run it)."""
+        if self.fenced:
+            return "fenced"
+        if request.epoch is not None and request.epoch < self._epoch:
+            return "stale-epoch"
+        return None
 
     async def _register_again(self) -> None:
         _log.warning(
@@ -317,12 +477,14 @@ class ServiceInstance:
 
     async def _serve_one(self, msg: Msg) -> None:
         assert self._runner is not None
-        await self._respond(msg, await self._runner.handle(msg.data))
+        reply, refused = await self._runner.handle(msg.data)
+        await self._respond(msg, reply, refused)
 
-    async def _respond(self, msg: Msg, reply: bytes) -> None:
+    async def _respond(self, msg: Msg, reply: bytes, refused: str | None = None) -> None:
         if msg.reply:
+            headers = {REFUSED_HEADER: refused} if refused else None
             with contextlib.suppress(nats.errors.Error, IPCError):  # closed: nobody to tell
-                await self._client.nats.publish(msg.reply, reply)
+                await self._client.nats.publish(msg.reply, reply, headers=headers)
 
 
 def check_serve_arguments(

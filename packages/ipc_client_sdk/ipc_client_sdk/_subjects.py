@@ -120,6 +120,21 @@ class Subjects:
             f"{validate_token(instance_id, 'instance_id')}.{validate_token(session, 'session')}"
         )
 
+    def instance_control(self, service: str, instance_id: str, session: str) -> str:
+        """Where the router tells one instance process its role, epoch and lease (the
+        answers to its heartbeats, and role changes as they happen)."""
+        return f"{self.instance_inbox(service, instance_id, session)}.ctl"
+
+    def events(self, kind: str) -> str:
+        """Where the leading router publishes events of one kind: ``role``, ``health``,
+        ``registry``."""
+        return f"{self.prefix}.events.{validate_token(kind, 'event kind')}"
+
+    @property
+    def events_all(self) -> str:
+        """Wildcard for every router event."""
+        return f"{self.prefix}.events.*"
+
     def heartbeat(self, service: str, instance_id: str) -> str:
         """Where an instance publishes its heartbeats."""
         return (

@@ -73,7 +73,7 @@ async def test_round_trip_keeps_decimal_and_datetime_exact(
 async def test_affinity_each_resource_stays_on_one_instance_and_claims_win(
     nats_server: NatsServerProcess, router: RouterProcess
 ) -> None:
-    svc = CountingService()
+    svc = CountingService(load_balanced=True)
     claims = {"b1": ["acc_0", "acc_1"], "b2": ["acc_2"], "b3": []}
     async with IPCClient(nats_server.url, name="caller") as caller:
         servers = [IPCClient(nats_server.url, name=i) for i in claims]
@@ -317,7 +317,7 @@ async def test_the_workflow1_example_runs_against_a_real_router(
 async def test_a_retry_landing_on_another_instance_waits_for_the_first_run(
     nats_server: NatsServerProcess, router: RouterProcess
 ) -> None:
-    svc = CountingService()
+    svc = CountingService(load_balanced=True)
     async with (
         IPCClient(nats_server.url) as caller,
         IPCClient(nats_server.url) as b1,

@@ -30,10 +30,19 @@ TIMEOUT = 1.5
 
 
 def instance(
-    instance_id: str, *resources: str, session: str = "s", methods: tuple[str, ...] = ("work",)
+    instance_id: str,
+    *resources: str,
+    session: str = "s",
+    methods: tuple[str, ...] = ("work",),
+    balanced: bool = False,
 ) -> InstanceRecord:
     return make_instance(
-        "svc", instance_id, resources=resources, methods=methods, session=session or instance_id
+        "svc",
+        instance_id,
+        resources=resources,
+        methods=methods,
+        session=session or instance_id,
+        load_balanced=balanced,
     )
 
 
@@ -59,22 +68,27 @@ def test_a_claimed_resource_is_never_sent_to_a_non_owner() -> None:
     table = table_with(instance("b1", "acc_1", session="1"), instance("b2", session="2"))
     table.expire(TIMEOUT + 1)  # nobody heartbeated
     table.heartbeat("svc", "b2", "2", TIMEOUT + 1)
-    with pytest.raises(NoHealthyInstanceError, match="owned by instance 'b1'"):
+    with pytest.raises(NoHealthyInstanceError, match="instance 'b1', is unhealthy"):
         table.route("svc", "work", "acc_1")
+    # b2 holds no claim on acc_1, but it took over the service's active role.
     assert table.route("svc", "work", "acc_9").instance_id == "b2"
 
 
 def test_unclaimed_resources_stick_and_new_instances_do_not_steal_them() -> None:
-    table = table_with(instance("b1", session="1"), instance("b2", session="2"))
+    table = table_with(
+        instance("b1", session="1", balanced=True), instance("b2", session="2", balanced=True)
+    )
     first = {r: table.route("svc", "work", r).instance_id for r in map(str, range(10))}
     assert Counter(first.values()) == {"b1": 5, "b2": 5}  # least-assigned spreads them
-    table.register(instance("b3", session="3"), 0)
+    table.register(instance("b3", session="3", balanced=True), 0)
     assert {r: table.route("svc", "work", r).instance_id for r in first} == first
     assert table.route("svc", "work", "new").instance_id == "b3"
 
 
 def test_an_assignment_moves_only_when_its_instance_is_unhealthy() -> None:
-    table = table_with(instance("b1", session="1"), instance("b2", session="2"))
+    table = table_with(
+        instance("b1", session="1", balanced=True), instance("b2", session="2", balanced=True)
+    )
     owner = table.route("svc", "work", "acc_1").instance_id
     other = "b2" if owner == "b1" else "b1"
     table.mark_unhealthy("svc", owner)
@@ -85,7 +99,7 @@ def test_an_assignment_moves_only_when_its_instance_is_unhealthy() -> None:
 
 
 def test_calls_without_a_resource_go_round_robin_over_healthy_instances() -> None:
-    table = table_with(*(instance(f"b{i}", session=str(i)) for i in range(3)))
+    table = table_with(*(instance(f"b{i}", session=str(i), balanced=True) for i in range(3)))
     assert [table.route("svc", "work", None).instance_id for _ in range(6)] == [
         "b0",
         "b1",
@@ -137,7 +151,7 @@ def test_deregistering_the_owner_hands_the_claim_to_the_next_claimant() -> None:
 def test_a_resource_always_lands_on_the_same_instance_while_all_are_healthy(
     resources: list[str],
 ) -> None:
-    table = table_with(*(instance(f"b{i}", session=str(i)) for i in range(3)))
+    table = table_with(*(instance(f"b{i}", session=str(i), balanced=True) for i in range(3)))
     placed: dict[str, str] = {}
     for resource in resources:
         chosen = table.route("svc", "work", resource).instance_id
@@ -151,8 +165,8 @@ async def test_registry_persists_and_a_restarted_registry_routes_the_same_way() 
         FakeClock(100),
     )
     registry = InstanceRegistry(RoutingTable(TIMEOUT), instances, routes, clock)
-    await registry.register(instance("b1", "acc_1", session="1"))
-    await registry.register(instance("b2", session="2"))
+    await registry.register(instance("b1", "acc_1", session="1", balanced=True))
+    await registry.register(instance("b2", session="2", balanced=True))
     before = {r: (await registry.route("svc", "work", r)).instance_id for r in ("acc_1", "x", "y")}
     assert routes.claims == {("svc", "acc_1"): ["b1"]}
     assert set(routes.assignments) == {("svc", "x"), ("svc", "y")}
@@ -170,13 +184,13 @@ async def test_registry_persists_and_a_restarted_registry_routes_the_same_way() 
 async def test_writes_that_fail_leave_the_table_whole_and_the_sweep_saves_them() -> None:
     instances, routes = InMemoryInstanceRepository(), InMemoryRouteRepository()
     registry = InstanceRegistry(RoutingTable(TIMEOUT), instances, routes, FakeClock(0))
-    await registry.register(instance("b1", session="1"))
-    await registry.register(instance("b2", session="2"))
+    await registry.register(instance("b1", session="1", balanced=True))
+    await registry.register(instance("b2", session="2", balanced=True))
     routes.failing = True
     placed = (await registry.route("svc", "work", "acc_1")).instance_id
     assert (await registry.route("svc", "work", "acc_1")).instance_id == placed  # sticky
     tried = routes.attempts
-    outcome = await registry.register(instance("b3", "acc_9", session="3"))  # still registers
+    outcome = await registry.register(instance("b3", "acc_9", session="3", balanced=True))
     for resource in ("x", "y", "z"):
         await registry.route("svc", "work", resource)
     assert routes.attempts == tried  # the store is known down: nobody waits on it
@@ -208,14 +222,15 @@ async def test_an_instance_silent_for_reap_after_is_removed_and_its_claim_passes
     clock.current = 5
     registry.table.heartbeat("svc", "b2", "2", 5)
     assert [r.instance_id for r in await registry.expire()] == ["b1"]  # unhealthy, kept
-    assert registry.table.claims("svc") == {"acc_1": ["b1", "b2"]}
+    # Failed over: b2 owns acc_1 and b1 queues behind it as a standby.
+    assert registry.table.claims("svc") == {"acc_1": ["b2", "b1"]}
     clock.current = 11
     registry.table.heartbeat("svc", "b2", "2", 11)
     await registry.expire()  # b1 silent for 11 s: removed
     await registry.flush()
     assert registry.table.get("svc", "b1") is None
     b2 = registry.table.get("svc", "b2")
-    assert b2 is not None and b2.role is Role.ACTIVE and b2.epoch == 2  # vacancy filled
+    assert b2 is not None and b2.role is Role.ACTIVE and b2.epoch > 2
     assert routes.claims == {("svc", "acc_1"): ["b2"]}
     assert set(instances.records) == {"svc.b2"}
     assert registry.table.route("svc", "work", "acc_1").instance_id == "b2"

@@ -87,6 +87,7 @@ def make_instance(
     resources: tuple[str, ...] = (),
     methods: tuple[str, ...] = (),
     session: str = "",
+    load_balanced: bool = False,
 ) -> InstanceRecord:
     """A healthy epoch-1 record, registered and last heard from at ``at``."""
     return InstanceRecord(
@@ -100,4 +101,5 @@ def make_instance(
         resources=resources,
         methods=methods,
         session=session,
+        load_balanced=load_balanced,
     )

@@ -37,6 +37,18 @@ class WorkResult(BaseModel):
     resource_id: str | None
     call_id: str
 
+    @classmethod
+    def answer(cls, req: WorkRequest, ctx: CallContext) -> WorkResult:
+        """The result ``do_work`` gives for ``req``, served under ``ctx``."""
+        return cls(
+            account=req.account,
+            amount=req.amount,
+            placed_at=req.placed_at,
+            instance_id=ctx.instance_id,
+            resource_id=ctx.resource_id,
+            call_id=ctx.call_id,
+        )
+
 
 class CountingService:
     """``service_b`` with ``do_work``; counts handler runs per call_id.
@@ -45,9 +57,9 @@ class CountingService:
     ``"denied"`` an ``IPCError`` with code ``PERMISSION_DENIED``.
     """
 
-    def __init__(self, name: str = "service_b") -> None:
+    def __init__(self, name: str = "service_b", *, load_balanced: bool = False) -> None:
         self.runs: Counter[str] = Counter()
-        self.service = Service(name)
+        self.service = Service(name, load_balanced=load_balanced)
         self.service.method("do_work")(self.do_work)
 
     async def do_work(self, req: WorkRequest, ctx: CallContext) -> WorkResult:
@@ -58,11 +70,4 @@ class CountingService:
             raise RuntimeError("boom")
         if req.fail_with == "denied":
             raise IPCError("not your account", code=ErrorCode.PERMISSION_DENIED)
-        return WorkResult(
-            account=req.account,
-            amount=req.amount,
-            placed_at=req.placed_at,
-            instance_id=ctx.instance_id,
-            resource_id=ctx.resource_id,
-            call_id=ctx.call_id,
-        )
+        return WorkResult.answer(req, ctx)

@@ -8,6 +8,7 @@ serving.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -91,19 +92,31 @@ class OpsEndpoint:
         self._codec = codec
         self._ops = ops
         self._sub: Subscription | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Subscribe to every operation's subject."""
         self._sub = await self._nc.subscribe(self._subject, queue=self._queue, cb=self._on_request)
 
-    async def stop(self) -> None:
-        """Stop answering (requests already taken still get their answer)."""
+    async def stop(self, *, grace: float = 2.0) -> None:
+        """Stop answering; requests already taken get ``grace`` seconds to be answered."""
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()
             self._sub = None
+        if self._running:
+            _, late = await asyncio.wait(set(self._running), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     async def _on_request(self, msg: Msg) -> None:
+        # Each request in its own task: one that waits (a drain) must not hold up the rest.
+        task = asyncio.create_task(self._answer(msg))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, msg: Msg) -> None:
         op = msg.subject.rsplit(".", 1)[-1]
         try:
             reply = await self._handle(op, msg.data)
@@ -113,7 +126,8 @@ class OpsEndpoint:
         if not msg.reply:
             _log.warning("operation %s arrived without a reply address; dropped", op)
             return
-        await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
 
     async def _handle(self, op: str, data: bytes) -> AdminReply:
         try:
@@ -143,7 +157,33 @@ def admin_endpoint(
         report = await get_status()
         return status_to_wire(report).model_dump(mode="python")
 
-    return OpsEndpoint(nc, subjects.admin_all, ADMIN_QUEUE, codec, {"status": status})
+    async def to_leader(op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Pass an operation only the leading router may perform to it (``<prefix>.ctl``)."""
+        data = codec.encode_envelope(AdminRequest(op=op, args=args))
+        try:
+            msg = await nc.request(subjects.control(op), data, timeout=timeout)
+        except nats.errors.NoRespondersError as e:
+            raise IPCError(
+                "no router leads right now; try again", code=ErrorCode.UNAVAILABLE
+            ) from e
+        except nats.errors.TimeoutError as e:
+            raise IPCError(
+                f"the leading router did not answer {op} within {timeout:g}s",
+                code=ErrorCode.DEADLINE_EXCEEDED,
+            ) from e
+        reply = codec.decode_envelope(msg.data, AdminReply)
+        if not reply.ok:
+            info = reply.error or ErrorInfo(code=ErrorCode.UNKNOWN, message=f"{op} failed")
+            raise IPCError(info.message, code=info.code, details=info.details)
+        return reply.result or {}
+
+    async def promote(args: dict[str, Any]) -> dict[str, Any]:
+        drain = args.get("drain", 10.0)
+        wait = float(drain) + 5.0 if isinstance(drain, int | float) else 15.0
+        return await to_leader("promote", args, min(wait, 330.0))
+
+    ops: dict[str, AdminOp] = {"status": status, "promote": promote}
+    return OpsEndpoint(nc, subjects.admin_all, ADMIN_QUEUE, codec, ops)
 
 
 def _error(code: ErrorCode, message: str) -> AdminReply:

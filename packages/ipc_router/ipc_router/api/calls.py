@@ -7,9 +7,12 @@ For each message of the durable pull consumer the router
 2. answers ``DEADLINE_EXCEEDED`` at once when the caller's deadline has passed;
 3. asks the registry for the instance (claims, then sticky assignment, then round robin);
 4. sends the request, with the epoch and delivery count, to the instance's inbox as a core
-   NATS request, bounded by the caller's deadline (an instance that is not listening is
-   marked unhealthy and the call is routed again; one that stops heartbeating while it
-   holds the call is given up on, and the caller told that the outcome is unknown);
+   NATS request, bounded by the caller's deadline. An instance that is not listening is
+   marked unhealthy and the call routed again; while a standby is about to take over (or a
+   handover is under way) the call waits for it; an instance that refuses the call unrun
+   (fenced, or routed under an old epoch) gets it routed again; one that fails while it
+   holds the call has it routed again to its successor, which answers from the record, runs
+   it if it never started, or says the outcome is unknown if it started and never finished;
 5. publishes the instance's reply, unchanged, to the caller's reply address;
 6. and only then acks the message. A router that dies before step 6 leaves the message
    un-acked: JetStream redelivers it after ``ack_wait`` to whichever router fetches next.
@@ -26,6 +29,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from typing import TypeGuard
 
 import nats.errors
@@ -36,6 +40,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ipc_client_sdk import CodecError
 from ipc_client_sdk.protocol import (
+    REFUSED_HEADER,
     REPLY_TO_HEADER,
     CallReply,
     CallRequest,
@@ -47,7 +52,7 @@ from ipc_client_sdk.protocol import (
     validate_token,
 )
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import Health, RoutingError, UnknownMethodError
+from ipc_router.domain import FailoverPendingError, Health, RoutingError, UnknownMethodError
 
 _log = logging.getLogger("ipc_router.calls")
 
@@ -77,6 +82,44 @@ _ROUTE_ATTEMPTS = 3
 """Instances tried for one delivery when the chosen one is not listening."""
 
 
+class InflightTracker:
+    """Calls this router has sent to each instance and not yet seen answered: what a
+    handover waits on before the roles move."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._idle = asyncio.Event()
+
+    def add(self, service: str, instance_id: str) -> None:
+        """A call was sent to the instance."""
+        self._counts[(service, instance_id)] += 1
+
+    def done(self, service: str, instance_id: str) -> None:
+        """A call sent to the instance was answered (or given up on)."""
+        key = (service, instance_id)
+        self._counts[key] -= 1
+        if self._counts[key] <= 0:
+            del self._counts[key]
+            self._idle.set()
+            self._idle = asyncio.Event()
+
+    def count(self, service: str, instance_id: str) -> int:
+        """Calls in flight to the instance."""
+        return self._counts.get((service, instance_id), 0)
+
+    async def quiesce(self, service: str, instance_id: str, timeout: float) -> bool:
+        """Wait until no call is in flight to the instance; False if ``timeout`` ran out."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while self.count(service, instance_id):
+            left = until - loop.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), left)
+        return True
+
+
 class _Later(Exception):
     """The call cannot be routed yet: leave it for redelivery (nak with a delay)."""
 
@@ -101,6 +144,7 @@ class CallConsumer:
         registry: routing decisions and instance health.
         max_inflight: calls this router handles at once (and asks JetStream for).
         ack_wait: seconds JetStream waits for an ack before it redelivers a call.
+        tracker: counts the calls in flight to each instance (for handovers).
     """
 
     def __init__(
@@ -113,6 +157,7 @@ class CallConsumer:
         *,
         max_inflight: int = 1024,
         ack_wait: float = 5.0,
+        tracker: InflightTracker | None = None,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -127,6 +172,7 @@ class CallConsumer:
         self._tasks: list[asyncio.Task[None]] = []
         self._psub: JetStreamContext.PullSubscription | None = None
         self._awaiting: dict[asyncio.Future[Msg], tuple[str, str, str]] = {}
+        self._tracker = tracker or InflightTracker()
 
     async def start(self) -> None:
         """Bind the durable consumer (creating it when missing) and start fetching."""
@@ -227,29 +273,21 @@ class CallConsumer:
             _log.error("call handling failed", exc_info=task.exception())
 
     async def _watch_instances(self) -> None:
-        """Stop waiting on instances that died (or were replaced) while holding a call.
+        """Stop waiting on instances that failed (or were replaced) while holding a call.
 
-        An instance unhealthy for a further heartbeat timeout is given up on, and its
-        callers told that the outcome is unknown, instead of waiting for the deadline. A
-        deregistered instance is not given up on: it is finishing its in-flight calls on
-        its way out.
+        The call is routed again at once (see ``_relay``): to the standby that takes over,
+        or to the same instance if it comes back. A deregistered instance is not given up
+        on: it is finishing its in-flight calls on its way out.
         """
         table = self._registry.table
-        grace = table.heartbeat_timeout  # a handler blocking its event loop a while recovers
-        suspects: dict[asyncio.Future[Msg], float] = {}
         while True:
-            await asyncio.sleep(0.25)
-            now = time.monotonic()
-            for pending in [p for p in suspects if p not in self._awaiting]:
-                del suspects[pending]
+            await self._registry.wait_changed(0.25)
             for pending, (service, instance_id, session) in list(self._awaiting.items()):
                 record = table.get(service, instance_id)
                 lost = record is not None and (
                     record.health is Health.UNHEALTHY or record.session != session
                 )
-                if not lost:
-                    suspects.pop(pending, None)
-                elif now - suspects.setdefault(pending, now) >= grace and not pending.done():
+                if lost and not pending.done():
                     pending.cancel()
 
     async def _keep_alive(self) -> None:
@@ -332,9 +370,16 @@ class CallConsumer:
         delivery = msg.metadata.num_delivered
         if delivery > 1:
             _log.info("call %s delivered again (delivery %d)", request.call_id, delivery)
-        for _ in range(_ROUTE_ATTEMPTS):
+        abandoned: str | None = None  # an instance that failed while holding the call
+        abandoned_at = 0.0
+        unreachable = 0
+        refusals = 0
+        grace = self._registry.table.heartbeat_timeout
+        while True:
             remaining = deadline - time.time()
             if remaining <= 0:
+                if abandoned is not None:
+                    raise _Refused(ErrorCode.UNKNOWN, _unknown(abandoned))
                 raise _Refused(
                     ErrorCode.DEADLINE_EXCEEDED,
                     "the call's deadline passed before it could be delivered",
@@ -345,7 +390,17 @@ class CallConsumer:
                 )
             except UnknownMethodError as e:
                 raise _Refused(ErrorCode.NOT_FOUND, str(e)) from e
+            except FailoverPendingError:
+                # A standby is about to take over (or a handover is under way): wait.
+                await self._registry.wait_changed(min(remaining, 0.25))
+                continue
             except RoutingError as e:
+                if abandoned is not None:
+                    # Nobody can take over: give the instance its grace to come back.
+                    if time.monotonic() - abandoned_at < grace:
+                        await self._registry.wait_changed(min(remaining, 0.25))
+                        continue
+                    raise _Refused(ErrorCode.UNKNOWN, _unknown(abandoned)) from e
                 if delivery > 1 and remaining > _RETRY_LATER:
                     # A redelivered call may already have run: a caller told "unavailable,
                     # retry" might retry under a new call_id. Wait for an instance instead
@@ -353,7 +408,12 @@ class CallConsumer:
                     raise _Later from e
                 raise _Refused(ErrorCode.UNAVAILABLE, str(e)) from e
             forwarded = request.model_copy(
-                update={"epoch": route.epoch, "delivery": delivery, "deadline": deadline}
+                update={
+                    "epoch": route.epoch,
+                    "delivery": delivery,
+                    "deadline": deadline,
+                    "abandoned": abandoned,
+                }
             )
             try:
                 inbox = self._subjects.instance_inbox(
@@ -366,20 +426,32 @@ class CallConsumer:
                 self._nc.request(inbox, self._codec.encode_envelope(forwarded), timeout=remaining)
             )
             self._awaiting[pending] = (request.service, route.instance_id, route.session)
+            self._tracker.add(request.service, route.instance_id)
             try:
                 answer = await pending
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the router is stopping: leave the call for redelivery
-                # The watchdog gave up on the instance (see _watch_instances).
-                raise _Refused(
-                    ErrorCode.UNKNOWN,
-                    f"instance {route.instance_id!r} stopped heartbeating while it held the "
-                    "call; whether it ran is unknown (check downstream by call_id)",
-                ) from None
+                # The watchdog saw the instance fail while it held the call: route it again
+                # (see _watch_instances). Whoever gets it must not run it if the failed
+                # instance had started it, so it is told which instance that was.
+                abandoned, abandoned_at = route.instance_id, time.monotonic()
+                _log.info(
+                    "call %s: instance %s failed while holding it; routing it again",
+                    request.call_id,
+                    route.instance_id,
+                )
+                continue
             except nats.errors.NoRespondersError:
                 await self._registry.mark_unreachable(request.service, route.instance_id)
+                unreachable += 1
+                if unreachable >= _ROUTE_ATTEMPTS:
+                    raise _Refused(
+                        ErrorCode.UNAVAILABLE,
+                        f"no instance of {request.service!r} took the call after "
+                        f"{_ROUTE_ATTEMPTS} tries",
+                    ) from None
                 continue
             except nats.errors.TimeoutError as e:
                 raise _Refused(
@@ -388,11 +460,18 @@ class CallConsumer:
                 ) from e
             finally:
                 self._awaiting.pop(pending, None)
+                self._tracker.done(request.service, route.instance_id)
+            refused = (answer.headers or {}).get(REFUSED_HEADER)
+            if refused:
+                # Fenced (its lease ran out) or routed before its roles changed: the call did
+                # not run there. Route it again once the table (or the lease) has moved on.
+                refusals += 1
+                _log.debug(
+                    "call %s refused by %s (%s)", request.call_id, route.instance_id, refused
+                )
+                await self._registry.wait_changed(min(remaining, 0.02 * 2 ** min(refusals, 5)))
+                continue
             return answer.data
-        raise _Refused(
-            ErrorCode.UNAVAILABLE,
-            f"no instance of {request.service!r} took the call after {_ROUTE_ATTEMPTS} tries",
-        )
 
     def _refusal(self, request: CallRequest, code: ErrorCode, message: str) -> bytes:
         return self._codec.encode_envelope(
@@ -402,6 +481,13 @@ class CallConsumer:
     async def _answer(self, reply_to: str, reply: CallReply) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(reply_to, self._codec.encode_envelope(reply))
+
+
+def _unknown(instance_id: str) -> str:
+    return (
+        f"instance {instance_id!r} failed while it held the call and no other instance could "
+        "take it; whether it ran is unknown (check downstream by call_id)"
+    )
 
 
 def _usable(reply_to: str | None) -> TypeGuard[str]:

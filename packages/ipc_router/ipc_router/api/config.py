@@ -67,6 +67,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _heartbeat_timeout(text: str) -> float:
+    value = _positive_float(text)
+    if not 0.3 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be between 0.3 and 60 seconds, got {text}")
+    return value
+
+
 def _prefix(text: str) -> str:
     try:
         Subjects(text)
@@ -129,10 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--heartbeat-timeout",
-        type=_positive_float,
+        type=_heartbeat_timeout,
         default=env("IPC_HEARTBEAT_TIMEOUT", "1.5"),
-        help="seconds without a heartbeat before an instance is unhealthy "
-        "(env IPC_HEARTBEAT_TIMEOUT, default %(default)s)",
+        help="seconds without a heartbeat before an instance is unhealthy and its roles fail "
+        "over; instances fence themselves after 0.8 of it (0.3 to 60; env "
+        "IPC_HEARTBEAT_TIMEOUT, default %(default)s)",
     )
     p.add_argument(
         "--call-ack-wait",

@@ -2,10 +2,18 @@
 
 - ``<prefix>.ctl.register`` / ``<prefix>.ctl.deregister``: request/reply (``AdminRequest``
   with the ``Registration`` fields as ``args``), answered by one router.
-- ``<prefix>.hb.<service>.<instance_id>``: heartbeats, seen by the leading router. A heartbeat
-  from an instance this router does not know is answered with ``NOT_FOUND`` on the
-  heartbeat's reply subject, and the SDK registers again.
-- A sweep every quarter of the heartbeat timeout marks silent instances unhealthy.
+  ``deregister`` with ``drain`` (seconds) is a planned stop: the instance gets no new calls,
+  the router waits until the calls it sent there are answered, then removes it and its
+  roles pass at once to the first healthy standbys.
+- ``<prefix>.ctl.promote`` (``service``, ``instance_id``, ``drain``): an operator's manual
+  promotion, handed over the same way (the outgoing actives are drained first).
+- ``<prefix>.hb.<service>.<instance_id>``: heartbeats, seen by the leading router. Each is
+  answered on its reply subject (the instance's control subject) with the instance's
+  ``InstanceState``: role, epoch and a lease counted from when the heartbeat was sent. A
+  heartbeat from an instance this router does not know is answered with ``NOT_FOUND``, and
+  the SDK registers again.
+- A sweep every tenth of the heartbeat timeout marks silent instances unhealthy and fails
+  over the roles of the failed actives.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 import nats.errors
@@ -34,19 +43,41 @@ from ipc_client_sdk.protocol import (
     validate_token,
 )
 from ipc_router.api.admin import AdminOp, OpsEndpoint
+from ipc_router.api.calls import InflightTracker
+from ipc_router.api.events import instance_state
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
-from ipc_router.domain import Health, InstanceRecord, Role
+from ipc_router.domain import (
+    Health,
+    InstanceRecord,
+    NoHealthyInstanceError,
+    Role,
+    UnknownInstanceError,
+)
 
 _log = logging.getLogger("ipc_router.control")
 
 CONTROL_QUEUE = "ipc-router-control"
 """Queue group of the control subscription: one router answers each registration."""
 
+LEASE_FRACTION = 0.8
+"""The instances' lease as a share of the heartbeat timeout. Below 1 so that an instance cut
+off from the router fences itself before the router can promote another in its place."""
+
+MAX_DRAIN = 300.0
+"""The longest a handover waits for the calls in flight to the outgoing instance."""
+
 
 class _Deregistration(BaseModel):
     service: str
     instance_id: str
     session: str | None = None
+    drain: float = 0.0
+
+
+class _Promotion(BaseModel):
+    service: str
+    instance_id: str
+    drain: float = 10.0
 
 
 def _invalid(message: str) -> IPCError:
@@ -57,13 +88,24 @@ class ControlAPI:
     """Serves registration and heartbeats, and sweeps for silent instances."""
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, codec: Codec, registry: InstanceRegistry
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        codec: Codec,
+        registry: InstanceRegistry,
+        tracker: InflightTracker,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._codec = codec
         self._registry = registry
-        ops: dict[str, AdminOp] = {"register": self._register, "deregister": self._deregister}
+        self._tracker = tracker
+        self.lease = registry.table.heartbeat_timeout * LEASE_FRACTION
+        ops: dict[str, AdminOp] = {
+            "register": self._register,
+            "deregister": self._deregister,
+            "promote": self._promote,
+        }
         self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
         self._heartbeats: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -120,6 +162,7 @@ class ControlAPI:
                 resources=tuple(reg.resources),
                 methods=tuple(reg.methods),
                 session=reg.session or "",
+                load_balanced=reg.load_balanced,
             )
         )
         record = outcome.record
@@ -130,6 +173,8 @@ class ControlAPI:
             epoch=record.epoch,
             claimed=list(outcome.claimed),
             standby_for=outcome.standby_for,
+            lease=self.lease,
+            heartbeat_timeout=self._registry.table.heartbeat_timeout,
         ).model_dump()
 
     async def _deregister(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +190,45 @@ class ControlAPI:
                 f"instance {req.instance_id!r} is now held by another process",
                 code=ErrorCode.FAILED_PRECONDITION,
             )
+        if req.drain > 0 and math.isfinite(req.drain):
+            # A planned stop: no new calls, and the standbys take over only once the calls
+            # in flight there are answered, so the two never act at once.
+            self._registry.drain(req.service, req.instance_id)
+            await self._tracker.quiesce(req.service, req.instance_id, min(req.drain, MAX_DRAIN))
         await self._registry.deregister(req.service, req.instance_id)
         return {"deregistered": record.key}
+
+    async def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
+        req: _Promotion = self._codec.validate(args, _Promotion)
+        registry, table = self._registry, self._registry.table
+        if table.get(req.service, req.instance_id) is None:
+            raise IPCError(
+                f"instance {req.instance_id!r} of {req.service!r} is not registered",
+                code=ErrorCode.NOT_FOUND,
+            )
+        outgoing = table.actives_of(req.service, req.instance_id)
+        drain = min(req.drain, MAX_DRAIN) if math.isfinite(req.drain) else 0.0
+        try:
+            for instance_id in outgoing:
+                registry.drain(req.service, instance_id)
+            for instance_id in outgoing:
+                await self._tracker.quiesce(req.service, instance_id, drain)
+            record = await registry.promote(req.service, req.instance_id)
+        except UnknownInstanceError as e:
+            raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
+        except NoHealthyInstanceError as e:
+            raise IPCError(str(e), code=ErrorCode.FAILED_PRECONDITION) from e
+        finally:
+            for instance_id in outgoing:
+                registry.undrain(req.service, instance_id)
+        return {
+            "service": record.service,
+            "instance_id": record.instance_id,
+            "role": record.role.value,
+            "epoch": record.epoch,
+            "owned": list(table.owned(record.service, record.instance_id)),
+            "demoted": outgoing,
+        }
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -155,11 +237,28 @@ class ControlAPI:
             _log.debug("ignoring an unreadable heartbeat on %s: %s", msg.subject, e)
             return
         try:
-            outcome = await self._registry.heartbeat(beat.service, beat.instance_id, beat.session)
+            outcome = await self._registry.heartbeat(
+                beat.service, beat.instance_id, beat.session, beat.epoch
+            )
         except Exception:  # the heartbeat subscription must outlive any bug
             _log.exception("heartbeat from %s.%s failed", beat.service, beat.instance_id)
             return
-        if outcome is HeartbeatOutcome.OK or not msg.reply:
+        if not msg.reply:
+            return
+        if outcome is HeartbeatOutcome.OK:
+            record = self._registry.table.get(beat.service, beat.instance_id)
+            if record is None:
+                return
+            # Owned resources only when the instance's view is out of date (cheap beats).
+            owned = (
+                self._registry.table.owned(beat.service, beat.instance_id)
+                if beat.epoch != record.epoch
+                else None
+            )
+            state = instance_state(record, owned, lease=self.lease, seq=beat.seq)
+            ack = AdminReply(ok=True, result=state.model_dump())
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.publish(msg.reply, self._codec.encode_envelope(ack))
             return
         name = f"instance {beat.instance_id!r} of {beat.service!r}"
         if outcome is HeartbeatOutcome.UNKNOWN:
@@ -176,7 +275,7 @@ class ControlAPI:
             await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
 
     async def _sweep(self) -> None:
-        interval = self._registry.table.heartbeat_timeout / 4
+        interval = self._registry.table.heartbeat_timeout / 10
         while True:
             await asyncio.sleep(interval)
             try:

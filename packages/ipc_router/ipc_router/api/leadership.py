@@ -22,12 +22,13 @@ import time
 from nats.aio.client import Client as NATS
 
 from ipc_client_sdk.protocol import Codec, Subjects
-from ipc_router.api.calls import CallConsumer
+from ipc_router.api.calls import CallConsumer, InflightTracker
 from ipc_router.api.config import RouterConfig
-from ipc_router.api.control import ControlAPI
+from ipc_router.api.control import LEASE_FRACTION, ControlAPI
+from ipc_router.api.events import EventPublisher
 from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import RoutingTable
+from ipc_router.domain import InstanceRecord, RoutingTable
 from ipc_router.infrastructure.clock import SystemClock
 from ipc_router.infrastructure.jetstream_setup import RouterStores
 from ipc_router.infrastructure.kv_lease import JetStreamLease
@@ -51,6 +52,7 @@ class RoutingDuties:
         self._control: ControlAPI | None = None
         self._calls: CallConsumer | None = None
         self._registry: InstanceRegistry | None = None
+        self._events: EventPublisher | None = None
 
     async def start(self) -> None:
         """Load the saved routing state, then open registration and the call consumer.
@@ -59,21 +61,34 @@ class RoutingDuties:
             StoreUnavailableError: the saved state could not be read.
         """
         subjects, codec = self._subjects, self._codec
+        table = RoutingTable(self._config.heartbeat_timeout)
+
+        def state_of(
+            service: str, instance_id: str
+        ) -> tuple[InstanceRecord, tuple[str, ...]] | None:
+            record = table.get(service, instance_id)
+            return None if record is None else (record, table.owned(service, instance_id))
+
+        lease = self._config.heartbeat_timeout * LEASE_FRACTION
+        self._events = EventPublisher(self._nc, subjects, codec, state_of, lease)
+        self._events.start()
         registry = InstanceRegistry(
-            RoutingTable(self._config.heartbeat_timeout),
+            table,
             JetStreamInstanceRepository(self._stores.registry, subjects.registry_bucket, codec),
             JetStreamRouteRepository(self._stores.routes, subjects.routes_bucket, codec),
             SystemClock(),
+            self._events,
         )
         restored = await registry.restore()
         if restored:
             _log.info(
-                "restored %d instances; each has %.1fs to heartbeat before it counts as dead",
+                "restored %d instances with their roles; none counts as dead for %.1fs",
                 restored,
-                self._config.heartbeat_timeout,
+                2 * self._config.heartbeat_timeout,
             )
         self._registry = registry
-        self._control = ControlAPI(self._nc, subjects, codec, registry)
+        tracker = InflightTracker()
+        self._control = ControlAPI(self._nc, subjects, codec, registry, tracker)
         await self._control.start()
         self._calls = CallConsumer(
             self._nc,
@@ -82,6 +97,7 @@ class RoutingDuties:
             codec,
             registry,
             ack_wait=self._config.call_ack_wait,
+            tracker=tracker,
         )
         await self._calls.start()
 
@@ -99,6 +115,9 @@ class RoutingDuties:
             # A planned stop: save what is pending, so the next leader starts from it.
             await self._registry.flush()
             self._registry = None
+        if self._events is not None:
+            await self._events.stop()
+            self._events = None
 
 
 class Leadership:

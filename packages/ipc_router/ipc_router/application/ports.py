@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ipc_router.domain import InstanceRecord
+from ipc_router.domain import InstanceEvent, InstanceRecord, RoleEvent
 
 
 class InstanceRepository(Protocol):
@@ -89,3 +89,18 @@ class Clock(Protocol):
     def now(self) -> float:
         """The current Unix time."""
         ...
+
+
+class EventSink(Protocol):
+    """Where the registry announces role, health and registry changes (never blocks)."""
+
+    def emit(self, event: RoleEvent | InstanceEvent) -> None:
+        """Queue one event for publication, and for a role change, the instance's notice."""
+        ...
+
+
+class DiscardEvents:
+    """An ``EventSink`` that drops everything (unit tests of other behaviour)."""
+
+    def emit(self, event: RoleEvent | InstanceEvent) -> None:
+        """Drop ``event``."""

@@ -12,13 +12,27 @@ heartbeat.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection
 
 from ipc_router.application.errors import StoreUnavailableError
-from ipc_router.application.ports import Clock, InstanceRepository, RouteRepository
-from ipc_router.domain import InstanceRecord, Registered, Role, Route, RoutingTable
+from ipc_router.application.ports import (
+    Clock,
+    DiscardEvents,
+    EventSink,
+    InstanceRepository,
+    RouteRepository,
+)
+from ipc_router.domain import (
+    InstanceEvent,
+    InstanceRecord,
+    Registered,
+    Route,
+    RoutingTable,
+)
 
 _log = logging.getLogger("ipc_router.registry")
 
@@ -45,8 +59,11 @@ class InstanceRegistry:
         instances: InstanceRepository,
         routes: RouteRepository,
         clock: Clock,
+        events: EventSink | None = None,
     ) -> None:
         self.table = table
+        self._events: EventSink = events or DiscardEvents()
+        self._changed = asyncio.Event()
         self._instances = instances
         self._routes = routes
         self._clock = clock
@@ -73,7 +90,36 @@ class InstanceRegistry:
         records = await self._instances.list_instances()
         saved = await self._routes.load()
         self.table.restore(records, saved.claims, saved.assignments, self._clock.now())
+        self._settle()  # a role the saved state left vacant was filled: save and announce it
         return len(records)
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Wait until the table changes (roles, health, instances) or ``timeout`` passes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _settle(self) -> set[tuple[str, str]]:
+        """After a table change: mark role changes for saving, announce them, and wake the
+        calls waiting for a change. Returns the claims to save."""
+        claims: set[tuple[str, str]] = set()
+        for event in self.table.take_events():
+            self._dirty_records.add((event.service, event.instance_id))
+            if event.resource is not None:
+                claims.add((event.service, event.resource))
+            _log.info(
+                "%s.%s is %s of %s now (epoch %d, %s)",
+                event.service,
+                event.instance_id,
+                event.role.value,
+                event.resource if event.resource is not None else "the service",
+                event.epoch,
+                event.reason,
+            )
+            self._events.emit(event)
+        self._dirty_claims |= claims
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return claims
 
     async def register(self, record: InstanceRecord) -> Registered:
         """Register an instance with its claims, and save them.
@@ -87,9 +133,11 @@ class InstanceRegistry:
         touched = set(outcome.record.resources)
         if outcome.replaced is not None:
             touched |= set(outcome.replaced.resources)
+        self._settle()
+        self._events.emit(InstanceEvent("registry", service, record.instance_id, "registered"))
         await self._write(
-            {(service, record.instance_id)},
-            {(service, resource) for resource in touched},
+            {(service, record.instance_id)} | set(self._dirty_records),
+            {(service, resource) for resource in touched} | set(self._dirty_claims),
             self._assignment_changes(service, before),
         )
         _log.info(
@@ -105,12 +153,45 @@ class InstanceRegistry:
         """Remove an instance; return its last record, or None when it was not registered."""
         record, keys = self._remove(service, instance_id)
         if record is not None:
-            await self._write(*keys)
+            self._events.emit(InstanceEvent("registry", service, instance_id, "deregistered"))
+            records, claims, assignments = keys
+            await self._write(
+                records | set(self._dirty_records), claims | set(self._dirty_claims), assignments
+            )
             _log.info("deregistered %s", record.key)
         return record
 
+    def drain(self, service: str, instance_id: str) -> InstanceRecord:
+        """Stop routing new calls to an instance (the start of a handover). In memory only:
+        a router that dies mid-handover leaves nothing half done behind.
+
+        Raises:
+            UnknownInstanceError: no such instance.
+        """
+        record = self.table.drain(service, instance_id)
+        self._settle()
+        return record
+
+    def undrain(self, service: str, instance_id: str) -> None:
+        """Route to an instance again (a handover called off or completed)."""
+        self.table.undrain(service, instance_id)
+        self._settle()
+
+    async def promote(self, service: str, instance_id: str) -> InstanceRecord:
+        """Make an instance the active of its service and of every resource it claims.
+
+        The caller drains the outgoing actives first (``table.actives_of``).
+
+        Raises:
+            UnknownInstanceError, NoHealthyInstanceError.
+        """
+        record = self.table.promote(service, instance_id, self._clock.now())
+        self._settle()
+        await self._write(set(self._dirty_records), set(self._dirty_claims))
+        return record
+
     async def heartbeat(
-        self, service: str, instance_id: str, session: str | None
+        self, service: str, instance_id: str, session: str | None, epoch: int | None = None
     ) -> HeartbeatOutcome:
         """Note a heartbeat, and say whether its sender is the registered process."""
         record = self.table.get(service, instance_id)
@@ -118,10 +199,19 @@ class InstanceRegistry:
             return HeartbeatOutcome.UNKNOWN
         if session and record.session and session != record.session:
             return HeartbeatOutcome.REPLACED
-        changed = self.table.heartbeat(service, instance_id, session, self._clock.now())
+        changed = self.table.heartbeat(
+            service, instance_id, session, self._clock.now(), epoch=epoch
+        )
+        if changed is None and epoch is not None and epoch > record.epoch:
+            self._settle()  # a resync: save and announce the new epoch
+            await self._write({(service, instance_id)})
         if changed is not None:
             _log.info("instance %s is healthy again", changed.key)
-            await self._write({(service, instance_id)})
+            self._events.emit(InstanceEvent("health", service, instance_id, "healthy"))
+            self._settle()
+            await self._write(
+                {(service, instance_id)} | set(self._dirty_records), set(self._dirty_claims)
+            )
         return HeartbeatOutcome.OK
 
     async def expire(self) -> list[InstanceRecord]:
@@ -139,6 +229,9 @@ class InstanceRegistry:
                 self.table.heartbeat_timeout,
             )
             self._dirty_records.add((record.service, record.instance_id))
+            self._events.emit(
+                InstanceEvent("health", record.service, record.instance_id, "unhealthy")
+            )
         for record in self.table.reapable(now):
             _log.warning(
                 "instance %s silent for %.0fs; removed with its claims",
@@ -146,9 +239,13 @@ class InstanceRegistry:
                 self.table.reap_after,
             )
             _, (records, claims, assignments) = self._remove(record.service, record.instance_id)
+            self._events.emit(
+                InstanceEvent("registry", record.service, record.instance_id, "reaped")
+            )
             self._dirty_records |= records
             self._dirty_claims |= claims
             self._dirty_assignments |= assignments
+        self._settle()
         return expired
 
     def _remove(self, service: str, instance_id: str) -> tuple[InstanceRecord | None, _Keys]:
@@ -157,16 +254,11 @@ class InstanceRegistry:
         held = {
             r for r, claimants in self.table.claims(service).items() if instance_id in claimants
         }
-        record = self.table.deregister(service, instance_id)
+        record = self.table.deregister(service, instance_id, self._clock.now())
         if record is None:
             return None, (set(), set(), set())
         records = {(service, instance_id)}
-        if record.role is Role.ACTIVE:
-            promoted = self.table.fill_vacancy(service)
-            if promoted is not None:
-                _log.info("%s is active now (epoch %d)", promoted.key, promoted.epoch)
-                records.add((service, promoted.instance_id))
-        claims = {(service, resource) for resource in held | set(record.resources)}
+        claims = self._settle() | {(service, resource) for resource in held | set(record.resources)}
         return record, (records, claims, self._assignment_changes(service, before))
 
     async def mark_unreachable(self, service: str, instance_id: str) -> None:
@@ -174,6 +266,8 @@ class InstanceRegistry:
         record = self.table.mark_unhealthy(service, instance_id)
         if record is not None:
             _log.warning("instance %s is not listening on its inbox; unhealthy", record.key)
+            self._events.emit(InstanceEvent("health", service, instance_id, "unhealthy"))
+            self._settle()
             await self._write({(service, instance_id)})
 
     async def route(self, service: str, method: str, resource_id: str | None) -> Route:

@@ -25,7 +25,10 @@ class Health(enum.StrEnum):
 class InstanceRecord:
     """What the registry knows of one registered instance.
 
-    Times are Unix seconds. ``epoch`` increases with every promotion in the service.
+    Times are Unix seconds. ``role`` is the instance's role in its service (the resources it
+    owns are in the routing table's claims). ``epoch`` changes whenever any of its roles
+    changes, to a value above every epoch the service has used, so a call routed before the
+    change carries an older epoch and the instance refuses it.
     """
 
     service: str
@@ -39,6 +42,14 @@ class InstanceRecord:
     methods: tuple[str, ...] = field(default=())
     session: str = ""
     """Random per instance process; a second process with the same id has another."""
+    load_balanced: bool = False
+    """The service spreads calls without a claimed resource over all healthy instances
+    instead of sending them to its active."""
+    draining: bool = False
+    """Handing over (planned stop or promotion): no new calls until its in-flight ones end."""
+    queued_at: float = 0.0
+    """When it joined the standby queue (its registration, or its demotion): standbys are
+    promoted in this order."""
 
     @property
     def key(self) -> str:
@@ -58,3 +69,15 @@ class RegistryCounts:
         """Count the distinct services and the instances among ``instances``."""
         keys = {(i.service, i.instance_id) for i in instances}
         return cls(services=len({service for service, _ in keys}), instances=len(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEvent:
+    """An instance was registered, deregistered, or changed health."""
+
+    kind: str
+    """``registry`` or ``health``."""
+    service: str
+    instance_id: str
+    state: str
+    """``registered``, ``deregistered``, ``reaped``, ``healthy`` or ``unhealthy``."""

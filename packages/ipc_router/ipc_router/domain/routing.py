@@ -1,24 +1,39 @@
-"""The routing table: which instance serves a call. Pure rules, no I/O.
+"""The routing table: which instance serves a call, and who is active. Pure rules, no I/O.
 
-Policy, in order:
+**Roles.** Per service, and per claimed resource, one instance is *active* and the others are
+*standbys*, queued in registration order (first come, first served):
 
-1. **Claimed resource**: a resource an instance named in its registration belongs to the
-   first instance that claimed it (first come, first served); later claimants queue behind
-   it. Calls for it go to its owner, and only to its owner: when the owner is unhealthy the
-   call is refused as unavailable rather than sent to an instance that does not hold the
-   resource.
-2. **Unclaimed resource**: the first call assigns it to the healthy instance with the fewest
-   assigned resources (ties go to the earliest registered). The assignment is sticky: the
-   resource keeps landing there while that instance is healthy, and moves only when it is
-   not (to the least-loaded healthy instance again). New instances do not steal resources.
-3. **No resource**: round robin over the healthy instances.
+- the service's active is its first registered healthy instance;
+- a claimed resource's active (its *owner*) is the first instance that claimed it.
 
-Only instances that registered the method are considered.
+**Routing**, in order:
+
+1. **Claimed resource**: to its owner only, never to an instance that does not hold it.
+2. **Service in active/standby mode** (the default): everything else goes to the active.
+3. **Load-balanced service** (``Service(..., load_balanced=True)``): an unclaimed resource is
+   assigned to the healthy instance with the fewest (ties: the earliest registered) and
+   sticks there while it is healthy; calls without a resource go round robin.
+
+Only instances that registered the method, and that are not draining, are considered.
+
+**Failover.** An active silent for longer than ``heartbeat_timeout`` is failed over in the
+sweep: the first healthy standby in the queue is promoted, the failed one goes to the back
+of the queue as a standby, and both get new epochs. It happens no earlier than that, even
+when the router learns sooner that the instance is unreachable, because the instance's own
+lease (shorter than the timeout, counted from a heartbeat it sent) must have run out first:
+two actives never act at once. Meanwhile calls for it wait (``FailoverPendingError``) rather
+than fail. Without a healthy standby the failed active keeps its role and calls are refused
+as unavailable until it, or a new instance, is back. There is no fail-back.
+
+**Handover.** A planned stop or a manual promotion first *drains* the outgoing instance: it
+gets no new calls (they wait), and once the router has no call in flight to it the roles
+move. A deregistered or reaped active is replaced at once.
 
 An instance silent for ``reap_after`` seconds (60 by default) is removed, with its claims
-and assignments, as if it had deregistered: a process that died for good must not hold its
-resources forever. When the active instance of a service goes (deregistered or reaped), the
-first healthy standby in registration order becomes active.
+and assignments, as if it had deregistered.
+
+Every role change is recorded as a ``RoleEvent`` for the registry to save, announce and
+tell the instances concerned (``take_events``).
 """
 
 from __future__ import annotations
@@ -60,6 +75,19 @@ class NoHealthyInstanceError(RoutingError):
         super().__init__(why)
 
 
+class FailoverPendingError(NoHealthyInstanceError):
+    """The call's active is failing over or handing over: routing it again soon works."""
+
+
+class UnknownInstanceError(RoutingError):
+    """No such instance is registered."""
+
+    def __init__(self, service: str, instance_id: str) -> None:
+        self.service = service
+        self.instance_id = instance_id
+        super().__init__(f"instance {instance_id!r} of {service!r} is not registered")
+
+
 class InstanceConflictError(RoutingError):
     """Another live process already holds this instance id."""
 
@@ -78,6 +106,7 @@ class Route:
 
     Attributes:
         instance_id: the chosen instance.
+        session: its process's session (part of its inbox subject).
         epoch: the epoch the call is routed under (for fencing).
         new_assignment: a resource this decision assigned (to be persisted), if any.
     """
@@ -100,13 +129,29 @@ class Registered:
     """The previous record under this id (a restarted process), if there was one."""
 
 
+@dataclass(frozen=True, slots=True)
+class RoleEvent:
+    """One instance gained or lost the active role of its service or of one resource."""
+
+    service: str
+    instance_id: str
+    role: Role
+    """The role it has now in ``resource`` (or in the service when that is None)."""
+    epoch: int
+    """Its epoch after the change."""
+    reason: str
+    """``failover``, ``handover``, ``promote`` or ``removed`` (the active left)."""
+    resource: str | None = None
+
+
 @dataclass(slots=True)
 class _ServiceTable:
-    instances: dict[str, InstanceRecord] = field(default_factory=dict)  # registration order
-    claims: dict[str, list[str]] = field(default_factory=dict)  # resource -> claimants
+    instances: dict[str, InstanceRecord] = field(default_factory=dict)  # queue order
+    claims: dict[str, list[str]] = field(default_factory=dict)  # resource -> owner, standbys
     assignments: dict[str, str] = field(default_factory=dict)  # resource -> instance
     load: Counter[str] = field(default_factory=Counter)  # instance -> assigned resources
     next_rr: int = 0
+    epoch: int = 0  # the highest epoch handed out
 
     def assign(self, resource: str, instance_id: str) -> None:
         self.unassign(resource)
@@ -120,22 +165,34 @@ class _ServiceTable:
             if self.load[instance_id] <= 0:
                 del self.load[instance_id]
 
-    def healthy_with(self, method: str) -> list[InstanceRecord]:
-        return [
-            r
-            for r in self.instances.values()
-            if r.health is Health.HEALTHY and (not r.methods or method in r.methods)
-        ]
+    def serves(self, record: InstanceRecord, method: str) -> bool:
+        return not record.methods or method in record.methods
+
+    def routable(self, record: InstanceRecord, method: str) -> bool:
+        return (
+            record.health is Health.HEALTHY and not record.draining and self.serves(record, method)
+        )
 
     def methods(self) -> set[str]:
         return {m for r in self.instances.values() for m in r.methods}
 
+    def active(self) -> InstanceRecord | None:
+        return next((r for r in self.instances.values() if r.role is Role.ACTIVE), None)
+
+    def next_epoch(self) -> int:
+        self.epoch += 1
+        return self.epoch
+
+    def owned_by(self, instance_id: str) -> tuple[str, ...]:
+        return tuple(r for r, c in self.claims.items() if c and c[0] == instance_id)
+
 
 class RoutingTable:
-    """Services, their instances, claimed resources and sticky assignments.
+    """Services, their instances and roles, claimed resources and sticky assignments.
 
     Args:
-        heartbeat_timeout: seconds without a heartbeat after which an instance is unhealthy.
+        heartbeat_timeout: seconds without a heartbeat after which an instance is unhealthy
+            (and, if it was active, failed over).
         reap_after: seconds without a heartbeat after which it is removed altogether.
     """
 
@@ -145,10 +202,13 @@ class RoutingTable:
         # (which takes about two) before the instance disappears.
         self.reap_after = max(reap_after, 3 * heartbeat_timeout)
         self._services: dict[str, _ServiceTable] = {}
+        self._events: list[RoleEvent] = []
+        self._grace_until = 0.0
+        self._graced: set[tuple[str, str]] = set()  # restored, not heard from since
 
     # --- queries ---------------------------------------------------------------------------
     def instances(self) -> list[InstanceRecord]:
-        """Every registered instance, by service, in registration order."""
+        """Every registered instance, by service, in queue order."""
         return [r for t in self._services.values() for r in t.instances.values()]
 
     def get(self, service: str, instance_id: str) -> InstanceRecord | None:
@@ -161,14 +221,24 @@ class RoutingTable:
         table = self._services.get(service)
         return {k: list(v) for k, v in table.claims.items()} if table else {}
 
+    def owned(self, service: str, instance_id: str) -> tuple[str, ...]:
+        """The claimed resources an instance is the active (owner) of."""
+        table = self._services.get(service)
+        return table.owned_by(instance_id) if table else ()
+
     def assignments(self, service: str) -> dict[str, str]:
         """Sticky assignments of unclaimed resources: resource -> instance."""
         table = self._services.get(service)
         return dict(table.assignments) if table else {}
 
+    def take_events(self) -> list[RoleEvent]:
+        """The role changes since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
     # --- commands ----------------------------------------------------------------------------
     def register(self, record: InstanceRecord, now: float) -> Registered:
-        """Add (or re-add) an instance and grant its claims first come, first served.
+        """Add (or re-add) an instance and grant its roles and claims first come, first served.
 
         The same process registering again (same session) is idempotent; a new process
         under the id of one that stopped heartbeating replaces it.
@@ -182,16 +252,32 @@ class RoutingTable:
             age = now - old.last_heartbeat_at
             if old.health is Health.HEALTHY and age < self.heartbeat_timeout:
                 raise InstanceConflictError(old, age)
-        if old is not None:
-            self._forget(table, record.instance_id, keep_claims=old.session == record.session)
-        active = any(r.role is Role.ACTIVE for r in table.instances.values())
-        record = replace(
-            record,
-            role=Role.STANDBY if active else Role.ACTIVE,
-            health=Health.HEALTHY,
-            last_heartbeat_at=now,
-        )
-        table.instances[record.instance_id] = record
+        if old is not None and old.session == record.session:
+            # The same process again (its answer was lost, or the router forgot it): keep
+            # its place, role and epoch.
+            record = replace(
+                old,
+                resources=record.resources,
+                methods=record.methods,
+                load_balanced=record.load_balanced,
+                health=Health.HEALTHY,
+                last_heartbeat_at=now,
+            )
+            table.instances[record.instance_id] = record
+        else:
+            if old is not None:
+                self._forget(table, record.instance_id, keep_claims=False)
+            record = replace(
+                record,
+                role=Role.STANDBY,
+                health=Health.HEALTHY,
+                epoch=table.next_epoch(),
+                draining=False,
+                registered_at=now,
+                last_heartbeat_at=now,
+                queued_at=now,
+            )
+            table.instances[record.instance_id] = record
         claimed: list[str] = []
         standby_for: dict[str, str] = {}
         for resource in dict.fromkeys(record.resources):
@@ -203,10 +289,15 @@ class RoutingTable:
                 table.unassign(resource)
             else:
                 standby_for[resource] = claimants[0]
-        return Registered(record, tuple(claimed), standby_for, replaced=old)
+        self._fill(table, now, reason="registered")
+        current = table.instances[record.instance_id]
+        return Registered(current, tuple(claimed), standby_for, replaced=old)
 
-    def deregister(self, service: str, instance_id: str) -> InstanceRecord | None:
-        """Remove an instance, its claims and its assignments; return its last record."""
+    def deregister(self, service: str, instance_id: str, now: float = 0.0) -> InstanceRecord | None:
+        """Remove an instance, its claims and its assignments; return its last record.
+
+        The roles it held pass at once to the first healthy standby of each.
+        """
         table = self._services.get(service)
         if table is None or instance_id not in table.instances:
             return None
@@ -214,22 +305,69 @@ class RoutingTable:
         self._forget(table, instance_id, keep_claims=False)
         if not table.instances:
             del self._services[service]
+        else:
+            self._fill(table, now, reason="removed")
         return record
 
-    def fill_vacancy(self, service: str) -> InstanceRecord | None:
-        """Make the first healthy standby active when the service has no active at all
-        (its active was removed), under a new epoch. Returns the promoted record, if any.
+    def drain(self, service: str, instance_id: str) -> InstanceRecord:
+        """Stop routing new calls to an instance (the first step of a handover).
+
+        Raises:
+            UnknownInstanceError: no such instance.
         """
+        record = self._require(service, instance_id)
+        record = replace(record, draining=True)
+        self._services[service].instances[instance_id] = record
+        return record
+
+    def undrain(self, service: str, instance_id: str) -> InstanceRecord | None:
+        """Route to an instance again (a handover that was called off)."""
+        record = self.get(service, instance_id)
+        if record is None or not record.draining:
+            return record
+        record = replace(record, draining=False)
+        self._services[service].instances[instance_id] = record
+        return record
+
+    def promote(self, service: str, instance_id: str, now: float) -> InstanceRecord:
+        """Make an instance the active of its service and the owner of every resource it
+        claims (an operator's manual promotion; the caller drains the outgoing actives
+        first, see ``actives_of``, and undrains them after). Returns its new record.
+
+        Raises:
+            UnknownInstanceError: no such instance.
+            NoHealthyInstanceError: the instance is unhealthy.
+        """
+        target = self._require(service, instance_id)
+        table = self._services[service]
+        if target.health is not Health.HEALTHY:
+            raise NoHealthyInstanceError(
+                service, f"instance {instance_id!r} of {service!r} is unhealthy"
+            )
+        target = replace(target, draining=False)
+        table.instances[instance_id] = target
+        current = table.active()
+        if current is not None and current.instance_id != instance_id:
+            self._promote(table, target, None, "promote", now, demote=current)
+        for resource, claimants in table.claims.items():
+            if instance_id in claimants and claimants[0] != instance_id:
+                owner = table.instances[claimants[0]]
+                self._promote(table, table.instances[instance_id], resource, "promote", now, owner)
+        return table.instances[instance_id]
+
+    def actives_of(self, service: str, instance_id: str) -> list[str]:
+        """The instances ``instance_id``'s promotion would take roles from (to drain)."""
         table = self._services.get(service)
-        if table is None or any(r.role is Role.ACTIVE for r in table.instances.values()):
-            return None
-        healthy = [r for r in table.instances.values() if r.health is Health.HEALTHY]
-        if not healthy:
-            return None
-        epoch = max(r.epoch for r in table.instances.values()) + 1
-        promoted = replace(healthy[0], role=Role.ACTIVE, epoch=epoch)
-        table.instances[promoted.instance_id] = promoted
-        return promoted
+        if table is None or instance_id not in table.instances:
+            return []
+        losing: dict[str, None] = {}
+        active = table.active()
+        if active is not None and active.instance_id != instance_id:
+            losing[active.instance_id] = None
+        for claimants in table.claims.values():
+            if instance_id in claimants and claimants[0] != instance_id:
+                losing[claimants[0]] = None
+        return list(losing)
 
     def reapable(self, now: float) -> list[InstanceRecord]:
         """Instances silent for longer than ``reap_after``: to be deregistered."""
@@ -241,33 +379,67 @@ class RoutingTable:
         ]
 
     def heartbeat(
-        self, service: str, instance_id: str, session: str | None, now: float
+        self,
+        service: str,
+        instance_id: str,
+        session: str | None,
+        now: float,
+        *,
+        epoch: int | None = None,
     ) -> InstanceRecord | None:
         """Note a heartbeat. Returns the record when its health changed, else None.
 
-        A heartbeat from an unknown instance or another session is ignored.
+        A heartbeat from an unknown instance or another session is ignored. An instance
+        that comes back after a failover is a standby now: its role is not given back.
+
+        ``epoch`` is the epoch the instance holds. One above the table's (a leader that died
+        before it saved a role change it had announced) gets the instance a new epoch above
+        both, and a role event that tells it its roles as this table has them: the instance
+        would otherwise refuse every call routed under the table's older epoch.
         """
         record = self.get(service, instance_id)
         if record is None or (session and record.session and session != record.session):
             return None
         changed = record.health is not Health.HEALTHY
         record = replace(record, health=Health.HEALTHY, last_heartbeat_at=now)
-        self._services[service].instances[instance_id] = record
-        return record if changed else None
+        self._graced.discard((service, instance_id))
+        table = self._services[service]
+        if epoch is not None and epoch > record.epoch:
+            table.epoch = max(table.epoch, epoch)
+            record = replace(record, epoch=table.next_epoch())
+            self._events.append(
+                RoleEvent(service, instance_id, record.role, record.epoch, "resync")
+            )
+        table.instances[instance_id] = record
+        if changed:
+            self._fill(table, now, reason="failover")  # it may be the only candidate
+        return table.instances[instance_id] if changed else None
 
     def expire(self, now: float) -> list[InstanceRecord]:
-        """Mark instances silent for longer than the timeout unhealthy; return them."""
+        """The sweep: mark instances silent for longer than the timeout unhealthy, and fail
+        over the roles of failed actives. Returns the instances that turned unhealthy.
+
+        During the grace period after a restore, restored instances not heard from since do
+        not expire: they are given time to heartbeat to a new router.
+        """
+        graced = self._graced if now < self._grace_until else set()
         expired: list[InstanceRecord] = []
         for table in self._services.values():
             for key, record in table.instances.items():
+                if (record.service, key) in graced:
+                    continue
                 silent = now - record.last_heartbeat_at
                 if record.health is Health.HEALTHY and silent > self.heartbeat_timeout:
                     table.instances[key] = replace(record, health=Health.UNHEALTHY)
                     expired.append(table.instances[key])
+            self._fail_over(table, now)
         return expired
 
     def mark_unhealthy(self, service: str, instance_id: str) -> InstanceRecord | None:
-        """Mark one instance unhealthy at once (it stopped answering); return the record."""
+        """Mark one instance unhealthy at once (it stopped answering); return the record.
+
+        Its roles are not failed over before its heartbeat timeout (see the module doc).
+        """
         record = self.get(service, instance_id)
         if record is None or record.health is Health.UNHEALTHY:
             return None
@@ -281,19 +453,26 @@ class RoutingTable:
         claims: dict[tuple[str, str], list[str]],
         assignments: dict[tuple[str, str], str],
         now: float,
+        *,
+        grace: float | None = None,
     ) -> None:
-        """Load state saved by an earlier router run.
+        """Load state saved by an earlier router run: roles, epochs, claims, assignments.
 
-        Every instance starts healthy with a full heartbeat timeout from ``now`` before it
-        can be declared dead, whatever the last leader saved (it may have marked everyone
-        unhealthy while it was cut off), so a change of leader alone never makes an
-        instance unhealthy.
+        Every instance starts healthy, whatever the last leader saved (it may have marked
+        everyone unhealthy while it was cut off), and none of them expires for ``grace``
+        seconds (two heartbeat timeouts by default) unless it heartbeats and falls silent
+        again, so a restart or a change of leader alone never causes a failover.
         """
-        for record in sorted(records, key=lambda r: r.registered_at):
+        if grace is None:
+            grace = 2 * self.heartbeat_timeout
+        self._grace_until = now + grace
+        for record in sorted(records, key=lambda r: (r.queued_at or r.registered_at)):
             table = self._services.setdefault(record.service, _ServiceTable())
             table.instances[record.instance_id] = replace(
-                record, health=Health.HEALTHY, last_heartbeat_at=now
+                record, health=Health.HEALTHY, last_heartbeat_at=now, draining=False
             )
+            self._graced.add((record.service, record.instance_id))
+            table.epoch = max(table.epoch, record.epoch)
         for (service, resource), claimants in claims.items():
             found = self._services.get(service)
             if found is not None:
@@ -304,22 +483,39 @@ class RoutingTable:
             found = self._services.get(service)
             if found is not None and instance_id in found.instances:
                 found.assign(resource, instance_id)
+        for table in self._services.values():
+            actives = [r for r in table.instances.values() if r.role is Role.ACTIVE]
+            for extra in actives[1:]:  # saved mid-change by a leader that died: keep the first
+                table.instances[extra.instance_id] = replace(extra, role=Role.STANDBY)
+            if not actives:
+                self._fill(table, now, reason="removed")
 
     # --- the decision ----------------------------------------------------------------------
     def route(self, service: str, method: str, resource_id: str | None) -> Route:
         """Choose the instance for one call (see the module docstring for the policy).
 
         Raises:
-            UnknownServiceError, UnknownMethodError, NoHealthyInstanceError.
+            UnknownServiceError, UnknownMethodError, NoHealthyInstanceError,
+            FailoverPendingError (a subclass: wait for the table to change and route again).
         """
         table = self._services.get(service)
         if table is None:
             raise UnknownServiceError(service)
-        candidates = table.healthy_with(method)
+        known = table.methods()
+        if known and method not in known:
+            raise UnknownMethodError(service, method, known)
+        claimants = table.claims.get(resource_id) if resource_id is not None else None
+        if claimants:
+            owner = table.instances[claimants[0]]
+            what = f"resource {resource_id!r} of {service!r}"
+            return self._to_active(table, owner, [table.instances[c] for c in claimants], what)
+        active = table.active()
+        if active is not None and not active.load_balanced:
+            return self._to_active(table, active, list(table.instances.values()), repr(service))
+        candidates = [r for r in table.instances.values() if table.routable(r, method)]
         if not candidates:
-            known = table.methods()
-            if known and method not in known:
-                raise UnknownMethodError(service, method, known)
+            if any(r.draining and r.health is Health.HEALTHY for r in table.instances.values()):
+                raise FailoverPendingError(service, f"{service!r} is handing over")
             raise NoHealthyInstanceError(
                 service, f"no healthy instance of {service!r} serves {method!r}"
             )
@@ -327,16 +523,6 @@ class RoutingTable:
             chosen = candidates[table.next_rr % len(candidates)]
             table.next_rr += 1
             return Route(chosen.instance_id, chosen.session, chosen.epoch)
-        claimants = table.claims.get(resource_id)
-        if claimants:
-            owner = table.instances[claimants[0]]
-            if owner not in candidates:
-                raise NoHealthyInstanceError(
-                    service,
-                    f"resource {resource_id!r} of {service!r} is owned by instance "
-                    f"{owner.instance_id!r}, which is {owner.health.value}",
-                )
-            return Route(owner.instance_id, owner.session, owner.epoch)
         current = table.assignments.get(resource_id)
         if current is not None:
             record = table.instances.get(current)
@@ -348,13 +534,137 @@ class RoutingTable:
         return Route(chosen.instance_id, chosen.session, chosen.epoch, new_assignment=resource_id)
 
     # --- internals ---------------------------------------------------------------------------
+    def _to_active(
+        self, table: _ServiceTable, active: InstanceRecord, queue: list[InstanceRecord], what: str
+    ) -> Route:
+        if active.health is Health.HEALTHY and not active.draining:
+            return Route(active.instance_id, active.session, active.epoch)
+        if active.draining and active.health is Health.HEALTHY:
+            raise FailoverPendingError(active.service, f"{what} is handing over")
+        if any(r is not active and r.health is Health.HEALTHY for r in queue):
+            raise FailoverPendingError(
+                active.service,
+                f"the active of {what}, {active.instance_id!r}, is {active.health.value}; "
+                "failing over",
+            )
+        raise NoHealthyInstanceError(
+            active.service,
+            f"the active of {what}, instance {active.instance_id!r}, is "
+            f"{active.health.value}, and no standby is healthy",
+        )
+
+    def _require(self, service: str, instance_id: str) -> InstanceRecord:
+        record = self.get(service, instance_id)
+        if record is None:
+            raise UnknownInstanceError(service, instance_id)
+        return record
+
+    def _failed(self, record: InstanceRecord, now: float) -> bool:
+        """Whether an active's roles may be taken: silent past its timeout (so its lease
+        has certainly run out), not merely marked unhealthy."""
+        return (
+            record.health is Health.UNHEALTHY
+            and now - record.last_heartbeat_at > self.heartbeat_timeout
+        )
+
+    def _fail_over(self, table: _ServiceTable, now: float) -> None:
+        active = table.active()
+        if active is not None and self._failed(active, now):
+            standby = self._first_standby(table, list(table.instances), active.instance_id)
+            if standby is not None:
+                self._promote(table, standby, None, "failover", now, demote=active)
+        for resource, claimants in list(table.claims.items()):
+            owner = table.instances.get(claimants[0])
+            if owner is not None and self._failed(owner, now):
+                standby = self._first_standby(table, claimants, owner.instance_id)
+                if standby is not None:
+                    self._promote(table, standby, resource, "failover", now, demote=owner)
+
+    def _fill(self, table: _ServiceTable, now: float, *, reason: str) -> None:
+        """Give roles nobody healthy holds to the first healthy standby."""
+        active = table.active()
+        if active is None or (active.health is Health.UNHEALTHY and self._failed(active, now)):
+            standby = self._first_standby(
+                table, list(table.instances), active.instance_id if active else None
+            )
+            if standby is not None:
+                self._promote(table, standby, None, reason, now, demote=active)
+        self._fail_over(table, now)
+
     @staticmethod
-    def _forget(table: _ServiceTable, instance_id: str, *, keep_claims: bool) -> None:
+    def _first_standby(
+        table: _ServiceTable, queue: list[str], outgoing: str | None
+    ) -> InstanceRecord | None:
+        for instance_id in queue:
+            record = table.instances.get(instance_id)
+            if (
+                record is not None
+                and instance_id != outgoing
+                and record.health is Health.HEALTHY
+                and not record.draining
+            ):
+                return record
+        return None
+
+    def _promote(
+        self,
+        table: _ServiceTable,
+        incoming: InstanceRecord,
+        resource: str | None,
+        reason: str,
+        now: float,
+        demote: InstanceRecord | None = None,
+    ) -> None:
+        """Move one role (the service's, or one resource's) to ``incoming``; the outgoing
+        active goes to the back of the queue. Both get a new epoch."""
+        service = incoming.service
+        if resource is None:
+            incoming = replace(incoming, role=Role.ACTIVE, epoch=table.next_epoch())
+        else:
+            outgoing_id = demote.instance_id if demote is not None else None
+            rest = [
+                c for c in table.claims[resource] if c not in (incoming.instance_id, outgoing_id)
+            ]
+            tail = [outgoing_id] if outgoing_id is not None else []
+            table.claims[resource] = [incoming.instance_id, *rest, *tail]
+            incoming = replace(incoming, epoch=table.next_epoch())
+        table.instances[incoming.instance_id] = incoming
+        self._events.append(
+            RoleEvent(service, incoming.instance_id, Role.ACTIVE, incoming.epoch, reason, resource)
+        )
+        if demote is None or demote.instance_id not in table.instances:
+            return
+        current = table.instances[demote.instance_id]
+        outgoing = replace(current, epoch=table.next_epoch())
+        if resource is None:
+            outgoing = replace(outgoing, role=Role.STANDBY, queued_at=now)
+            del table.instances[demote.instance_id]  # to the back of the standby queue
+        table.instances[demote.instance_id] = outgoing
+        self._events.append(
+            RoleEvent(service, outgoing.instance_id, Role.STANDBY, outgoing.epoch, reason, resource)
+        )
+
+    def _forget(self, table: _ServiceTable, instance_id: str, *, keep_claims: bool) -> None:
         table.instances.pop(instance_id, None)
         if not keep_claims:
             for resource in [r for r, c in table.claims.items() if instance_id in c]:
+                was_owner = table.claims[resource][0] == instance_id
                 table.claims[resource].remove(instance_id)
                 if not table.claims[resource]:
                     del table.claims[resource]
+                elif was_owner:
+                    heir = table.instances[table.claims[resource][0]]
+                    heir = replace(heir, epoch=table.next_epoch())
+                    table.instances[heir.instance_id] = heir
+                    self._events.append(
+                        RoleEvent(
+                            heir.service,
+                            heir.instance_id,
+                            Role.ACTIVE,
+                            heir.epoch,
+                            "removed",
+                            resource,
+                        )
+                    )
         for resource in [r for r, i in table.assignments.items() if i == instance_id]:
             table.unassign(resource)

@@ -31,6 +31,8 @@ def record_to_wire(record: InstanceRecord) -> dict[str, Any]:
         "resources": list(record.resources),
         "methods": list(record.methods),
         "session": record.session,
+        "load_balanced": record.load_balanced,
+        "queued_at": record.queued_at,
     }
 
 
@@ -51,6 +53,8 @@ def record_from_wire(data: dict[str, Any]) -> InstanceRecord:
         resources=tuple(str(r) for r in data.get("resources", ())),
         methods=tuple(str(m) for m in data.get("methods", ())),
         session=str(data.get("session", "")),
+        load_balanced=bool(data.get("load_balanced", False)),
+        queued_at=float(data.get("queued_at", 0.0)),
     )
 
 
