@@ -26,14 +26,22 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with IPCClient(args.nats_url, name=f"service_b-{args.instance_id}") as client:
         instance = await client.serve(
-            service_b, instance_id=args.instance_id, resources=args.resources
+            service_b,
+            instance_id=args.instance_id,
+            resources=args.resources,
+            on_role_change=lambda change: print(
+                f"service_b/{args.instance_id} is {change.role} now (epoch {change.epoch}); "
+                f"owns {list(change.claimed)}",
+                flush=True,
+            ),
         )
         print(
             f"service_b/{instance.instance_id} serving as {instance.role}; "
-            f"owns {list(instance.claimed)}; standby for {instance.standby_for}. Ctrl-C stops."
+            f"owns {list(instance.claimed)}; standby for {instance.standby_for}. Ctrl-C stops.",
+            flush=True,
         )
         await stop.wait()
-        await instance.stop()  # deregister, finish in-flight calls
+        await instance.stop()  # hand over to a standby, finish in-flight calls, deregister
     print("stopped")
 
 

@@ -202,7 +202,7 @@ class IPCClient:
             resources: resources this instance claims; each belongs to the first live
                 instance that claimed it.
             concurrency: calls handled at once; more wait their turn.
-            heartbeat_interval: seconds between heartbeats (keep it under half the
+            heartbeat_interval: seconds between heartbeats (at most half the
                 router's lease, 0.8 of its ``--heartbeat-timeout``).
             on_role_change: called (plain or ``async``) with a ``RoleChange`` each time
                 the router changes this instance's roles; ``instance.role_changes()`` is

@@ -323,8 +323,8 @@ class ServiceInstance:
         )
         reg = self._client.codec.validate(result, RegistrationResult)
         self._lease = reg.lease or reg.heartbeat_timeout * _LEASE_FRACTION
-        if self._lease and self._heartbeat_interval > self._lease / 3:
-            # Two heartbeats may be lost before the lease runs out, whatever was asked for.
+        if self._lease and self._heartbeat_interval > self._lease / 2:
+            # A lost heartbeat must not fence the instance, whatever was asked for.
             _log.warning(
                 "heartbeat_interval %.2fs is too long for the router's lease of %.2fs; "
                 "%s.%s heartbeats every %.2fs instead",
@@ -332,14 +332,16 @@ class ServiceInstance:
                 self._lease,
                 self.service,
                 self.instance_id,
-                self._lease / 3,
+                self._lease / 2,
             )
-            self._heartbeat_interval = self._lease / 3
+            self._heartbeat_interval = self._lease / 2
         self._lease_until = sent + self._lease
         if self._runner is not None and reg.heartbeat_timeout > 0:
             self._runner.ledger.grace = reg.heartbeat_timeout
         self.standby_for = dict(reg.standby_for)
-        self._apply(InstanceState(role=reg.role, epoch=reg.epoch, owned=reg.claimed), force=True)
+        state = InstanceState(role=reg.role, epoch=reg.epoch, owned=reg.claimed)
+        # The first registration sets the roles; registering again may change them.
+        self._apply(state, force=True, announce=self._epoch != 0)
 
     async def _heartbeats(self) -> None:
         nc = self._client.nats
@@ -379,6 +381,8 @@ class ServiceInstance:
         except CodecError:
             return
         if state is not None:
+            if self._epoch == 0:
+                return  # not registered yet: the registration's answer sets the roles
             if state.seq is not None and state.seq in self._sent and not self._replaced:
                 lease = state.lease or self._lease
                 self._lease_until = max(self._lease_until, self._sent[state.seq] + lease)
@@ -400,14 +404,14 @@ class ServiceInstance:
             if self._reregister is None or self._reregister.done():
                 self._reregister = asyncio.create_task(self._register_again())
 
-    def _apply(self, state: InstanceState, *, force: bool = False) -> None:
+    def _apply(self, state: InstanceState, *, force: bool = False, announce: bool = True) -> None:
         """Take the roles the router announced, and tell the listeners of a change."""
         if state.epoch < self._epoch and not force:
             return  # an answer overtaken by a newer one
         owned = tuple(state.owned) if state.owned is not None else self.claimed
         changed = (state.role, state.epoch, owned) != (self._role, self._epoch, self.claimed)
         self._role, self._epoch, self.claimed = state.role, state.epoch, owned
-        if not changed:
+        if not changed or not announce:
             return
         _log.info(
             "%s.%s is %s (epoch %d, owns %d resources)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -244,3 +245,24 @@ async def until(count: Callable[[], int], minimum: int, within: float) -> None:
         assert count() >= minimum, f"{count()} < {minimum}"
 
     await eventually(check, within=within, interval=0.02)
+
+
+async def test_the_workflow2_example_fails_over_against_a_real_router(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    example = Path(__file__).parents[3] / "examples" / "workflow2.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(example),
+        nats_server.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "service_b/b1 serving as active" in text
+    assert "service_b/b2 serving as standby" in text
+    assert "order 3: booked by b1" in text
+    assert "order 4: booked by b2" in text
+    assert "order 6: booked by b2" in text
