@@ -7,7 +7,16 @@ tools that speak the wire protocol itself import ``ipc_client_sdk.protocol``.
 from ipc_client_sdk._admin import AdminClient
 from ipc_client_sdk._client import ClientState, IPCClient
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
-from ipc_client_sdk._contracts import PROTOCOL_VERSION, ErrorCode, ErrorInfo, RouterStatus
+from ipc_client_sdk._contracts import (
+    PROTOCOL_VERSION,
+    DeadLetter,
+    ErrorCode,
+    ErrorInfo,
+    Promotion,
+    Published,
+    RouterEvent,
+    RouterStatus,
+)
 from ipc_client_sdk._errors import (
     CallTimeoutError,
     ClientStateError,
@@ -21,6 +30,7 @@ from ipc_client_sdk._errors import (
     RouterUnavailableError,
     ServiceUnavailableError,
 )
+from ipc_client_sdk._pubsub import EventContext, Subscription
 from ipc_client_sdk._service import CallContext, Service
 from ipc_client_sdk._serving import RoleChange, ServiceInstance
 
@@ -37,19 +47,25 @@ __all__ = [
     "Codec",
     "CodecError",
     "CodecReason",
+    "DeadLetter",
     "ErrorCode",
     "ErrorInfo",
+    "EventContext",
     "IPCClient",
     "IPCConnectionError",
     "IPCError",
     "InvalidArgumentError",
     "PayloadTooLargeError",
+    "Promotion",
+    "Published",
     "RemoteError",
+    "RoleChange",
+    "RouterEvent",
     "RouterStatus",
     "RouterUnavailableError",
     "Service",
-    "RoleChange",
     "ServiceInstance",
     "ServiceUnavailableError",
+    "Subscription",
     "__version__",
 ]

@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from ipc_client_sdk._codec import check_type
 from ipc_client_sdk._contracts import (
@@ -164,65 +165,27 @@ class Caller:
     async def _publish(
         self, subject: str, request: CallRequest, reply_to: str, token: str, deadline: float
     ) -> None:
-        """Publish until JetStream acks, repeating with the same message id on a timeout."""
-        client = self._client
+        """Publish into the calls stream until it acks.
+
+        An earlier call with this call_id may be (or have been) in the stream, answering
+        another reply address: then this attempt is accepted too, under a fresh message id
+        (the serving side runs the handler at most once per call_id).
+        """
         if self._js is None:
-            self._js = client.nats.jetstream()
-        js = self._js
-        data = client.codec.encode_envelope(request)
-        msg_id = request.call_id
-        first = True
-        no_stream_since: float | None = None
-        while True:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                raise CallTimeoutError(
-                    "JetStream did not confirm the call before its deadline (it may still "
-                    "have been stored: retry with the same call_id to be safe)",
-                    call_id=request.call_id,
-                    service=request.service,
-                )
-            headers = {MSG_ID_HEADER: msg_id, REPLY_TO_HEADER: reply_to}
-            try:
-                ack = await js.publish(
-                    subject,
-                    data,
-                    timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT),
-                    headers=headers,
-                )
-            except nats.js.errors.NoStreamResponseError as e:
-                now = time.monotonic()
-                no_stream_since = no_stream_since or now
-                if now - no_stream_since >= _NO_STREAM_GRACE:
-                    raise RouterUnavailableError(
-                        f"nothing accepts calls on {subject}: no router has set up this "
-                        f"deployment (prefix {client.subjects.prefix!r}) on this NATS",
-                        call_id=request.call_id,
-                        service=request.service,
-                    ) from e
-                await asyncio.sleep(0.1)
-                continue
-            except nats.errors.TimeoutError:
-                first = False  # it may have been stored: repeat under the same id
-                continue
-            except nats.js.errors.APIError as e:
-                raise ServiceUnavailableError(
-                    f"the calls stream refused the call: {e.description or e}",
-                    call_id=request.call_id,
-                    service=request.service,
-                ) from e
-            except nats.errors.Error as e:
-                if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
-                    raise ClientStateError("the client closed during the call") from e
-                raise connection_error(client.servers, e) from e
-            if ack.duplicate and first:
-                # An earlier call with this call_id is (or was) in the stream, answering
-                # another reply address. Accept this attempt too; the serving side runs the
-                # handler at most once per call_id.
-                msg_id = f"{request.call_id}.{token}"
-                first = False
-                continue
-            return
+            self._js = self._client.nats.jetstream()
+        await publish_acked(
+            self._client,
+            self._js,
+            subject,
+            self._client.codec.encode_envelope(request),
+            msg_id=request.call_id,
+            deadline=deadline,
+            headers={REPLY_TO_HEADER: reply_to},
+            what="the call",
+            call_id=request.call_id,
+            service=request.service,
+            fresh_id=f"{request.call_id}.{token}",
+        )
 
     def _result(self, raw: bytes, call_id: str, service: str, returns: Any) -> Any:
         codec = self._client.codec
@@ -243,6 +206,81 @@ class Caller:
             if not future.done():
                 future.set_exception(ClientStateError("the client closed during the call"))
         self._waiting.clear()
+
+
+async def publish_acked(
+    client: IPCClient,
+    js: JetStreamContext,
+    subject: str,
+    data: bytes,
+    *,
+    msg_id: str,
+    deadline: float,
+    what: str,
+    headers: dict[str, str] | None = None,
+    call_id: str | None = None,
+    service: str | None = None,
+    fresh_id: str | None = None,
+) -> PubAck:
+    """Publish into a stream until JetStream acks, repeating an attempt whose ack timed out
+    under the same ``Nats-Msg-Id`` (so it is stored once).
+
+    With ``fresh_id``, a first attempt that JetStream reports as a duplicate is published
+    again under ``fresh_id``; without it, a duplicate is success (already stored).
+
+    Raises:
+        CallTimeoutError: no ack before ``deadline`` (it may have been stored).
+        RouterUnavailableError: no stream captures ``subject`` (no router set it up).
+        ServiceUnavailableError: the stream refused the message.
+        IPCConnectionError, ClientStateError: the connection failed or the client closed.
+    """
+    first = True
+    no_stream_since: float | None = None
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            raise CallTimeoutError(
+                f"JetStream did not confirm {what} before its deadline (it may still have been "
+                "stored: retry with the same id to be safe)",
+                call_id=call_id,
+                service=service,
+            )
+        try:
+            ack = await js.publish(
+                subject,
+                data,
+                timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT),
+                headers={**(headers or {}), MSG_ID_HEADER: msg_id},
+            )
+        except nats.js.errors.NoStreamResponseError as e:
+            now = time.monotonic()
+            no_stream_since = no_stream_since or now
+            if now - no_stream_since >= _NO_STREAM_GRACE:
+                raise RouterUnavailableError(
+                    f"nothing accepts messages on {subject}: no router has set up this "
+                    f"deployment (prefix {client.subjects.prefix!r}) on this NATS",
+                    call_id=call_id,
+                    service=service,
+                ) from e
+            await asyncio.sleep(0.1)
+            continue
+        except nats.errors.TimeoutError:
+            first = False  # it may have been stored: repeat under the same id
+            continue
+        except nats.js.errors.APIError as e:
+            raise ServiceUnavailableError(
+                f"the stream refused {what}: {e.description or e}",
+                call_id=call_id,
+                service=service,
+            ) from e
+        except nats.errors.Error as e:
+            if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
+                raise ClientStateError(f"the client closed while sending {what}") from e
+            raise connection_error(client.servers, e) from e
+        if ack.duplicate and first and fresh_id is not None:
+            msg_id, first = fresh_id, False
+            continue
+        return ack
 
 
 def error_from_reply(reply: CallReply, call_id: str, service: str) -> IPCError:

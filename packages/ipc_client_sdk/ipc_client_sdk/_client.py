@@ -13,8 +13,14 @@ from nats.aio.client import Client as NATS
 from ipc_client_sdk._admin import AdminClient
 from ipc_client_sdk._calling import Caller
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
-from ipc_client_sdk._errors import ClientStateError
+from ipc_client_sdk._errors import ClientStateError, InvalidArgumentError
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
+from ipc_client_sdk._pubsub import (
+    EventHandler,
+    Subscription,
+    check_subscribe_arguments,
+    publish,
+)
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
@@ -72,6 +78,7 @@ class IPCClient:
         self._admin = AdminClient(self)
         self._caller = Caller(self)
         self._instances: list[ServiceInstance] = []
+        self._subscriptions: list[Subscription] = []
 
     @property
     def state(self) -> ClientState:
@@ -184,6 +191,88 @@ class IPCClient:
             call_id=call_id,
         )
 
+    async def publish(
+        self,
+        topic: str,
+        event: Any,
+        *,
+        event_id: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Publish ``event`` (a Pydantic model, or any value the codec carries) on ``topic``.
+
+        Every subscription whose pattern matches gets it; the events stream keeps it for
+        durable subscriptions. Returns once JetStream has stored it: its stream sequence.
+
+        Args:
+            topic: dot-separated tokens, no wildcards (``md.ticks.AAPL``).
+            event: the event.
+            event_id: your id for it (a token): publishing it again is stored once (within
+                the stream's 2-minute de-duplication window). A random one by default.
+            timeout: seconds to wait for JetStream (``request_timeout`` by default).
+
+        Raises:
+            InvalidArgumentError: a bad topic, id or timeout, before anything is sent.
+            CodecError: the event cannot be encoded.
+            CallTimeoutError: JetStream did not confirm it in time (publish again with the
+                same ``event_id`` to be safe).
+            RouterUnavailableError: no router has set up this deployment's events stream.
+        """
+        return await publish(self, topic, event, event_id=event_id, timeout=timeout)
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: EventHandler,
+        *,
+        model: Any = None,
+        queue: str | None = None,
+        durable: str | None = None,
+        max_deliveries: int = 5,
+        backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
+    ) -> Subscription:
+        """Call ``handler`` for every event published on a topic matching ``topic``.
+
+        Args:
+            topic: a topic or pattern: ``*`` matches one token, a final ``>`` the rest.
+            handler: ``async def on_event(event)`` or ``async def on_event(event, ctx)``
+                (``ctx`` is an ``EventContext``: topic, event_id, published_at, publisher,
+                sequence, deliveries).
+            model: the type each event is validated into (a Pydantic model, or any type
+                Pydantic validates); None passes the decoded value as it is. An event that
+                does not fit goes to the dead-letter subject, never to the handler.
+            queue: a queue group: each event goes to one member (plain subscriptions).
+            durable: a durable name: a JetStream consumer that outlives this process and
+                replays what it missed; at least once; subscribers sharing the name share
+                the events; events of one subject are handled in order.
+            max_deliveries: durable only: tries (with ``backoff`` seconds between them)
+                before a failing event goes to the dead-letter subject.
+            backoff: seconds to wait before the 2nd, 3rd, ... try (the last repeats).
+
+        Raises:
+            InvalidArgumentError: a bad argument, before anything is sent.
+            RouterUnavailableError: durable, and no router has set up the events stream.
+        """
+        check_subscribe_arguments(topic, handler, model, queue, durable, max_deliveries)
+        delays = tuple(backoff)
+        if not delays or any(not (isinstance(d, int | float) and 0 <= d <= 3600) for d in delays):
+            raise InvalidArgumentError(
+                f"backoff must be seconds between 0 and 3600, got {backoff!r}"
+            )
+        sub = Subscription(
+            self,
+            topic,
+            handler,
+            model=model,
+            queue=queue,
+            durable=durable,
+            max_deliveries=max_deliveries,
+            backoff=delays,
+        )
+        await sub.start()
+        self._subscriptions.append(sub)
+        return sub
+
     async def serve(
         self,
         service: Service,
@@ -237,6 +326,8 @@ class IPCClient:
         if self._state is ClientState.CLOSED:
             return
         if self._state is ClientState.OPEN:
+            for sub in self._subscriptions:
+                await sub.stop(timeout=timeout)
             for instance in self._instances:
                 await instance.stop(timeout=timeout)
         self._state = ClientState.CLOSED

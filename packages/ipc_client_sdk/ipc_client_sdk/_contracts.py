@@ -207,6 +207,28 @@ class RouterEvent(Envelope):
     reason: str | None = None
 
 
+class Published(Envelope):
+    """An event published on ``<prefix>.pub.<topic>``: the payload as opaque MessagePack."""
+
+    topic: str
+    payload: bytes
+    event_id: str
+    published_at: float
+    publisher: str | None = None
+
+
+class DeadLetter(Envelope):
+    """An event a subscriber could not take, on ``<prefix>.dlq.<topic>``: the original
+    event, why it failed, and after how many deliveries."""
+
+    event: Published
+    error: ErrorInfo
+    subscriber: str
+    """The durable name, or ``<client name>/<topic pattern>`` for a plain subscription."""
+    deliveries: int
+    failed_at: float
+
+
 class AdminRequest(Envelope):
     """An operator command sent on ``<prefix>.admin.<op>``."""
 

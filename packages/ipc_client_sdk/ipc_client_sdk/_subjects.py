@@ -50,6 +50,36 @@ def validate_call_id(value: str) -> str:
     return validate_token(value, "call_id")
 
 
+_MAX_TOPIC = 255
+_MAX_TOPIC_TOKENS = 16
+
+
+def validate_topic(topic: str, *, wildcards: bool = False) -> str:
+    """Check a topic (``md.ticks.AAPL``) or, with ``wildcards``, a topic pattern
+    (``md.ticks.*``, ``md.>``): 1 to 16 tokens joined by dots, at most 255 characters.
+
+    Raises:
+        ValueError: it is not one, and why.
+    """
+    if not isinstance(topic, str) or not topic or len(topic) > _MAX_TOPIC:
+        raise ValueError(f"a topic is 1 to {_MAX_TOPIC} characters, got {topic!r}")
+    tokens = topic.split(".")
+    if len(tokens) > _MAX_TOPIC_TOKENS:
+        raise ValueError(f"a topic has at most {_MAX_TOPIC_TOKENS} tokens, got {topic!r}")
+    for i, token in enumerate(tokens):
+        if wildcards and (token == "*" or (token == ">" and i == len(tokens) - 1)):
+            continue
+        if token in ("*", ">"):
+            where = "a topic pattern's last token" if token == ">" else "a topic pattern"
+            allowed = "only in " + where if wildcards else "not in a topic you publish on"
+            raise ValueError(f"wildcard {token!r} is allowed {allowed}: {topic!r}")
+        if not _TOKEN.fullmatch(token):
+            raise ValueError(
+                f"topic {topic!r}: {token!r} is not a token (letters, digits, '_' and '-')"
+            )
+    return topic
+
+
 def new_call_id() -> str:
     """A new call_id: 16 hex digits of nanosecond time, then 16 random hex digits.
 
@@ -100,6 +130,44 @@ class Subjects:
     def control(self, op: str) -> str:
         """Instance control operation ``op``: request/reply, answered by one router."""
         return f"{self.prefix}.ctl.{validate_token(op, 'control operation')}"
+
+    # --- publish/subscribe -------------------------------------------------------------
+    def topic(self, topic: str) -> str:
+        """Where events on ``topic`` (dot-separated tokens, no wildcards) are published."""
+        return f"{self.prefix}.pub.{validate_topic(topic)}"
+
+    def topic_pattern(self, pattern: str) -> str:
+        """What a subscription to ``pattern`` (tokens, ``*`` for one, ``>`` for the rest)
+        listens on."""
+        return f"{self.prefix}.pub.{validate_topic(pattern, wildcards=True)}"
+
+    def topic_of(self, subject: str) -> str:
+        """The topic an event subject carries."""
+        return subject[len(self.prefix) + len(".pub.") :]
+
+    @property
+    def events_stream(self) -> str:
+        """Stream that keeps published events, for durable subscriptions to replay."""
+        return f"{self._name}_EVENTS"
+
+    @property
+    def events_stream_subjects(self) -> str:
+        """Subjects the events stream captures."""
+        return f"{self.prefix}.pub.>"
+
+    def dead_letter(self, topic: str) -> str:
+        """Where events on ``topic`` that a subscriber could not take go."""
+        return f"{self.prefix}.dlq.{validate_topic(topic)}"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Stream that keeps dead letters for inspection."""
+        return f"{self._name}_DLQ"
+
+    @property
+    def dead_letter_all(self) -> str:
+        """Subjects the dead-letter stream captures."""
+        return f"{self.prefix}.dlq.>"
 
     # --- calls ---------------------------------------------------------------------------
     def call(self, service: str, method: str) -> str:

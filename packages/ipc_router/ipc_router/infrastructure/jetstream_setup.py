@@ -42,6 +42,8 @@ class StorageSettings:
         result_ttl_s: how long a completed result is kept for de-duplication.
         lease_ttl_s: how long the router leadership lease lives without renewal.
         duplicate_window_s: JetStream's de-duplication window on ``Nats-Msg-Id``.
+        event_retention_s: how long published events are kept for durable subscribers.
+        dead_letter_retention_s: how long dead letters are kept for inspection.
     """
 
     replicas: int = 1
@@ -49,6 +51,8 @@ class StorageSettings:
     result_ttl_s: float = 24 * 3600
     lease_ttl_s: float = 5.0
     duplicate_window_s: float = 120.0
+    event_retention_s: float = 24 * 3600
+    dead_letter_retention_s: float = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,8 @@ class RouterStores:
 async def provision(
     js: JetStreamContext, subjects: Subjects, settings: StorageSettings
 ) -> RouterStores:
-    """Ensure the calls stream and the KV buckets exist, and open them.
+    """Ensure the streams (calls, events, dead letters) and the KV buckets exist, and open
+    the buckets.
 
     Raises:
         ProvisioningError: JetStream is not enabled, not answering, or refused.
@@ -80,6 +85,32 @@ async def provision(
                 storage=StorageType.FILE,
                 num_replicas=settings.replicas,
                 max_age=settings.call_retention_s,
+                duplicate_window=settings.duplicate_window_s,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            StreamConfig(
+                name=subjects.events_stream,
+                description="AegisIPC published events, kept for durable subscribers",
+                subjects=[subjects.events_stream_subjects],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=settings.replicas,
+                max_age=settings.event_retention_s,
+                duplicate_window=settings.duplicate_window_s,
+            ),
+        )
+        await _ensure_stream(
+            js,
+            StreamConfig(
+                name=subjects.dead_letter_stream,
+                description="AegisIPC events subscribers could not take, with the error",
+                subjects=[subjects.dead_letter_all],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=settings.replicas,
+                max_age=settings.dead_letter_retention_s,
                 duplicate_window=settings.duplicate_window_s,
             ),
         )

@@ -1,0 +1,422 @@
+"""Publish/subscribe: ``client.publish(topic, event)`` and ``client.subscribe(pattern, ...)``.
+
+Events travel on ``<prefix>.pub.<topic>`` as ``Published`` envelopes. ``publish`` stores each
+one in the events stream (JetStream acks it; a publish whose ack timed out is repeated under
+the same event id, so it is stored once) and every subscriber whose pattern matches gets it.
+
+- A plain subscription is a core NATS subscription: many publishers and many subscribers,
+  at most once, nothing replayed. With ``queue``, each event goes to one member of the group.
+- A durable subscription (``durable="name"``) is a JetStream durable consumer on the events
+  stream: it survives a subscriber restart and replays what it missed, and it is at least
+  once (an event is acked after its handler returns). Subscribers sharing a durable name
+  share its events. Events of one subject are handled in order: a failing handler is retried
+  in place, with backoff, up to ``max_deliveries`` times, and then the event goes to the
+  dead-letter subject with the error.
+- An event that does not fit the subscriber's ``model`` (or cannot be read at all) goes to
+  the dead-letter subject at once: it can never succeed. The subscriber goes on.
+
+Dead letters are ``DeadLetter`` envelopes on ``<prefix>.dlq.<topic>``, kept in the dead-letter
+stream for inspection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ipc_client_sdk._calling import publish_acked
+from ipc_client_sdk._codec import check_type
+from ipc_client_sdk._contracts import DeadLetter, ErrorCode, ErrorInfo, Published
+from ipc_client_sdk._errors import (
+    CodecError,
+    InvalidArgumentError,
+    IPCError,
+    RouterUnavailableError,
+)
+from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._subjects import validate_call_id, validate_token, validate_topic
+
+if TYPE_CHECKING:
+    from ipc_client_sdk._client import IPCClient
+
+_log = logging.getLogger("ipc_client_sdk.pubsub")
+
+_FETCH = 64
+"""Events a durable subscription takes from JetStream at once."""
+
+_ACK_WAIT = 30.0
+"""Seconds JetStream waits for a durable subscriber's ack before it redelivers (kept alive
+with ``in_progress`` while the handler retries)."""
+
+_DEAD_LETTER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventContext:
+    """What a subscriber's handler knows about the event it is handling.
+
+    Attributes:
+        topic: the event's topic (``md.ticks.AAPL``).
+        event_id: the publisher's id for the event (the same on every delivery).
+        published_at: when it was published (Unix seconds, the publisher's clock).
+        publisher: the publishing client's name, if it gave one.
+        sequence: its sequence number in the events stream (durable subscriptions only).
+        deliveries: 1 on the first delivery; more when it is being retried or replayed.
+    """
+
+    topic: str
+    event_id: str
+    published_at: float
+    publisher: str | None
+    sequence: int | None
+    deliveries: int
+
+
+EventHandler = Callable[..., Awaitable[None]]
+"""``async def on_event(event)`` or ``async def on_event(event, ctx: EventContext)``."""
+
+
+class Subscription:
+    """A running subscription; ``await sub.stop()`` ends it (a durable one can be resumed
+    later under the same name and replays what it missed meanwhile)."""
+
+    def __init__(
+        self,
+        client: IPCClient,
+        pattern: str,
+        handler: EventHandler,
+        *,
+        model: Any,
+        queue: str | None,
+        durable: str | None,
+        max_deliveries: int,
+        backoff: tuple[float, ...],
+    ) -> None:
+        self._client = client
+        self.pattern = pattern
+        self.queue = queue
+        self.durable = durable
+        self._handler = handler
+        self._wants_context = _arity(handler) == 2
+        self._model = model
+        self._max_deliveries = max_deliveries
+        self._backoff = backoff
+        self._core: NatsSubscription | None = None
+        self._pull: JetStreamContext.PullSubscription | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = False
+        self.name = durable or f"{client.name or 'client'}/{pattern}"
+
+    @property
+    def active(self) -> bool:
+        """True until ``stop()``."""
+        return not self._stopped
+
+    async def start(self) -> None:
+        """Subscribe.
+
+        Raises:
+            RouterUnavailableError: durable, and no router has set up the events stream.
+            InvalidArgumentError: durable, and the name is taken by a subscription to
+                another pattern.
+            IPCConnectionError: the connection failed.
+        """
+        nc = self._client.nats
+        subject = self._client.subjects.topic_pattern(self.pattern)
+        try:
+            if self.durable is None:
+                self._core = await nc.subscribe(
+                    subject, queue=self.queue or "", cb=self._on_core, pending_msgs_limit=100_000
+                )
+                return
+            self._pull = await nc.jetstream().pull_subscribe(
+                subject,
+                durable=self.durable,
+                stream=self._client.subjects.events_stream,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=_ACK_WAIT,
+                    max_deliver=-1,
+                    max_ack_pending=10_000,
+                ),
+            )
+        except nats.js.errors.NotFoundError as e:
+            raise RouterUnavailableError(
+                f"the events stream {self._client.subjects.events_stream} does not exist: "
+                "start ipc-router on this NATS first"
+            ) from e
+        except nats.js.errors.APIError as e:
+            raise InvalidArgumentError(
+                f"durable subscription {self.durable!r} cannot follow {self.pattern!r}: "
+                f"{e.description or e} (a durable name keeps the pattern it was created with)"
+            ) from e
+        except nats.errors.Error as e:
+            raise connection_error(self._client.servers, e) from e
+        self._loop = asyncio.create_task(self._fetch_loop(), name=f"ipc-durable-{self.durable}")
+
+    async def stop(self, *, timeout: float = 5.0) -> None:
+        """Stop taking events; a handler still running gets ``timeout`` seconds. Idempotent.
+
+        A durable subscription's consumer stays in JetStream: subscribing again under the
+        same name resumes after the last event acked.
+        """
+        if self._stopped:
+            return
+        self._stopped = self._stopping = True
+        if self._core is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._core.unsubscribe()
+        if self._loop is not None:
+            done, _ = await asyncio.wait({self._loop}, timeout=timeout)
+            if not done:
+                self._loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop
+        if self._pull is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull.unsubscribe()
+
+    # --- plain subscriptions -------------------------------------------------------------
+    async def _on_core(self, msg: Msg) -> None:
+        if self._stopping:
+            return
+        event = self._read(msg)
+        if isinstance(event, ErrorInfo):
+            await self._dead_letter(_unreadable(msg, self._client), event, 1)
+            return
+        published, value = event
+        error = await self._invoke(published, value, sequence=None, deliveries=1)
+        if error is not None:
+            await self._dead_letter(published, error, 1)
+
+    # --- durable subscriptions -----------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        assert self._pull is not None
+        while not self._stopping:
+            try:
+                msgs = await self._pull.fetch(batch=_FETCH, timeout=1.0)
+            except TimeoutError:
+                continue
+            except nats.errors.Error as e:
+                if self._stopping:
+                    return
+                _log.warning("durable %s: fetching failed (%s); retrying", self.durable, e)
+                await asyncio.sleep(0.5)
+                continue
+            by_subject: dict[str, list[Msg]] = {}
+            for msg in msgs:
+                by_subject.setdefault(msg.subject, []).append(msg)
+            # Subjects run side by side; the events of one subject one after another.
+            await asyncio.gather(*(self._in_order(batch) for batch in by_subject.values()))
+
+    async def _in_order(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            try:
+                await self._one_durable(msg)
+            except nats.errors.Error as e:
+                # Not acked: JetStream delivers it again after ack_wait.
+                _log.warning("durable %s: event left for redelivery (%s)", self.durable, e)
+
+    async def _one_durable(self, msg: Msg) -> None:
+        first = msg.metadata.num_delivered
+        sequence = msg.metadata.sequence.stream
+        event = self._read(msg)
+        if isinstance(event, ErrorInfo):
+            if await self._dead_letter(_unreadable(msg, self._client), event, first):
+                await msg.ack()
+            return
+        published, value = event
+        deliveries = first
+        while True:
+            error = await self._invoke(published, value, sequence=sequence, deliveries=deliveries)
+            if error is None:
+                await msg.ack()
+                return
+            if deliveries >= self._max_deliveries or self._stopping:
+                break
+            await msg.in_progress()
+            await asyncio.sleep(self._backoff[min(deliveries, len(self._backoff)) - 1])
+            deliveries += 1
+        if self._stopping and deliveries < self._max_deliveries:
+            return  # not acked: the next subscriber under this name retries it
+        if await self._dead_letter(published, error, deliveries):
+            await msg.ack()
+        else:
+            await msg.nak(delay=5.0)  # not lost: tried again later
+
+    # --- shared ----------------------------------------------------------------------------
+    def _read(self, msg: Msg) -> tuple[Published, Any] | ErrorInfo:
+        codec = self._client.codec
+        try:
+            published = codec.decode_envelope(msg.data, Published)
+            value = codec.decode(published.payload, self._model)
+        except CodecError as e:
+            return ErrorInfo(code=e.code, message=e.message)
+        return published, value
+
+    async def _invoke(
+        self, published: Published, value: Any, *, sequence: int | None, deliveries: int
+    ) -> ErrorInfo | None:
+        """Run the handler once; the error it raised, or None."""
+        try:
+            if self._wants_context:
+                ctx = EventContext(
+                    topic=published.topic,
+                    event_id=published.event_id,
+                    published_at=published.published_at,
+                    publisher=published.publisher,
+                    sequence=sequence,
+                    deliveries=deliveries,
+                )
+                await self._handler(value, ctx)
+            else:
+                await self._handler(value)
+        except asyncio.CancelledError:
+            raise
+        except IPCError as e:
+            return e.to_info()
+        except Exception as e:
+            _log.exception("subscriber %s failed on event %s", self.name, published.event_id)
+            return ErrorInfo(code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}"[:500])
+        return None
+
+    async def _dead_letter(self, event: Published, error: ErrorInfo, deliveries: int) -> bool:
+        """Publish the event to the dead-letter subject; whether JetStream stored it."""
+        client = self._client
+        letter = DeadLetter(
+            event=event,
+            error=error,
+            subscriber=self.name,
+            deliveries=deliveries,
+            failed_at=time.time(),
+        )
+        _log.warning(
+            "event %s on %s dead-lettered by %s after %d deliveries: %s",
+            event.event_id,
+            event.topic,
+            self.name,
+            deliveries,
+            error.message,
+        )
+        try:
+            subject = client.subjects.dead_letter(event.topic)
+        except ValueError:
+            subject = client.subjects.dead_letter("unreadable")
+        try:
+            await publish_acked(
+                client,
+                client.nats.jetstream(),
+                subject,
+                client.codec.encode_envelope(letter),
+                msg_id=f"dlq-{event.event_id}-{os.urandom(4).hex()}",
+                deadline=time.time() + _DEAD_LETTER_TIMEOUT,
+                what="the dead letter",
+            )
+        except IPCError as e:
+            _log.error("dead letter for event %s not stored: %s", event.event_id, e)
+            return False
+        return True
+
+
+async def publish(
+    client: IPCClient, topic: str, payload: Any, *, event_id: str | None, timeout: float | None
+) -> int:
+    """See ``IPCClient.publish``."""
+    try:
+        validate_topic(topic)
+        event_id = validate_call_id(event_id) if event_id is not None else os.urandom(12).hex()
+    except ValueError as e:
+        raise InvalidArgumentError(str(e)) from e
+    timeout = client.request_timeout if timeout is None else timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
+    codec = client.codec
+    event = Published(
+        topic=topic,
+        payload=codec.encode(payload),
+        event_id=event_id,
+        published_at=time.time(),
+        publisher=client.name,
+    )
+    ack = await publish_acked(
+        client,
+        client.nats.jetstream(),
+        client.subjects.topic(topic),
+        codec.encode_envelope(event),
+        msg_id=event_id,
+        deadline=time.time() + timeout,
+        what=f"the event on {topic}",
+    )
+    return ack.seq
+
+
+def check_subscribe_arguments(
+    pattern: str,
+    handler: object,
+    model: Any,
+    queue: str | None,
+    durable: str | None,
+    max_deliveries: int,
+) -> None:
+    """Refuse bad ``subscribe`` arguments before anything is sent.
+
+    Raises:
+        InvalidArgumentError: the first bad argument, named.
+    """
+    try:
+        validate_topic(pattern, wildcards=True)
+        if queue is not None:
+            validate_token(queue, "queue")
+        if durable is not None:
+            validate_token(durable, "durable")
+        if model is not None:
+            check_type(model)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(str(e)) from e
+    if not inspect.iscoroutinefunction(handler):
+        raise InvalidArgumentError("the handler must be an 'async def' function")
+    if _arity(handler) not in (1, 2):
+        raise InvalidArgumentError("the handler must take (event) or (event, ctx)")
+    if durable is not None and queue is not None:
+        raise InvalidArgumentError(
+            "a durable subscription is shared by every subscriber that uses its name; "
+            "queue is for plain subscriptions"
+        )
+    if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int):
+        raise InvalidArgumentError(f"max_deliveries must be a whole number, got {max_deliveries!r}")
+    if not 1 <= max_deliveries <= 1000:
+        raise InvalidArgumentError(f"max_deliveries must be 1 to 1000, got {max_deliveries}")
+
+
+def _arity(handler: object) -> int:
+    try:
+        params = inspect.signature(handler).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return -1
+    return sum(
+        1
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    )
+
+
+def _unreadable(msg: Msg, client: IPCClient) -> Published:
+    """A stand-in for an event that could not be read, carrying its raw bytes."""
+    topic = client.subjects.topic_of(msg.subject)
+    return Published(topic=topic, payload=msg.data, event_id="unreadable", published_at=0.0)
