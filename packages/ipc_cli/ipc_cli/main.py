@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import enum
 import json
-from collections.abc import Awaitable, Callable
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
 from typing import Any, NoReturn
 
 import typer
@@ -15,13 +25,17 @@ from rich.table import Table
 
 from ipc_cli._exit import ExitCode
 from ipc_client_sdk import (
+    InvalidArgumentError,
     IPCClient,
     IPCConnectionError,
     IPCError,
+    RouterEvent,
     RouterStatus,
     RouterUnavailableError,
 )
 from ipc_client_sdk.protocol import DEFAULT_PREFIX, DEFAULT_SERVERS, Subjects
+
+EVENT_KINDS = ("role", "health", "registry")
 
 app = typer.Typer(
     name="ipc",
@@ -77,16 +91,22 @@ def _global(
     ctx.obj = Settings(nats_url=nats_url, timeout=timeout, json=as_json, prefix=prefix)
 
 
-def _run[T](settings: Settings, operation: Callable[[IPCClient, float], Awaitable[T]]) -> T:
-    """Connect, run one operation, close, all within ``--timeout``; turn every failure into
-    one line and an exit code.
+def _run[T](
+    settings: Settings,
+    operation: Callable[[IPCClient, float], Awaitable[T]],
+    *,
+    extra: float = 0.0,
+) -> T:
+    """Connect, run one operation, close, all within ``--timeout`` (plus ``extra`` seconds
+    for an operation that waits by design: a call, a drain); turn every failure into one
+    line and an exit code.
 
     ``operation`` gets the client and the seconds left for its request.
     """
 
     async def go() -> T:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.timeout
+        deadline = loop.time() + settings.timeout + extra
         client = IPCClient(
             settings.nats_url,
             name="ipc-cli",
@@ -101,10 +121,17 @@ def _run[T](settings: Settings, operation: Callable[[IPCClient, float], Awaitabl
             # Nothing of the CLI's is in flight: a short drain is enough.
             await client.close(timeout=0.5)
 
+    return _guarded(go)
+
+
+def _guarded[T](go: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``go`` and turn every failure into one line on stderr and an exit code."""
     try:
         return asyncio.run(go())
     except (IPCConnectionError, RouterUnavailableError) as e:
         _fail(str(e), ExitCode.UNREACHABLE)
+    except InvalidArgumentError as e:  # a bad name, topic or id on the command line
+        _fail(str(e), ExitCode.USAGE)
     except IPCError as e:
         _fail(str(e), ExitCode.FAILED)
     except ValueError as e:  # bad --nats-url and the like
@@ -116,9 +143,52 @@ def _fail(message: str, code: ExitCode) -> NoReturn:
     raise typer.Exit(int(code))
 
 
-def _print_json(value: BaseModel | dict[str, Any] | list[Any]) -> None:
-    data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True))
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values for whatever a call or an admin operation returned."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)  # exact: a Decimal never goes through float
+    if isinstance(value, datetime | date | dtime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def _settings(ctx: typer.Context, as_json: bool) -> Settings:
+    settings: Settings = ctx.obj
+    if as_json and not settings.json:
+        settings = Settings(settings.nats_url, settings.timeout, True, settings.prefix)
+    return settings
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(f"{what} is not JSON: {e}", ExitCode.USAGE)
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _json_option() -> Any:
@@ -128,12 +198,269 @@ def _json_option() -> Any:
 @app.command()
 def status(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     """Show the router: identity, version, uptime, NATS server and counts."""
-    settings: Settings = ctx.obj
+    settings = _settings(ctx, as_json)
     result = _run(settings, lambda client, left: client.admin.status(timeout=left))
-    if settings.json or as_json:
+    if settings.json:
         _print_json(result)
         return
     Console().print(_status_table(result))
+
+
+@app.command()
+def services(ctx: typer.Context, as_json: bool = _json_option()) -> None:
+    """List the registered services: mode, active instance, instances, methods."""
+    settings = _settings(ctx, as_json)
+    found = _run(settings, lambda client, left: client.admin.services(timeout=left))
+    if settings.json:
+        _print_json(found)
+        return
+    rows = [
+        [
+            s.service,
+            s.mode,
+            s.active or "-",
+            f"{s.healthy}/{s.instances}",
+            str(s.claimed_resources),
+            ", ".join(s.methods),
+        ]
+        for s in found
+    ]
+    _table(
+        "services",
+        ["service", "mode", "active", "healthy/instances", "claimed resources", "methods"],
+        rows,
+    )
+
+
+@app.command()
+def instances(
+    ctx: typer.Context,
+    service: str | None = typer.Argument(None, help="Only this service's instances."),
+    as_json: bool = _json_option(),
+) -> None:
+    """List instances: role, health, heartbeat age, epoch, calls in flight, resources."""
+    settings = _settings(ctx, as_json)
+    found = _run(settings, lambda client, left: client.admin.instances(service, timeout=left))
+    if settings.json:
+        _print_json(found)
+        return
+    rows = [
+        [
+            i.service,
+            i.instance_id,
+            i.role + (" (draining)" if i.draining else ""),
+            i.health,
+            f"{i.heartbeat_age_s:.1f}s",
+            str(i.epoch),
+            str(i.inflight),
+            ", ".join(i.owned) or "-",
+            ", ".join(i.standby_for) or "-",
+        ]
+        for i in found
+    ]
+    columns = ["service", "instance", "role", "health", "heartbeat", "epoch", "in flight"]
+    _table("instances", [*columns, "owns", "standby for"], rows)
+
+
+@app.command()
+def routes(
+    ctx: typer.Context,
+    service: str | None = typer.Argument(None, help="Only this service's routes."),
+    resource: str | None = typer.Option(None, "--resource", help="Only this resource."),
+    as_json: bool = _json_option(),
+) -> None:
+    """Show where resources go: claims (owner, then standbys) and sticky assignments."""
+    settings = _settings(ctx, as_json)
+    found = _run(
+        settings,
+        lambda client, left: client.admin.routes(service, resource=resource, timeout=left),
+    )
+    if settings.json:
+        _print_json(found)
+        return
+    rows = [
+        [r.service, r.resource, r.kind, r.instance, ", ".join(r.standbys) or "-"] for r in found
+    ]
+    _table("routes", ["service", "resource", "kind", "instance", "standbys"], rows)
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    service: str = typer.Argument(..., help="The service."),
+    instance: str = typer.Argument(..., help="The instance to make active."),
+    drain: float = typer.Option(
+        10.0, "--drain", help="Seconds to wait for the calls in flight to the current active."
+    ),
+    as_json: bool = _json_option(),
+) -> None:
+    """Make an instance the active of its service and of every resource it claims."""
+    settings = _settings(ctx, as_json)
+    result = _run(
+        settings,
+        lambda client, _: client.admin.promote(service, instance, drain=drain),
+        extra=drain + 10.0,
+    )
+    if settings.json:
+        _print_json(result)
+        return
+    demoted = ", ".join(result.demoted) or "nobody"
+    typer.echo(
+        f"{result.service}/{result.instance_id} is {result.role} (epoch {result.epoch}); "
+        f"owns {', '.join(result.owned) or 'no claimed resource'}; took over from {demoted}"
+    )
+
+
+@app.command()
+def drain(
+    ctx: typer.Context,
+    instance: str = typer.Argument(..., help="The instance id."),
+    service: str | None = typer.Option(None, "--service", help="Its service, if ambiguous."),
+    wait: float = typer.Option(
+        30.0, "--wait", help="Seconds to wait for its calls in flight to finish."
+    ),
+    cancel: bool = typer.Option(False, "--cancel", help="Route to it again."),
+    as_json: bool = _json_option(),
+) -> None:
+    """Stop routing new calls to an instance, hand its roles to standbys, and report when
+    its calls in flight are done."""
+    settings = _settings(ctx, as_json)
+    result = _run(
+        settings,
+        lambda client, _: client.admin.drain(instance, service=service, wait=wait, cancel=cancel),
+        extra=wait + 10.0,
+    )
+    if settings.json:
+        _print_json(result)
+    else:
+        name = f"{result.service}/{result.instance_id}"
+        if cancel:
+            typer.echo(f"{name} takes calls again (as {result.role})")
+        elif result.drained:
+            kept = f"; still owns {', '.join(result.owned)} (no standby)" if result.owned else ""
+            typer.echo(f"{name} is drained: no call in flight, now {result.role}{kept}")
+        else:
+            typer.echo(
+                f"{name} gets no new calls; {result.inflight} still in flight after {wait:g}s"
+            )
+    if not cancel and not result.drained:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@app.command()
+def call(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="SERVICE.METHOD"),
+    payload: str = typer.Argument("null", help="The request, as JSON."),
+    resource_id: str | None = typer.Option(None, "--resource-id", help="Route by resource."),
+    call_timeout: float = typer.Option(
+        10.0, "--timeout", callback=_positive, help="Seconds the call may take."
+    ),
+    call_id: str | None = typer.Option(None, "--call-id", help="Your id, for a safe retry."),
+    as_json: bool = _json_option(),
+) -> None:
+    """Call a method through the router and print its result as JSON."""
+    settings = _settings(ctx, as_json)
+    request = _parse_json(payload, "the request")
+    result = _run(
+        settings,
+        lambda client, _: client.call(
+            target, request, resource_id=resource_id, timeout=call_timeout, call_id=call_id
+        ),
+        extra=call_timeout + 1.0,
+    )
+    _print_json(result)
+
+
+@app.command()
+def publish(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., help="The topic, e.g. md.ticks.AAPL."),
+    event: str = typer.Argument(..., help="The event, as JSON."),
+    event_id: str | None = typer.Option(None, "--event-id", help="Your id: stored once."),
+    as_json: bool = _json_option(),
+) -> None:
+    """Publish an event on a topic."""
+    settings = _settings(ctx, as_json)
+    value = _parse_json(event, "the event")
+    sequence = _run(
+        settings,
+        lambda client, left: client.publish(topic, value, event_id=event_id, timeout=left),
+    )
+    if settings.json:
+        _print_json({"topic": topic, "sequence": sequence})
+    else:
+        typer.echo(f"published on {topic} (stream sequence {sequence})")
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    kind: str = typer.Option(
+        ",".join(EVENT_KINDS), "--kind", help="Comma-separated: role, health, registry."
+    ),
+    as_json: bool = _json_option(),
+) -> None:
+    """Print the router's events as they happen, until Ctrl-C."""
+    settings = _settings(ctx, as_json)
+    kinds = [k.strip() for k in kind.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(EVENT_KINDS))
+    if not kinds or unknown:
+        _fail(
+            f"unknown event kind {', '.join(unknown) or repr(kind)} "
+            f"(known: {', '.join(EVENT_KINDS)})",
+            ExitCode.USAGE,
+        )
+
+    async def go() -> None:
+        client = IPCClient(
+            settings.nats_url,
+            name="ipc-cli-watch",
+            prefix=settings.prefix,
+            connect_timeout=settings.timeout,
+            request_timeout=settings.timeout,
+        )
+        await client.connect()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)  # main thread only
+        try:
+            await client.admin.status(timeout=settings.timeout)  # a router is there
+            nc = client.nats
+
+            async def on_event(msg: Any) -> None:
+                try:
+                    event = client.codec.decode_envelope(msg.data, RouterEvent)
+                except IPCError:
+                    return
+                typer.echo(_event_line(event, settings.json))
+                sys.stdout.flush()
+
+            for k in kinds:
+                await nc.subscribe(client.subjects.events(k), cb=on_event)
+            await nc.flush()
+            if not settings.json:
+                typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
+            await stop.wait()
+        finally:
+            await client.close(timeout=0.5)
+
+    _guarded(go)
+
+
+def _event_line(event: RouterEvent, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(event.model_dump(mode="json", exclude={"v"}), sort_keys=True)
+    at = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
+    who = f"{event.service}/{event.instance_id}"
+    if event.kind == "role":
+        scope = f"resource {event.resource}" if event.resource else "the service"
+        return (
+            f"{at} role     {who} is {event.role} of {scope} (epoch {event.epoch}, {event.reason})"
+        )
+    return f"{at} {event.kind:<8} {who} {event.state}"
 
 
 def _routing_role(leader: bool | None) -> str:

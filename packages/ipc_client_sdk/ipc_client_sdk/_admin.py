@@ -9,9 +9,13 @@ import nats.errors
 from ipc_client_sdk._contracts import (
     AdminReply,
     AdminRequest,
+    DrainResult,
     ErrorCode,
+    InstanceInfo,
     Promotion,
+    RouteInfo,
     RouterStatus,
+    ServiceInfo,
 )
 from ipc_client_sdk._errors import InvalidArgumentError, RemoteError, RouterUnavailableError
 from ipc_client_sdk._nats import connection_error
@@ -40,6 +44,85 @@ class AdminClient:
         status: RouterStatus = self._client.codec.validate(result, RouterStatus)
         return status
 
+    async def services(self, *, timeout: float | None = None) -> list[ServiceInfo]:
+        """Every registered service: mode, active instance, instance counts, methods.
+
+        Raises:
+            RouterUnavailableError: no router answered. RemoteError: ``UNAVAILABLE`` when
+                no router leads right now.
+        """
+        result = await self.request("services", timeout=timeout)
+        return [self._client.codec.validate(s, ServiceInfo) for s in result.get("services", [])]
+
+    async def instances(
+        self, service: str | None = None, *, timeout: float | None = None
+    ) -> list[InstanceInfo]:
+        """Registered instances (of ``service``, if given): role, health, heartbeat age,
+        epoch, calls in flight, owned and queued-for resources.
+
+        Raises:
+            InvalidArgumentError: a bad service name. RemoteError: ``NOT_FOUND`` for a
+                service that is not registered. RouterUnavailableError: no router answered.
+        """
+        args = {"service": _token(service, "service")} if service is not None else {}
+        result = await self.request("instances", args, timeout=timeout)
+        codec = self._client.codec
+        return [codec.validate(i, InstanceInfo) for i in result.get("instances", [])]
+
+    async def routes(
+        self,
+        service: str | None = None,
+        *,
+        resource: str | None = None,
+        timeout: float | None = None,
+    ) -> list[RouteInfo]:
+        """Where resources go: claims (owner and standbys) and sticky assignments.
+
+        Raises:
+            InvalidArgumentError: a bad name. RemoteError: ``NOT_FOUND`` for a service that
+                is not registered. RouterUnavailableError: no router answered.
+        """
+        args: dict[str, Any] = {}
+        if service is not None:
+            args["service"] = _token(service, "service")
+        if resource is not None:
+            args["resource"] = _token(resource, "resource")
+        result = await self.request("routes", args, timeout=timeout)
+        return [self._client.codec.validate(r, RouteInfo) for r in result.get("routes", [])]
+
+    async def drain(
+        self,
+        instance_id: str,
+        *,
+        service: str | None = None,
+        wait: float = 30.0,
+        cancel: bool = False,
+        timeout: float | None = None,
+    ) -> DrainResult:
+        """Stop routing new calls to an instance, wait up to ``wait`` seconds for the calls
+        in flight there, and hand its roles to standbys (a role with no healthy standby
+        stays). It stays registered and drained until it stops or ``cancel=True``.
+
+        Raises:
+            InvalidArgumentError: a bad name or wait. RemoteError: ``NOT_FOUND`` (no such
+                instance), ``INVALID_ARGUMENT`` (the id is in several services: name one).
+            RouterUnavailableError: no router answered.
+        """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 300:
+            raise InvalidArgumentError(f"wait must be between 0 and 300 seconds, got {wait!r}")
+        args: dict[str, Any] = {
+            "instance_id": _token(instance_id, "instance_id"),
+            "timeout": float(wait),
+            "cancel": bool(cancel),
+        }
+        if service is not None:
+            args["service"] = _token(service, "service")
+        answer = await self.request(
+            "drain", args, timeout=wait + 10.0 if timeout is None else timeout
+        )
+        result: DrainResult = self._client.codec.validate(answer, DrainResult)
+        return result
+
     async def promote(
         self, service: str, instance_id: str, *, drain: float = 10.0, timeout: float | None = None
     ) -> Promotion:
@@ -55,11 +138,8 @@ class AdminClient:
                 unhealthy), ``UNAVAILABLE`` (no router leads right now).
             RouterUnavailableError: no router answered.
         """
-        try:
-            validate_token(service, "service")
-            validate_token(instance_id, "instance_id")
-        except ValueError as e:
-            raise InvalidArgumentError(str(e)) from e
+        _token(service, "service")
+        _token(instance_id, "instance_id")
         if isinstance(drain, bool) or not isinstance(drain, int | float) or not 0 <= drain <= 300:
             raise InvalidArgumentError(f"drain must be between 0 and 300 seconds, got {drain!r}")
         args = {"service": service, "instance_id": instance_id, "drain": float(drain)}
@@ -81,6 +161,13 @@ class AdminClient:
         """
         subject = self._client.subjects.admin(op)
         return await request_op(self._client, subject, op, args, timeout=timeout)
+
+
+def _token(value: str, what: str) -> str:
+    try:
+        return validate_token(value, what)
+    except ValueError as e:
+        raise InvalidArgumentError(str(e)) from e
 
 
 async def request_op(

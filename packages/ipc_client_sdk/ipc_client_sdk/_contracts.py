@@ -175,6 +175,65 @@ class InstanceState(BaseModel):
     lease: float = 0.0
 
 
+class InstanceInfo(BaseModel):
+    """One registered instance, as the ``instances`` admin operation reports it."""
+
+    service: str
+    instance_id: str
+    role: str
+    health: str
+    epoch: int
+    heartbeat_age_s: float
+    inflight: int
+    """Calls the leading router has sent it and not yet seen answered."""
+    owned: list[str] = Field(default_factory=list)
+    """Claimed resources it is the active of."""
+    standby_for: list[str] = Field(default_factory=list)
+    """Claimed resources it queues for."""
+    methods: list[str] = Field(default_factory=list)
+    draining: bool = False
+    registered_at: float = 0.0
+
+
+class ServiceInfo(BaseModel):
+    """One service, as the ``services`` admin operation reports it."""
+
+    service: str
+    mode: str
+    """``active-standby`` or ``load-balanced``."""
+    active: str | None
+    instances: int
+    healthy: int
+    methods: list[str] = Field(default_factory=list)
+    claimed_resources: int = 0
+
+
+class RouteInfo(BaseModel):
+    """Where a resource's calls go, as the ``routes`` admin operation reports it."""
+
+    service: str
+    resource: str
+    kind: str
+    """``claim`` (first come, first served; standbys queue) or ``assignment`` (sticky, in a
+    load-balanced service)."""
+    instance: str
+    standbys: list[str] = Field(default_factory=list)
+
+
+class DrainResult(BaseModel):
+    """The result of the ``drain`` admin operation."""
+
+    service: str
+    instance_id: str
+    draining: bool
+    drained: bool
+    """True when no call was in flight to it any more before the timeout."""
+    inflight: int
+    role: str
+    owned: list[str] = Field(default_factory=list)
+    """Resources it still owns (no healthy standby could take them)."""
+
+
 class Promotion(BaseModel):
     """The result of the ``promote`` admin operation."""
 

@@ -177,12 +177,25 @@ def admin_endpoint(
             raise IPCError(info.message, code=info.code, details=info.details)
         return reply.result or {}
 
-    async def promote(args: dict[str, Any]) -> dict[str, Any]:
-        drain = args.get("drain", 10.0)
-        wait = float(drain) + 5.0 if isinstance(drain, int | float) else 15.0
-        return await to_leader("promote", args, min(wait, 330.0))
+    def forwarded(op: str, waits: str | None = None) -> AdminOp:
+        """An operation the leading router answers: ``waits`` names the argument holding
+        the seconds it may wait (a drain), added to the forwarding timeout."""
 
-    ops: dict[str, AdminOp] = {"status": status, "promote": promote}
+        async def forward(args: dict[str, Any]) -> dict[str, Any]:
+            waited = args.get(waits, 10.0) if waits else 0.0
+            extra = float(waited) if isinstance(waited, int | float) and waited > 0 else 10.0
+            return await to_leader(op, args, min(extra, 300.0) + 5.0 if waits else 5.0)
+
+        return forward
+
+    ops: dict[str, AdminOp] = {
+        "status": status,
+        "promote": forwarded("promote", "drain"),
+        "drain": forwarded("drain", "timeout"),
+        "services": forwarded("services"),
+        "instances": forwarded("instances"),
+        "routes": forwarded("routes"),
+    }
     return OpsEndpoint(nc, subjects.admin_all, ADMIN_QUEUE, codec, ops)
 
 

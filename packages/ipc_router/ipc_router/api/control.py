@@ -34,11 +34,15 @@ from ipc_client_sdk import CodecError, IPCError
 from ipc_client_sdk.protocol import (
     AdminReply,
     Codec,
+    DrainResult,
     ErrorCode,
     ErrorInfo,
     Heartbeat,
+    InstanceInfo,
     Registration,
     RegistrationResult,
+    RouteInfo,
+    ServiceInfo,
     Subjects,
     validate_token,
 )
@@ -80,6 +84,18 @@ class _Promotion(BaseModel):
     drain: float = 10.0
 
 
+class _Drain(BaseModel):
+    instance_id: str
+    service: str | None = None
+    timeout: float = 30.0
+    cancel: bool = False
+
+
+class _Filter(BaseModel):
+    service: str | None = None
+    resource: str | None = None
+
+
 def _invalid(message: str) -> IPCError:
     return IPCError(message, code=ErrorCode.INVALID_ARGUMENT)
 
@@ -105,6 +121,10 @@ class ControlAPI:
             "register": self._register,
             "deregister": self._deregister,
             "promote": self._promote,
+            "drain": self._drain,
+            "services": self._services,
+            "instances": self._instances,
+            "routes": self._routes,
         }
         self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
         self._heartbeats: Subscription | None = None
@@ -193,7 +213,7 @@ class ControlAPI:
         if req.drain > 0 and math.isfinite(req.drain):
             # A planned stop: no new calls, and the standbys take over only once the calls
             # in flight there are answered, so the two never act at once.
-            self._registry.drain(req.service, req.instance_id)
+            await self._registry.drain(req.service, req.instance_id)
             await self._tracker.quiesce(req.service, req.instance_id, min(req.drain, MAX_DRAIN))
         await self._registry.deregister(req.service, req.instance_id)
         return {"deregistered": record.key}
@@ -210,7 +230,7 @@ class ControlAPI:
         drain = min(req.drain, MAX_DRAIN) if math.isfinite(req.drain) else 0.0
         try:
             for instance_id in outgoing:
-                registry.drain(req.service, instance_id)
+                await registry.drain(req.service, instance_id)
             for instance_id in outgoing:
                 await self._tracker.quiesce(req.service, instance_id, drain)
             record = await registry.promote(req.service, req.instance_id)
@@ -220,7 +240,7 @@ class ControlAPI:
             raise IPCError(str(e), code=ErrorCode.FAILED_PRECONDITION) from e
         finally:
             for instance_id in outgoing:
-                registry.undrain(req.service, instance_id)
+                await registry.undrain(req.service, instance_id)
         return {
             "service": record.service,
             "instance_id": record.instance_id,
@@ -229,6 +249,141 @@ class ControlAPI:
             "owned": list(table.owned(record.service, record.instance_id)),
             "demoted": outgoing,
         }
+
+    # --- operators' views and drain (forwarded here from <prefix>.admin.*) ---------------
+    def _find(self, instance_id: str, service: str | None) -> InstanceRecord:
+        """The one registered instance with this id (in ``service``, if given)."""
+        found = [
+            r
+            for r in self._registry.table.instances()
+            if r.instance_id == instance_id and service in (None, r.service)
+        ]
+        if not found:
+            where = f" of {service!r}" if service else ""
+            raise IPCError(
+                f"instance {instance_id!r}{where} is not registered", code=ErrorCode.NOT_FOUND
+            )
+        if len(found) > 1:
+            names = ", ".join(sorted(r.service for r in found))
+            raise IPCError(
+                f"instance id {instance_id!r} is registered in several services ({names}); "
+                "name the service",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
+        return found[0]
+
+    def _known_service(self, service: str | None) -> None:
+        if service is not None and not any(
+            r.service == service for r in self._registry.table.instances()
+        ):
+            raise IPCError(f"service {service!r} is not registered", code=ErrorCode.NOT_FOUND)
+
+    async def _drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        req: _Drain = self._codec.validate(args, _Drain)
+        record = self._find(req.instance_id, req.service)
+        service, instance_id = record.service, record.instance_id
+        registry = self._registry
+        drained = True
+        try:
+            if req.cancel:
+                await registry.undrain(service, instance_id)
+            else:
+                await registry.drain(service, instance_id)
+                wait = min(req.timeout, MAX_DRAIN) if math.isfinite(req.timeout) else 0.0
+                drained = await self._tracker.quiesce(service, instance_id, max(wait, 0.0))
+                await registry.hand_over(service, instance_id)
+        except UnknownInstanceError as e:  # it left meanwhile
+            raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
+        current = registry.table.get(service, instance_id) or record
+        return DrainResult(
+            service=service,
+            instance_id=instance_id,
+            draining=current.draining,
+            drained=drained,
+            inflight=self._tracker.count(service, instance_id),
+            role=current.role.value,
+            owned=list(registry.table.owned(service, instance_id)),
+        ).model_dump()
+
+    async def _services(self, args: dict[str, Any]) -> dict[str, Any]:
+        table = self._registry.table
+        by_service: dict[str, list[InstanceRecord]] = {}
+        for record in table.instances():
+            by_service.setdefault(record.service, []).append(record)
+        services = []
+        for service, records in sorted(by_service.items()):
+            active = next((r.instance_id for r in records if r.role is Role.ACTIVE), None)
+            services.append(
+                ServiceInfo(
+                    service=service,
+                    mode="load-balanced" if records[0].load_balanced else "active-standby",
+                    active=active,
+                    instances=len(records),
+                    healthy=sum(1 for r in records if r.health is Health.HEALTHY),
+                    methods=sorted({m for r in records for m in r.methods}),
+                    claimed_resources=len(table.claims(service)),
+                ).model_dump()
+            )
+        return {"services": services}
+
+    async def _instances(self, args: dict[str, Any]) -> dict[str, Any]:
+        req: _Filter = self._codec.validate(args, _Filter)
+        self._known_service(req.service)
+        table, now = self._registry.table, self._registry.now()
+        rows = []
+        for r in table.instances():
+            if req.service not in (None, r.service):
+                continue
+            claims = table.claims(r.service)
+            rows.append(
+                InstanceInfo(
+                    service=r.service,
+                    instance_id=r.instance_id,
+                    role=r.role.value,
+                    health=r.health.value,
+                    epoch=r.epoch,
+                    heartbeat_age_s=max(0.0, now - r.last_heartbeat_at),
+                    inflight=self._tracker.count(r.service, r.instance_id),
+                    owned=sorted(res for res, c in claims.items() if c[0] == r.instance_id),
+                    standby_for=sorted(res for res, c in claims.items() if r.instance_id in c[1:]),
+                    methods=sorted(r.methods),
+                    draining=r.draining,
+                    registered_at=r.registered_at,
+                ).model_dump()
+            )
+        return {"instances": rows}
+
+    async def _routes(self, args: dict[str, Any]) -> dict[str, Any]:
+        req: _Filter = self._codec.validate(args, _Filter)
+        self._known_service(req.service)
+        table = self._registry.table
+        services = sorted({r.service for r in table.instances()})
+        rows = []
+        for service in services:
+            if req.service not in (None, service):
+                continue
+            for resource, claimants in sorted(table.claims(service).items()):
+                if req.resource in (None, resource):
+                    rows.append(
+                        RouteInfo(
+                            service=service,
+                            resource=resource,
+                            kind="claim",
+                            instance=claimants[0],
+                            standbys=claimants[1:],
+                        ).model_dump()
+                    )
+            for resource, instance_id in sorted(table.assignments(service).items()):
+                if req.resource in (None, resource):
+                    rows.append(
+                        RouteInfo(
+                            service=service,
+                            resource=resource,
+                            kind="assignment",
+                            instance=instance_id,
+                        ).model_dump()
+                    )
+        return {"routes": rows}
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:

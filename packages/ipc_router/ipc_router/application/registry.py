@@ -161,21 +161,33 @@ class InstanceRegistry:
             _log.info("deregistered %s", record.key)
         return record
 
-    def drain(self, service: str, instance_id: str) -> InstanceRecord:
-        """Stop routing new calls to an instance (the start of a handover). In memory only:
-        a router that dies mid-handover leaves nothing half done behind.
+    async def drain(self, service: str, instance_id: str) -> InstanceRecord:
+        """Stop routing new calls to an instance (the start of a handover), and save that.
 
         Raises:
             UnknownInstanceError: no such instance.
         """
         record = self.table.drain(service, instance_id)
         self._settle()
+        await self._write({(service, instance_id)})
         return record
 
-    def undrain(self, service: str, instance_id: str) -> None:
+    async def undrain(self, service: str, instance_id: str) -> None:
         """Route to an instance again (a handover called off or completed)."""
         self.table.undrain(service, instance_id)
         self._settle()
+        await self._write({(service, instance_id)})
+
+    async def hand_over(self, service: str, instance_id: str) -> InstanceRecord:
+        """Move a drained instance's roles to the first healthy standby of each.
+
+        Raises:
+            UnknownInstanceError: no such instance.
+        """
+        record = self.table.hand_over(service, instance_id, self._clock.now())
+        self._settle()
+        await self._write(set(self._dirty_records), set(self._dirty_claims))
+        return record
 
     async def promote(self, service: str, instance_id: str) -> InstanceRecord:
         """Make an instance the active of its service and of every resource it claims.

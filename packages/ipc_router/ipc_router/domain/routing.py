@@ -310,7 +310,8 @@ class RoutingTable:
         return record
 
     def drain(self, service: str, instance_id: str) -> InstanceRecord:
-        """Stop routing new calls to an instance (the first step of a handover).
+        """Stop routing new calls to an instance (the first step of a handover), until it
+        leaves or ``undrain``.
 
         Raises:
             UnknownInstanceError: no such instance.
@@ -353,6 +354,27 @@ class RoutingTable:
             if instance_id in claimants and claimants[0] != instance_id:
                 owner = table.instances[claimants[0]]
                 self._promote(table, table.instances[instance_id], resource, "promote", now, owner)
+        return table.instances[instance_id]
+
+    def hand_over(self, service: str, instance_id: str, now: float) -> InstanceRecord:
+        """Move every role the instance holds to the first healthy standby of each (a drain:
+        the caller has drained it and waited for its calls). A role without a healthy
+        standby stays. Returns its record.
+
+        Raises:
+            UnknownInstanceError: no such instance.
+        """
+        record = self._require(service, instance_id)
+        table = self._services[service]
+        if record.role is Role.ACTIVE:
+            standby = self._first_standby(table, list(table.instances), instance_id)
+            if standby is not None:
+                self._promote(table, standby, None, "handover", now, demote=record)
+        for resource in table.owned_by(instance_id):
+            standby = self._first_standby(table, table.claims[resource], instance_id)
+            if standby is not None:
+                outgoing = table.instances[instance_id]
+                self._promote(table, standby, resource, "handover", now, demote=outgoing)
         return table.instances[instance_id]
 
     def actives_of(self, service: str, instance_id: str) -> list[str]:
@@ -469,7 +491,7 @@ class RoutingTable:
         for record in sorted(records, key=lambda r: (r.queued_at or r.registered_at)):
             table = self._services.setdefault(record.service, _ServiceTable())
             table.instances[record.instance_id] = replace(
-                record, health=Health.HEALTHY, last_heartbeat_at=now, draining=False
+                record, health=Health.HEALTHY, last_heartbeat_at=now
             )
             self._graced.add((record.service, record.instance_id))
             table.epoch = max(table.epoch, record.epoch)
@@ -539,9 +561,16 @@ class RoutingTable:
     ) -> Route:
         if active.health is Health.HEALTHY and not active.draining:
             return Route(active.instance_id, active.session, active.epoch)
+        takers = [r for r in queue if r is not active and r.health is Health.HEALTHY]
         if active.draining and active.health is Health.HEALTHY:
-            raise FailoverPendingError(active.service, f"{what} is handing over")
-        if any(r is not active and r.health is Health.HEALTHY for r in queue):
+            if any(not r.draining for r in takers):
+                raise FailoverPendingError(active.service, f"{what} is handing over")
+            raise NoHealthyInstanceError(
+                active.service,
+                f"the active of {what}, instance {active.instance_id!r}, is draining and no "
+                "standby can take over",
+            )
+        if any(not r.draining for r in takers):
             raise FailoverPendingError(
                 active.service,
                 f"the active of {what}, {active.instance_id!r}, is {active.health.value}; "

@@ -33,6 +33,7 @@ def record_to_wire(record: InstanceRecord) -> dict[str, Any]:
         "session": record.session,
         "load_balanced": record.load_balanced,
         "queued_at": record.queued_at,
+        "draining": record.draining,
     }
 
 
@@ -55,6 +56,7 @@ def record_from_wire(data: dict[str, Any]) -> InstanceRecord:
         session=str(data.get("session", "")),
         load_balanced=bool(data.get("load_balanced", False)),
         queued_at=float(data.get("queued_at", 0.0)),
+        draining=bool(data.get("draining", False)),
     )
 
 

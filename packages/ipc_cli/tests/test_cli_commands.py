@@ -1,0 +1,249 @@
+"""Every ``ipc`` command against a real router, real NATS and instances in their own
+processes: table and ``--json`` forms, and the exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from ipc_cli._exit import ExitCode
+from ipc_cli.main import app
+from ipc_client_sdk import IPCClient
+from ipc_testing import NatsServerProcess, RouterProcess, eventually, free_port
+from ipc_testing.instance import InstanceProcess
+
+runner = CliRunner(env={"COLUMNS": "200"})  # Rich tables at their full width
+
+
+@pytest.fixture
+async def pair(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> AsyncIterator[tuple[InstanceProcess, InstanceProcess]]:
+    """service_b: b1 active and owner of acc_1, b2 standby for it."""
+    b1 = InstanceProcess(nats_server.url, "b1", tmp_path, resources=("acc_1",))
+    b2 = InstanceProcess(nats_server.url, "b2", tmp_path, resources=("acc_1",))
+    try:
+        await b1.start()
+        await b2.start()
+        yield b1, b2
+    finally:
+        await b1.stop()
+        await b2.stop()
+
+
+async def ipc(url: str, *args: str) -> Result:
+    """``ipc --nats-url URL ARGS`` in-process (on a thread: it runs its own event loop)."""
+    argv = ["--nats-url", url, *args]
+    return await asyncio.to_thread(lambda: runner.invoke(app, argv))
+
+
+async def ipc_json(url: str, *args: str) -> Any:
+    result = await ipc(url, *args, "--json")
+    assert result.exit_code == ExitCode.OK, result.stderr
+    return json.loads(result.stdout)  # stdout holds JSON and nothing else
+
+
+def fails(result: Result, code: ExitCode, *words: str) -> None:
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.startswith("ipc: error:") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+async def test_services_instances_and_routes_as_tables_and_json(
+    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+) -> None:
+    url = nats_server.url
+    services = await ipc_json(url, "services")
+    assert [
+        (s["service"], s["mode"], s["active"], s["instances"], s["healthy"]) for s in services
+    ] == [("service_b", "active-standby", "b1", 2, 2)]
+    table = await ipc(url, "services")
+    assert table.exit_code == 0 and "service_b" in table.stdout and "active-standby" in table.stdout
+
+    rows = await ipc_json(url, "instances", "service_b")
+    by_id = {r["instance_id"]: r for r in rows}
+    assert (by_id["b1"]["role"], by_id["b1"]["owned"]) == ("active", ["acc_1"])
+    assert (by_id["b2"]["role"], by_id["b2"]["standby_for"]) == ("standby", ["acc_1"])
+    assert all(r["health"] == "healthy" and r["heartbeat_age_s"] < 5 for r in rows)
+    assert {"epoch", "inflight"} <= set(rows[0])
+    table = await ipc(url, "instances")
+    assert table.exit_code == 0 and "b2" in table.stdout and "standby" in table.stdout
+
+    routes = await ipc_json(url, "routes", "service_b", "--resource", "acc_1")
+    assert routes == [
+        {
+            "service": "service_b",
+            "resource": "acc_1",
+            "kind": "claim",
+            "instance": "b1",
+            "standbys": ["b2"],
+        }
+    ]
+    table = await ipc(url, "routes")
+    assert table.exit_code == 0 and "acc_1" in table.stdout
+
+    fails(await ipc(url, "instances", "nope"), ExitCode.FAILED, "'nope' is not registered")
+    fails(await ipc(url, "routes", "nope"), ExitCode.FAILED, "not registered")
+    fails(await ipc(url, "instances", "bad name"), ExitCode.USAGE)
+
+
+async def test_call_prints_the_result_as_json_and_fails_clearly(
+    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+) -> None:
+    url = nats_server.url
+    request = json.dumps(
+        {"account": "acc_1", "amount": "12.30", "placed_at": "2026-11-28T10:00:00+00:00"}
+    )
+    for extra in ((), ("--json",)):
+        result = await ipc(
+            url, "call", "service_b.do_work", request, "--resource-id", "acc_1", *extra
+        )
+        assert result.exit_code == ExitCode.OK, result.stderr
+        answer = json.loads(result.stdout)
+        assert (answer["instance_id"], answer["amount"]) == ("b1", "12.30")  # exact
+    fails(await ipc(url, "call", "service_b.do_work", "{not json"), ExitCode.USAGE, "not JSON")
+    fails(await ipc(url, "call", "service_b", "{}"), ExitCode.USAGE, "service.method")
+    fails(await ipc(url, "call", "service_b.nope", "{}"), ExitCode.FAILED, "no method 'nope'")
+    fails(await ipc(url, "call", "nobody.work", "{}"), ExitCode.FAILED, "nobody")
+    fails(
+        await ipc(url, "call", "service_b.do_work", '{"account": 1}', "--resource-id", "acc_1"),
+        ExitCode.FAILED,
+        "INVALID_ARGUMENT",
+    )
+
+
+async def test_publish_reaches_subscribers(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    got: list[Any] = []
+
+    async def on_event(event: Any) -> None:
+        got.append(event)
+
+    async with IPCClient(nats_server.url) as client:
+        await client.subscribe("md.ticks.*", on_event)
+        result = await ipc(nats_server.url, "publish", "md.ticks.AAPL", '{"px": "1.5"}')
+        assert result.exit_code == ExitCode.OK, result.stderr
+        assert "published on md.ticks.AAPL" in result.stdout
+        answer = await ipc_json(nats_server.url, "publish", "md.ticks.MSFT", "[1, 2]")
+        assert answer["topic"] == "md.ticks.MSFT" and answer["sequence"] >= 2
+
+        async def both() -> None:
+            assert len(got) == 2
+
+        await eventually(both, within=5)
+    assert got == [{"px": "1.5"}, [1, 2]]
+    fails(await ipc(nats_server.url, "publish", "md.*", "{}"), ExitCode.USAGE, "wildcard")
+    fails(await ipc(nats_server.url, "publish", "md.x", "nope"), ExitCode.USAGE, "not JSON")
+
+
+async def test_promote_and_drain_move_the_roles(
+    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+) -> None:
+    url = nats_server.url
+    promoted = await ipc_json(url, "promote", "service_b", "b2")
+    assert (promoted["instance_id"], promoted["role"], promoted["demoted"]) == (
+        "b2",
+        "active",
+        ["b1"],
+    )
+    rows = {r["instance_id"]: r for r in await ipc_json(url, "instances")}
+    assert rows["b2"]["role"] == "active" and rows["b2"]["owned"] == ["acc_1"]
+    back = await ipc(url, "promote", "service_b", "b1")
+    assert back.exit_code == ExitCode.OK and "service_b/b1 is active" in back.stdout
+
+    drained = await ipc_json(url, "drain", "b1", "--wait", "5")
+    assert drained["drained"] is True and drained["role"] == "standby" and drained["owned"] == []
+    rows = {r["instance_id"]: r for r in await ipc_json(url, "instances")}
+    assert rows["b1"]["draining"] is True and rows["b2"]["role"] == "active"
+    request = json.dumps(
+        {"account": "acc_1", "amount": "1", "placed_at": "2026-11-28T10:00:00+00:00"}
+    )
+    answer = json.loads(
+        (await ipc(url, "call", "service_b.do_work", request, "--resource-id", "acc_1")).stdout
+    )
+    assert answer["instance_id"] == "b2"
+    table = await ipc(url, "drain", "b1", "--cancel")
+    assert table.exit_code == ExitCode.OK and "takes calls again" in table.stdout
+
+    fails(await ipc(url, "promote", "service_b", "nobody"), ExitCode.FAILED, "not registered")
+    fails(await ipc(url, "drain", "nobody"), ExitCode.FAILED, "not registered")
+
+
+async def test_watch_streams_router_events_until_interrupted(
+    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ipc_cli",
+        "--nats-url",
+        nats_server.url,
+        "watch",
+        "--kind",
+        "role",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await asyncio.sleep(1.5)  # connected and subscribed
+        promoted = await ipc(nats_server.url, "promote", "service_b", "b2")
+        assert promoted.exit_code == ExitCode.OK, promoted.stderr
+        assert proc.stdout is not None
+        events = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 10)) for _ in range(2)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode()
+    assert {(e["instance_id"], e["role"]) for e in events} <= {
+        ("b2", "active"),
+        ("b1", "standby"),
+    }
+    assert all(e["kind"] == "role" for e in events)
+
+
+async def test_watch_rejects_unknown_kinds_and_unreachable_routers(
+    nats_server: NatsServerProcess,
+) -> None:
+    fails(await ipc(nats_server.url, "watch", "--kind", "nope"), ExitCode.USAGE, "nope")
+    fails(await ipc(nats_server.url, "--timeout", "1", "watch"), ExitCode.UNREACHABLE)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["services"],
+        ["instances"],
+        ["routes"],
+        ["promote", "service_b", "b1"],
+        ["drain", "b1"],
+        ["call", "service_b.do_work", "{}"],
+        ["publish", "md.x", "{}"],
+    ],
+)
+def test_every_command_exits_3_when_nats_is_unreachable(argv: list[str]) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    result = runner.invoke(app, ["--nats-url", url, "--timeout", "1", *argv])
+    fails(result, ExitCode.UNREACHABLE, url)
+
+
+async def test_every_router_command_exits_3_without_a_router(
+    nats_server: NatsServerProcess,
+) -> None:
+    for argv in (["services"], ["instances"], ["routes"], ["promote", "s", "i"], ["drain", "i"]):
+        fails(await ipc(nats_server.url, "--timeout", "1", *argv), ExitCode.UNREACHABLE, "router")
