@@ -128,14 +128,18 @@ class AdminClient:
     ) -> Promotion:
         """Make ``instance_id`` the active of ``service`` and of every resource it claims.
 
-        A planned handover: the current actives get no new calls, the router waits up to
-        ``drain`` seconds for the calls in flight to them, then moves the roles (new epochs)
-        and tells every instance concerned. The former actives stay as standbys.
+        A planned handover: the current actives get no new calls (calls for them wait), the
+        router waits up to ``drain`` seconds for the calls in flight to them, then moves the
+        roles (new epochs) and tells every instance concerned; the former actives stay as
+        standbys. If those calls do not finish within ``drain``, nothing changes and
+        ``FAILED_PRECONDITION`` says so; ``ABORTED`` if a failover moved the roles meanwhile.
 
         Raises:
             InvalidArgumentError: a bad name or drain time, before anything is sent.
             RemoteError: ``NOT_FOUND`` (no such instance), ``FAILED_PRECONDITION`` (it is
-                unhealthy), ``UNAVAILABLE`` (no router leads right now).
+                unhealthy or draining, or calls did not finish within ``drain``),
+                ``ABORTED`` (the roles changed meanwhile: look and retry), ``UNAVAILABLE`` (no
+                router leads right now).
             RouterUnavailableError: no router answered.
         """
         _token(service, "service")

@@ -233,6 +233,8 @@ class IPCClient:
     ) -> Subscription:
         """Call ``handler`` for every event published on a topic matching ``topic``.
 
+        Returns once the subscription is live: an event published after that reaches it.
+
         Args:
             topic: a topic or pattern: ``*`` matches one token, a final ``>`` the rest.
             handler: ``async def on_event(event)`` or ``async def on_event(event, ctx)``

@@ -143,6 +143,7 @@ class Subscription:
                 self._core = await nc.subscribe(
                     subject, queue=self.queue or "", cb=self._on_core, pending_msgs_limit=100_000
                 )
+                await nc.flush()  # the server has the subscription: no event is missed after
                 return
             self._pull = await nc.jetstream().pull_subscribe(
                 subject,

@@ -32,6 +32,14 @@ Admission = Callable[[CallRequest], str | None]
 """Why the instance must refuse a call now (``fenced``, ``stale-epoch``), or None."""
 
 
+class _Refused(Exception):
+    """The instance must not run this call now (``reason``: fenced, stale-epoch)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class CallRunner:
     """Runs the calls delivered to one instance.
 
@@ -70,19 +78,23 @@ class CallRunner:
             return self.error("", e.code, e.message), None
         refused = self._admit(request) if self._admit is not None else None
         if refused is not None:
-            message = (
-                f"instance {self.instance_id} is fenced: it has not heard the router within "
-                "its lease"
-                if refused == "fenced"
-                else f"call {request.call_id} was routed under epoch {request.epoch}, before "
-                f"the roles of instance {self.instance_id} changed"
-            )
-            _log.warning(
-                "refused call %s unrun (the router routes it again): %s", request.call_id, message
-            )
-            reply = self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
-            return reply, refused
-        return await self._handle(request), None
+            return self._refusal(request, refused), refused
+        try:
+            return await self._handle(request), None
+        except _Refused as e:
+            return self._refusal(request, e.reason), e.reason
+
+    def _refusal(self, request: CallRequest, reason: str) -> bytes:
+        message = (
+            f"instance {self.instance_id} is fenced: it has not heard the router within its lease"
+            if reason == "fenced"
+            else f"call {request.call_id} was routed under epoch {request.epoch}, before the "
+            f"roles of instance {self.instance_id} changed"
+        )
+        _log.warning(
+            "refused call %s unrun (the router routes it again): %s", request.call_id, message
+        )
+        return self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
 
     async def _handle(self, request: CallRequest) -> bytes:
         call_id = request.call_id
@@ -95,6 +107,10 @@ class CallRunner:
         self._running[key] = future
         try:
             reply = await self._execute(request)
+        except _Refused as e:
+            future.set_exception(e)  # a repeat waiting on this run is refused with it
+            future.add_done_callback(lambda f: f.exception())  # retrieved if nobody waits
+            raise
         except Exception:  # a bug here must still answer, or the caller waits it out
             _log.exception("serving call %s failed", call_id)
             reply = self.error(call_id, ErrorCode.INTERNAL, "the instance failed the call")
@@ -130,6 +146,12 @@ class CallRunner:
             return self.error(call_id, e.code, e.message)
         if isinstance(claimed, bytes):
             return claimed  # an earlier run's outcome
+        late = self._admit(request) if self._admit is not None else None
+        if late is not None:
+            # The claim took long enough for the lease to run out (a slow store, a
+            # reconnect): a standby may be active by now. Give the call back, unrun.
+            await self.ledger.release(claimed)
+            raise _Refused(late)
         try:
             argument = codec.decode(request.payload, spec.request_type)
         except CodecError as e:

@@ -162,11 +162,13 @@ class ServiceInstance:
         ``async for change in instance.role_changes(): ...``
         """
         queue: asyncio.Queue[RoleChange | None] = asyncio.Queue()
+        if self._stopped or self._replaced:
+            return
         self._queues.add(queue)
         try:
-            while not self._stopped:
+            while True:
                 change = await queue.get()
-                if change is None:  # stopped
+                if change is None:  # stopped or replaced
                     return
                 yield change
         finally:
@@ -237,14 +239,15 @@ class ServiceInstance:
         )
 
     async def stop(self, *, timeout: float = 10.0) -> None:
-        """Hand over, deregister, stop taking calls, and let the in-flight ones finish.
+        """Hand over, stop taking calls, let the in-flight ones finish, and deregister.
 
-        The router first stops routing new calls here (they wait for the next active, none
-        fails), waits until the calls it sent here are answered, then deregisters the
-        instance and promotes the first healthy standby to its roles at once. Calls still
-        running after ``timeout`` seconds are cancelled and answered ``ABORTED``; that
-        outcome is recorded, so a retry with the same call_id does not run them again
-        either (their effects are unknown). Idempotent.
+        The router first stops routing new calls here (calls for this instance's roles wait
+        for the standby that takes them over: none fails) and, once the calls it sent here
+        are answered, promotes the first healthy standby of each role. Heartbeats go on
+        meanwhile. Calls still running when ``timeout`` is nearly up are cancelled and
+        answered ``ABORTED``; that outcome is recorded, so a retry with the same call_id does
+        not run them again either (their effects are unknown). Deregistering then hands
+        over whatever is left. Idempotent.
         """
         if self._stopped:
             return
@@ -252,40 +255,57 @@ class ServiceInstance:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
 
-        def left() -> float:
-            return max(0.1, deadline - loop.time())
+        def left(reserve: float = 0.0) -> float:
+            return max(0.1, deadline - reserve - loop.time())
 
-        # Heartbeats go on while the router drains this instance: its lease must hold.
-        await self._deregister(timeout=left(), drain=True)
-        for task in (self._heartbeat, self._reregister, self._cleanup):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for queue in self._queues:
-            queue.put_nowait(None)
+        await self._drain(wait=max(0.0, left(reserve=1.5) - 0.5))
         if self._inbox is not None:
             # Drain, not unsubscribe: calls already delivered but waiting for a free slot
             # are served, not dropped.
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 drained = self._inbox.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
-                await asyncio.wait_for(drained, left())
+                await asyncio.wait_for(drained, left(reserve=1.0))
         self._closing = True  # whatever the drain left is refused, not served after we return
-        await self._unsubscribe()
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=left())
+            _, late = await asyncio.wait(self._tasks, timeout=left(reserve=1.0))
             for task in late:
-                task.cancel()
+                task.cancel()  # answered ABORTED, and recorded
             await asyncio.gather(*late, return_exceptions=True)
+        await self._deregister(timeout=min(left(), self._client.request_timeout))
+        for background in (self._heartbeat, self._reregister, self._cleanup):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._end_role_changes()
+        await self._unsubscribe()
 
-    async def _deregister(self, *, timeout: float, drain: bool = False) -> None:
+    def _end_role_changes(self) -> None:
+        for queue in self._queues:
+            queue.put_nowait(None)
+
+    async def _drain(self, *, wait: float) -> None:
+        """Ask the router to route nothing new here and hand the roles over once the calls
+        in flight here are answered; wait ``wait`` seconds at most for that."""
+        args = {"service": self.service, "instance_id": self.instance_id, "timeout": wait}
+        try:
+            await request_op(
+                self._client,
+                self._client.subjects.control("drain"),
+                "drain",
+                args,
+                timeout=wait + 2.0,
+            )
+        except IPCError as e:  # no router: stop all the same, it will fail over
+            if e.code is not ErrorCode.NOT_FOUND:
+                _log.warning("draining %s.%s failed: %s", self.service, self.instance_id, e)
+
+    async def _deregister(self, *, timeout: float) -> None:
         args: dict[str, object] = {
             "service": self.service,
             "instance_id": self.instance_id,
             "session": self._session,
         }
-        if drain:
-            args["drain"] = max(0.0, timeout - 0.5)  # the router answers within it
         try:
             await request_op(
                 self._client,
@@ -400,6 +420,7 @@ class ServiceInstance:
             )
             if self._heartbeat is not None:
                 self._heartbeat.cancel()
+            self._end_role_changes()
         elif answer.error.code is ErrorCode.NOT_FOUND and not self._replaced:
             if self._reregister is None or self._reregister.done():
                 self._reregister = asyncio.create_task(self._register_again())
@@ -467,7 +488,7 @@ class ServiceInstance:
         if self._closing:
             # stop() ran out of time draining: refuse what is left, quickly and retryably.
             message = f"instance {self.instance_id} is stopping"
-            await self._respond(msg, runner.error("", ErrorCode.UNAVAILABLE, message))
+            await self._respond(msg, runner.error("", ErrorCode.UNAVAILABLE, message), "stopping")
             return
         task = asyncio.create_task(self._serve_one(msg))
         self._tasks.add(task)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ipc_router.application.registry import InstanceRegistry
@@ -220,3 +222,62 @@ async def test_roles_and_epochs_survive_a_restart_and_nothing_fails_over_in_the_
     assert {r.instance_id for r in await restarted.expire()} == {"b1", "b2"}
     registered = await restarted.register(instance("b3"))
     assert registered.record.epoch > max(epoch for _, epoch in saved.values())
+
+
+def test_a_claim_passes_to_the_first_healthy_claimant_when_its_owner_leaves() -> None:
+    table = three()
+    beat_all_but(table, "b2", 1.0)
+    table.mark_unhealthy("svc", "b2")
+    table.deregister("svc", "b1", 1.0)
+    assert table.claims("svc")["acc_1"][0] == "b3"  # b2 is unhealthy: skipped
+    assert table.route("svc", "work", "acc_1").instance_id == "b3"
+
+
+def test_epochs_never_go_back_even_when_a_service_starts_over() -> None:
+    table = three()
+    highest = max(r.epoch for r in table.instances())
+    for name in ("b1", "b2", "b3"):
+        table.deregister("svc", name, 1.0)
+    again = table.register(instance("b9"), 2.0)
+    assert again.record.epoch > highest
+
+
+def test_an_active_standby_service_never_spreads_calls_when_it_has_no_active() -> None:
+    table = three()
+    for name in ("b1", "b2", "b3"):
+        table.drain("svc", name)
+    table.deregister("svc", "b1", 0.5)  # nobody can take over: all drain
+    with pytest.raises(NoHealthyInstanceError):
+        table.route("svc", "work", None)
+    table.undrain("svc", "b3", 0.6)
+    assert table.route("svc", "work", None).instance_id == "b3"
+    assert roles(table)["b3"] == "active"
+
+
+def test_promote_refuses_a_draining_instance() -> None:
+    table = three()
+    table.drain("svc", "b2")
+    with pytest.raises(NoHealthyInstanceError, match="draining"):
+        table.promote("svc", "b2", 0.5)
+
+
+def test_restore_keeps_the_latest_promotion_and_announces_what_it_changes() -> None:
+    old = RoutingTable(TIMEOUT)
+    for name in ("b1", "b2", "b3"):
+        old.register(instance(name, "acc_1"), 0.0)
+    b1, b2 = old.get("svc", "b1"), old.get("svc", "b2")
+    assert b1 is not None and b2 is not None
+    # A leader died mid-change: b2's promotion was saved, b1's demotion was not, and the
+    # saved claim still names b0, which is gone.
+    records = [b1, replace(b2, role=Role.ACTIVE, epoch=9), old.get("svc", "b3")]
+    claims = {("svc", "acc_1"): ["b0", "b2", "b1", "b3"]}
+    table = RoutingTable(TIMEOUT)
+    table.restore([r for r in records if r is not None], claims, {}, 100.0)
+    assert roles(table) == {"b1": "standby", "b2": "active", "b3": "standby"}
+    restored_b1 = table.get("svc", "b1")
+    assert restored_b1 is not None and restored_b1.epoch > 9
+    assert table.claims("svc") == {"acc_1": ["b2", "b1", "b3"]}
+    assert {(e.instance_id, e.role, e.resource) for e in table.take_events()} == {
+        ("b1", Role.STANDBY, None),
+        ("b2", Role.ACTIVE, "acc_1"),
+    }

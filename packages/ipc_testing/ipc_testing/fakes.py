@@ -77,6 +77,9 @@ class FakeClock:
     def now(self) -> float:
         return self.current
 
+    def monotonic(self) -> float:
+        return self.current
+
 
 def make_instance(
     service: str,

@@ -2,11 +2,13 @@
 
 - ``<prefix>.ctl.register`` / ``<prefix>.ctl.deregister``: request/reply (``AdminRequest``
   with the ``Registration`` fields as ``args``), answered by one router.
-  ``deregister`` with ``drain`` (seconds) is a planned stop: the instance gets no new calls,
-  the router waits until the calls it sent there are answered, then removes it and its
-  roles pass at once to the first healthy standbys.
+  A planned stop is ``drain`` then ``deregister``: the instance gets no new calls, its roles
+  pass to the first healthy standbys once the calls the router sent there are answered, and
+  deregistering hands over whatever is left at once.
 - ``<prefix>.ctl.promote`` (``service``, ``instance_id``, ``drain``): an operator's manual
-  promotion, handed over the same way (the outgoing actives are drained first).
+  promotion, handed over the same way (the outgoing actives are drained first); ``drain``,
+  ``services``, ``instances``, ``routes``: the operators' views. Any router passes these on
+  from ``<prefix>.admin.<op>``.
 - ``<prefix>.hb.<service>.<instance_id>``: heartbeats, seen by the leading router. Each is
   answered on its reply subject (the instance's control subject) with the instance's
   ``InstanceState``: role, epoch and a lease counted from when the heartbeat was sent. A
@@ -75,7 +77,6 @@ class _Deregistration(BaseModel):
     service: str
     instance_id: str
     session: str | None = None
-    drain: float = 0.0
 
 
 class _Promotion(BaseModel):
@@ -117,6 +118,8 @@ class ControlAPI:
         self._registry = registry
         self._tracker = tracker
         self.lease = registry.table.heartbeat_timeout * LEASE_FRACTION
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._handing_over: dict[tuple[str, str], asyncio.Task[None]] = {}
         ops: dict[str, AdminOp] = {
             "register": self._register,
             "deregister": self._deregister,
@@ -148,6 +151,9 @@ class ControlAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._sweeper = self._flusher = None
+        for handover in list(self._handing_over.values()):
+            handover.cancel()
+        await asyncio.gather(*self._handing_over.values(), return_exceptions=True)
         await self._endpoint.stop()
         if self._heartbeats is not None:
             with contextlib.suppress(nats.errors.Error):
@@ -210,15 +216,15 @@ class ControlAPI:
                 f"instance {req.instance_id!r} is now held by another process",
                 code=ErrorCode.FAILED_PRECONDITION,
             )
-        if req.drain > 0 and math.isfinite(req.drain):
-            # A planned stop: no new calls, and the standbys take over only once the calls
-            # in flight there are answered, so the two never act at once.
-            await self._registry.drain(req.service, req.instance_id)
-            await self._tracker.quiesce(req.service, req.instance_id, min(req.drain, MAX_DRAIN))
-        await self._registry.deregister(req.service, req.instance_id)
+        async with self._lock(req.service):
+            await self._registry.deregister(req.service, req.instance_id)
         return {"deregistered": record.key}
 
     async def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Hand the roles ``instance_id`` can take over to it: drain the instances that hold
+        them, wait (one deadline for all) until no call is in flight to them, then move the
+        roles. Nothing changes if the calls do not finish in time or the roles moved
+        meanwhile (a failover): two instances never hold one role's calls at once."""
         req: _Promotion = self._codec.validate(args, _Promotion)
         registry, table = self._registry, self._registry.table
         if table.get(req.service, req.instance_id) is None:
@@ -226,21 +232,39 @@ class ControlAPI:
                 f"instance {req.instance_id!r} of {req.service!r} is not registered",
                 code=ErrorCode.NOT_FOUND,
             )
-        outgoing = table.actives_of(req.service, req.instance_id)
-        drain = min(req.drain, MAX_DRAIN) if math.isfinite(req.drain) else 0.0
-        try:
-            for instance_id in outgoing:
-                await registry.drain(req.service, instance_id)
-            for instance_id in outgoing:
-                await self._tracker.quiesce(req.service, instance_id, drain)
-            record = await registry.promote(req.service, req.instance_id)
-        except UnknownInstanceError as e:
-            raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
-        except NoHealthyInstanceError as e:
-            raise IPCError(str(e), code=ErrorCode.FAILED_PRECONDITION) from e
-        finally:
-            for instance_id in outgoing:
-                await registry.undrain(req.service, instance_id)
+        drain = min(max(req.drain, 0.0), MAX_DRAIN) if math.isfinite(req.drain) else 0.0
+        loop = asyncio.get_running_loop()
+        async with self._lock(req.service):
+            outgoing = table.actives_of(req.service, req.instance_id)
+            already = {i for i in outgoing if (r := table.get(req.service, i)) and r.draining}
+            deadline = loop.time() + drain
+            try:
+                for instance_id in outgoing:
+                    await registry.drain(req.service, instance_id)
+                for instance_id in outgoing:
+                    left = max(0.0, deadline - loop.time())
+                    if not await self._tracker.quiesce(req.service, instance_id, left):
+                        busy = self._tracker.count(req.service, instance_id)
+                        raise IPCError(
+                            f"instance {instance_id!r} still has {busy} calls in flight after "
+                            f"{drain:g}s; nothing was changed (try a longer drain)",
+                            code=ErrorCode.FAILED_PRECONDITION,
+                        )
+                if set(table.actives_of(req.service, req.instance_id)) - set(outgoing):
+                    raise IPCError(
+                        "the roles changed while the current actives drained (a failover?); "
+                        "nothing was changed: look again and retry",
+                        code=ErrorCode.ABORTED,
+                    )
+                record = await registry.promote(req.service, req.instance_id)
+            except UnknownInstanceError as e:
+                raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
+            except NoHealthyInstanceError as e:
+                raise IPCError(str(e), code=ErrorCode.FAILED_PRECONDITION) from e
+            finally:
+                for instance_id in outgoing:
+                    if instance_id not in already and table.get(req.service, instance_id):
+                        await registry.undrain(req.service, instance_id)
         return {
             "service": record.service,
             "instance_id": record.instance_id,
@@ -249,6 +273,10 @@ class ControlAPI:
             "owned": list(table.owned(record.service, record.instance_id)),
             "demoted": outgoing,
         }
+
+    def _lock(self, service: str) -> asyncio.Lock:
+        """One handover (drain, promote, planned stop) at a time per service."""
+        return self._locks.setdefault(service, asyncio.Lock())
 
     # --- operators' views and drain (forwarded here from <prefix>.admin.*) ---------------
     def _find(self, instance_id: str, service: str | None) -> InstanceRecord:
@@ -279,6 +307,10 @@ class ControlAPI:
             raise IPCError(f"service {service!r} is not registered", code=ErrorCode.NOT_FOUND)
 
     async def _drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Stop routing new calls to an instance; once the calls in flight there are done,
+        hand its roles to standbys. Answers within ``timeout`` whether that happened; if
+        not, the handover still happens when the last call ends (a planned stop cancels its
+        calls and deregisters, which hands over at once)."""
         req: _Drain = self._codec.validate(args, _Drain)
         record = self._find(req.instance_id, req.service)
         service, instance_id = record.service, record.instance_id
@@ -286,12 +318,19 @@ class ControlAPI:
         drained = True
         try:
             if req.cancel:
-                await registry.undrain(service, instance_id)
+                async with self._lock(service):
+                    await registry.undrain(service, instance_id)
             else:
-                await registry.drain(service, instance_id)
-                wait = min(req.timeout, MAX_DRAIN) if math.isfinite(req.timeout) else 0.0
-                drained = await self._tracker.quiesce(service, instance_id, max(wait, 0.0))
-                await registry.hand_over(service, instance_id)
+                async with self._lock(service):
+                    await registry.drain(service, instance_id)
+                key = (service, instance_id)
+                task = self._handing_over.get(key)
+                if task is None or task.done():
+                    task = asyncio.create_task(self._hand_over_when_idle(service, instance_id))
+                    self._handing_over[key] = task
+                wait = min(max(req.timeout, 0.0), MAX_DRAIN) if math.isfinite(req.timeout) else 0.0
+                done, _ = await asyncio.wait({task}, timeout=wait)
+                drained = bool(done)
         except UnknownInstanceError as e:  # it left meanwhile
             raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
         current = registry.table.get(service, instance_id) or record
@@ -304,6 +343,20 @@ class ControlAPI:
             role=current.role.value,
             owned=list(registry.table.owned(service, instance_id)),
         ).model_dump()
+
+    async def _hand_over_when_idle(self, service: str, instance_id: str) -> None:
+        """Wait until no call is in flight to a drained instance, then move its roles."""
+        try:
+            while not await self._tracker.quiesce(service, instance_id, MAX_DRAIN):
+                pass
+            async with self._lock(service):
+                record = self._registry.table.get(service, instance_id)
+                if record is not None and record.draining:
+                    await self._registry.hand_over(service, instance_id)
+        except Exception:  # a background task: log, never lose it silently
+            _log.exception("handing over %s.%s failed", service, instance_id)
+        finally:
+            self._handing_over.pop((service, instance_id), None)
 
     async def _services(self, args: dict[str, Any]) -> dict[str, Any]:
         table = self._registry.table
@@ -329,7 +382,7 @@ class ControlAPI:
     async def _instances(self, args: dict[str, Any]) -> dict[str, Any]:
         req: _Filter = self._codec.validate(args, _Filter)
         self._known_service(req.service)
-        table, now = self._registry.table, self._registry.now()
+        table, now = self._registry.table, self._registry.monotonic()
         rows = []
         for r in table.instances():
             if req.service not in (None, r.service):

@@ -84,10 +84,16 @@ class BrokerInfoSource(Protocol):
 
 
 class Clock(Protocol):
-    """Wall-clock time in Unix seconds; a Protocol so tests can fix time."""
+    """Time, as a Protocol so tests can fix it: wall-clock Unix seconds for what is saved and
+    shown, and a monotonic clock for every duration (heartbeat timeouts, grace periods), so
+    that a step of the system clock cannot make live instances look dead."""
 
     def now(self) -> float:
         """The current Unix time."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps."""
         ...
 
 

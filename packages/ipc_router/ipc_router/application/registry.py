@@ -76,6 +76,10 @@ class InstanceRegistry:
         """The registry's clock."""
         return self._clock.now()
 
+    def monotonic(self) -> float:
+        """The registry's monotonic clock: what heartbeat times are measured on."""
+        return self._clock.monotonic()
+
     @property
     def pending_writes(self) -> int:
         """Changes not yet saved (retried by the next sweep)."""
@@ -89,7 +93,7 @@ class InstanceRegistry:
         """
         records = await self._instances.list_instances()
         saved = await self._routes.load()
-        self.table.restore(records, saved.claims, saved.assignments, self._clock.now())
+        self.table.restore(records, saved.claims, saved.assignments, self._clock.monotonic())
         self._settle()  # a role the saved state left vacant was filled: save and announce it
         return len(records)
 
@@ -129,7 +133,7 @@ class InstanceRegistry:
         """
         service = record.service
         before = self.table.assignments(service)
-        outcome = self.table.register(record, self._clock.now())
+        outcome = self.table.register(record, self._clock.monotonic())
         touched = set(outcome.record.resources)
         if outcome.replaced is not None:
             touched |= set(outcome.replaced.resources)
@@ -174,7 +178,7 @@ class InstanceRegistry:
 
     async def undrain(self, service: str, instance_id: str) -> None:
         """Route to an instance again (a handover called off or completed)."""
-        self.table.undrain(service, instance_id)
+        self.table.undrain(service, instance_id, self._clock.monotonic())
         self._settle()
         await self._write({(service, instance_id)})
 
@@ -184,7 +188,7 @@ class InstanceRegistry:
         Raises:
             UnknownInstanceError: no such instance.
         """
-        record = self.table.hand_over(service, instance_id, self._clock.now())
+        record = self.table.hand_over(service, instance_id, self._clock.monotonic())
         self._settle()
         await self._write(set(self._dirty_records), set(self._dirty_claims))
         return record
@@ -197,7 +201,7 @@ class InstanceRegistry:
         Raises:
             UnknownInstanceError, NoHealthyInstanceError.
         """
-        record = self.table.promote(service, instance_id, self._clock.now())
+        record = self.table.promote(service, instance_id, self._clock.monotonic())
         self._settle()
         await self._write(set(self._dirty_records), set(self._dirty_claims))
         return record
@@ -212,7 +216,7 @@ class InstanceRegistry:
         if session and record.session and session != record.session:
             return HeartbeatOutcome.REPLACED
         changed = self.table.heartbeat(
-            service, instance_id, session, self._clock.now(), epoch=epoch
+            service, instance_id, session, self._clock.monotonic(), epoch=epoch
         )
         if changed is None and epoch is not None and epoch > record.epoch:
             self._settle()  # a resync: save and announce the new epoch
@@ -232,7 +236,7 @@ class InstanceRegistry:
         It does no I/O (the changes are saved by ``flush``), so no heartbeat or
         registration can interleave with it. Returns the instances that turned unhealthy.
         """
-        now = self._clock.now()
+        now = self._clock.monotonic()
         expired = self.table.expire(now)
         for record in expired:
             _log.warning(
@@ -266,7 +270,7 @@ class InstanceRegistry:
         held = {
             r for r, claimants in self.table.claims(service).items() if instance_id in claimants
         }
-        record = self.table.deregister(service, instance_id, self._clock.now())
+        record = self.table.deregister(service, instance_id, self._clock.monotonic())
         if record is None:
             return None, (set(), set(), set())
         records = {(service, instance_id)}

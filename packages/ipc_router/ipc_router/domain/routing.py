@@ -20,14 +20,16 @@ Only instances that registered the method, and that are not draining, are consid
 sweep: the first healthy standby in the queue is promoted, the failed one goes to the back
 of the queue as a standby, and both get new epochs. It happens no earlier than that, even
 when the router learns sooner that the instance is unreachable, because the instance's own
-lease (shorter than the timeout, counted from a heartbeat it sent) must have run out first:
-two actives never act at once. Meanwhile calls for it wait (``FailoverPendingError``) rather
-than fail. Without a healthy standby the failed active keeps its role and calls are refused
+lease (shorter than the timeout, counted from a heartbeat it sent) must have run out first,
+so the failed active has stopped starting calls before its successor starts any (a handler
+it had already started when it froze still finishes when it wakes). Meanwhile calls for it
+wait (``FailoverPendingError``) rather than fail. Times are on a monotonic clock. Without a healthy standby the failed active keeps its role and calls are refused
 as unavailable until it, or a new instance, is back. There is no fail-back.
 
-**Handover.** A planned stop or a manual promotion first *drains* the outgoing instance: it
-gets no new calls (they wait), and once the router has no call in flight to it the roles
-move. A deregistered or reaped active is replaced at once.
+**Handover.** A planned stop, a drain or a manual promotion first *drains* the outgoing
+instance: it gets no new calls (they wait), and only once the router has no call in flight
+to it do the roles move (the api layer waits; a promotion whose calls do not finish in time
+changes nothing). A deregistered or reaped active is replaced at once.
 
 An instance silent for ``reap_after`` seconds (60 by default) is removed, with its claims
 and assignments, as if it had deregistered.
@@ -152,6 +154,7 @@ class _ServiceTable:
     load: Counter[str] = field(default_factory=Counter)  # instance -> assigned resources
     next_rr: int = 0
     epoch: int = 0  # the highest epoch handed out
+    last_slot: float = 0.0  # the latest place in the standby queue
 
     def assign(self, resource: str, instance_id: str) -> None:
         self.unassign(resource)
@@ -183,6 +186,11 @@ class _ServiceTable:
         self.epoch += 1
         return self.epoch
 
+    def queue_slot(self, at: float = 0.0) -> float:
+        """A place behind everyone queued so far (``at``: a registration's wall time)."""
+        self.last_slot = max(at, self.last_slot + 1e-6)
+        return self.last_slot
+
     def owned_by(self, instance_id: str) -> tuple[str, ...]:
         return tuple(r for r, c in self.claims.items() if c and c[0] == instance_id)
 
@@ -202,6 +210,7 @@ class RoutingTable:
         # (which takes about two) before the instance disappears.
         self.reap_after = max(reap_after, 3 * heartbeat_timeout)
         self._services: dict[str, _ServiceTable] = {}
+        self._epochs: dict[str, int] = {}  # of services whose last instance left
         self._events: list[RoleEvent] = []
         self._grace_until = 0.0
         self._graced: set[tuple[str, str]] = set()  # restored, not heard from since
@@ -246,7 +255,7 @@ class RoutingTable:
         Raises:
             InstanceConflictError: a live process with another session holds the id.
         """
-        table = self._services.setdefault(record.service, _ServiceTable())
+        table = self._table(record.service)
         old = table.instances.get(record.instance_id)
         if old is not None and old.session != record.session:
             age = now - old.last_heartbeat_at
@@ -273,9 +282,8 @@ class RoutingTable:
                 health=Health.HEALTHY,
                 epoch=table.next_epoch(),
                 draining=False,
-                registered_at=now,
                 last_heartbeat_at=now,
-                queued_at=now,
+                queued_at=table.queue_slot(record.registered_at),
             )
             table.instances[record.instance_id] = record
         claimed: list[str] = []
@@ -304,6 +312,7 @@ class RoutingTable:
         record = table.instances[instance_id]
         self._forget(table, instance_id, keep_claims=False)
         if not table.instances:
+            self._epochs[service] = table.epoch  # epochs never go back, even for a new start
             del self._services[service]
         else:
             self._fill(table, now, reason="removed")
@@ -321,14 +330,16 @@ class RoutingTable:
         self._services[service].instances[instance_id] = record
         return record
 
-    def undrain(self, service: str, instance_id: str) -> InstanceRecord | None:
+    def undrain(self, service: str, instance_id: str, now: float = 0.0) -> InstanceRecord | None:
         """Route to an instance again (a handover that was called off)."""
         record = self.get(service, instance_id)
         if record is None or not record.draining:
             return record
         record = replace(record, draining=False)
-        self._services[service].instances[instance_id] = record
-        return record
+        table = self._services[service]
+        table.instances[instance_id] = record
+        self._fill(table, now, reason="handover")  # it may be the only one left to take a role
+        return table.instances[instance_id]
 
     def promote(self, service: str, instance_id: str, now: float) -> InstanceRecord:
         """Make an instance the active of its service and the owner of every resource it
@@ -337,18 +348,17 @@ class RoutingTable:
 
         Raises:
             UnknownInstanceError: no such instance.
-            NoHealthyInstanceError: the instance is unhealthy.
+            NoHealthyInstanceError: the instance is unhealthy or draining.
         """
         target = self._require(service, instance_id)
         table = self._services[service]
-        if target.health is not Health.HEALTHY:
+        if target.health is not Health.HEALTHY or target.draining:
+            state = "draining" if target.draining else "unhealthy"
             raise NoHealthyInstanceError(
-                service, f"instance {instance_id!r} of {service!r} is unhealthy"
+                service, f"instance {instance_id!r} of {service!r} is {state}"
             )
-        target = replace(target, draining=False)
-        table.instances[instance_id] = target
         current = table.active()
-        if current is not None and current.instance_id != instance_id:
+        if current is None or current.instance_id != instance_id:
             self._promote(table, target, None, "promote", now, demote=current)
         for resource, claimants in table.claims.items():
             if instance_id in claimants and claimants[0] != instance_id:
@@ -414,7 +424,7 @@ class RoutingTable:
         A heartbeat from an unknown instance or another session is ignored. An instance
         that comes back after a failover is a standby now: its role is not given back.
 
-        ``epoch`` is the epoch the instance holds. One above the table's (a leader that died
+        ``epoch`` is the epoch the instance holds. One above its record's (a leader that died
         before it saved a role change it had announced) gets the instance a new epoch above
         both, and a role event that tells it its roles as this table has them: the instance
         would otherwise refuse every call routed under the table's older epoch.
@@ -489,28 +499,54 @@ class RoutingTable:
             grace = 2 * self.heartbeat_timeout
         self._grace_until = now + grace
         for record in sorted(records, key=lambda r: (r.queued_at or r.registered_at)):
-            table = self._services.setdefault(record.service, _ServiceTable())
+            table = self._table(record.service)
             table.instances[record.instance_id] = replace(
                 record, health=Health.HEALTHY, last_heartbeat_at=now
             )
             self._graced.add((record.service, record.instance_id))
             table.epoch = max(table.epoch, record.epoch)
+            table.last_slot = max(table.last_slot, record.queued_at or record.registered_at)
         for (service, resource), claimants in claims.items():
             found = self._services.get(service)
-            if found is not None:
-                kept = [c for c in claimants if c in found.instances]
-                if kept:
-                    found.claims[resource] = kept
+            if found is None:
+                continue
+            kept = [c for c in claimants if c in found.instances]
+            if not kept:
+                continue
+            found.claims[resource] = kept
+            if kept[0] != claimants[0]:  # its saved owner is gone: a new owner, announced
+                heir = replace(found.instances[kept[0]], epoch=found.next_epoch())
+                found.instances[heir.instance_id] = heir
+                self._events.append(
+                    RoleEvent(
+                        service, heir.instance_id, Role.ACTIVE, heir.epoch, "restored", resource
+                    )
+                )
         for (service, resource), instance_id in assignments.items():
             found = self._services.get(service)
             if found is not None and instance_id in found.instances:
                 found.assign(resource, instance_id)
         for table in self._services.values():
-            actives = [r for r in table.instances.values() if r.role is Role.ACTIVE]
-            for extra in actives[1:]:  # saved mid-change by a leader that died: keep the first
-                table.instances[extra.instance_id] = replace(extra, role=Role.STANDBY)
+            actives = sorted(
+                (r for r in table.instances.values() if r.role is Role.ACTIVE),
+                key=lambda r: r.epoch,
+            )
+            # Saved mid-change by a leader that died: the latest promotion (highest epoch)
+            # stands, and the others are told they are standbys.
+            for extra in actives[:-1]:
+                demoted = replace(extra, role=Role.STANDBY, epoch=table.next_epoch())
+                table.instances[extra.instance_id] = demoted
+                self._events.append(
+                    RoleEvent(
+                        demoted.service,
+                        demoted.instance_id,
+                        Role.STANDBY,
+                        demoted.epoch,
+                        "restored",
+                    )
+                )
             if not actives:
-                self._fill(table, now, reason="removed")
+                self._fill(table, now, reason="restored")
 
     # --- the decision ----------------------------------------------------------------------
     def route(self, service: str, method: str, resource_id: str | None) -> Route:
@@ -531,8 +567,13 @@ class RoutingTable:
             owner = table.instances[claimants[0]]
             what = f"resource {resource_id!r} of {service!r}"
             return self._to_active(table, owner, [table.instances[c] for c in claimants], what)
-        active = table.active()
-        if active is not None and not active.load_balanced:
+        balanced = next(iter(table.instances.values())).load_balanced
+        if not balanced:
+            active = table.active()
+            if active is None:  # every instance left mid-change: never spread the calls
+                if any(r.health is Health.HEALTHY for r in table.instances.values()):
+                    raise FailoverPendingError(service, f"{service!r} has no active yet")
+                raise NoHealthyInstanceError(service, f"no instance of {service!r} is healthy")
             return self._to_active(table, active, list(table.instances.values()), repr(service))
         candidates = [r for r in table.instances.values() if table.routable(r, method)]
         if not candidates:
@@ -581,6 +622,12 @@ class RoutingTable:
             f"the active of {what}, instance {active.instance_id!r}, is "
             f"{active.health.value}, and no standby is healthy",
         )
+
+    def _table(self, service: str) -> _ServiceTable:
+        table = self._services.get(service)
+        if table is None:
+            table = self._services[service] = _ServiceTable(epoch=self._epochs.pop(service, 0))
+        return table
 
     def _require(self, service: str, instance_id: str) -> InstanceRecord:
         record = self.get(service, instance_id)
@@ -666,7 +713,7 @@ class RoutingTable:
         current = table.instances[demote.instance_id]
         outgoing = replace(current, epoch=table.next_epoch())
         if resource is None:
-            outgoing = replace(outgoing, role=Role.STANDBY, queued_at=now)
+            outgoing = replace(outgoing, role=Role.STANDBY, queued_at=table.queue_slot())
             del table.instances[demote.instance_id]  # to the back of the standby queue
         table.instances[demote.instance_id] = outgoing
         self._events.append(
@@ -679,10 +726,15 @@ class RoutingTable:
             for resource in [r for r, c in table.claims.items() if instance_id in c]:
                 was_owner = table.claims[resource][0] == instance_id
                 table.claims[resource].remove(instance_id)
-                if not table.claims[resource]:
+                claimants = table.claims[resource]
+                if not claimants:
                     del table.claims[resource]
                 elif was_owner:
-                    heir = table.instances[table.claims[resource][0]]
+                    heir = self._first_standby(table, claimants, None)
+                    if heir is None:  # nobody can take it now: the next one, failed over later
+                        heir = table.instances[claimants[0]]
+                    claimants.remove(heir.instance_id)
+                    claimants.insert(0, heir.instance_id)
                     heir = replace(heir, epoch=table.next_epoch())
                     table.instances[heir.instance_id] = heir
                     self._events.append(

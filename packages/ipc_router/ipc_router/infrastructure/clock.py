@@ -1,4 +1,4 @@
-"""``SystemClock``: wall-clock time (satisfies ``Clock``)."""
+"""``SystemClock``: wall-clock and monotonic time (satisfies ``Clock``)."""
 
 from __future__ import annotations
 
@@ -11,3 +11,7 @@ class SystemClock:
     def now(self) -> float:
         """The current Unix time."""
         return time.time()
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (NTP steps do not move it)."""
+        return time.monotonic()
