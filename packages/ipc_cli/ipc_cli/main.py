@@ -7,6 +7,7 @@ import base64
 import contextlib
 import enum
 import json
+import os
 import signal
 import sys
 import time
@@ -188,7 +189,15 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    _console().print(table)
+
+
+def _console() -> Console:
+    """A terminal's own width; piped into a file or another program, wide enough that
+    nothing is cut (Rich would assume 80 columns)."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=200)
 
 
 def _json_option() -> Any:
@@ -203,7 +212,7 @@ def status(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     if settings.json:
         _print_json(result)
         return
-    Console().print(_status_table(result))
+    _console().print(_status_table(result))
 
 
 @app.command()
