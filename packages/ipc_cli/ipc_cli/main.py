@@ -450,8 +450,8 @@ def watch(
             for k in kinds:
                 await nc.subscribe(client.subjects.events(k), cb=on_event)
             await nc.flush()
-            if not settings.json:
-                typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
+            # On stderr, so that stdout stays pure events (JSON lines with --json).
+            typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
             await stop.wait()
         finally:
             await client.close(timeout=0.5)

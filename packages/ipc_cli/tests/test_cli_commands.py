@@ -182,39 +182,53 @@ async def test_promote_and_drain_move_the_roles(
     fails(await ipc(url, "drain", "nobody"), ExitCode.FAILED, "not registered")
 
 
-async def test_watch_streams_router_events_until_interrupted(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
-) -> None:
-    proc = await asyncio.create_subprocess_exec(
+async def start_watch(url: str, *extra: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "ipc_cli",
         "--nats-url",
-        nats_server.url,
+        url,
         "watch",
         "--kind",
         "role",
-        "--json",
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+async def test_watch_streams_router_events_until_interrupted(
+    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+) -> None:
+    as_json = await start_watch(nats_server.url, "--json")
+    as_table = await start_watch(nats_server.url)
+    procs = (as_json, as_table)
     try:
-        await asyncio.sleep(1.5)  # connected and subscribed
+        for proc in procs:  # subscribed once it says so (on stderr, not stdout)
+            assert proc.stderr is not None
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert b"watching role events" in line
         promoted = await ipc(nats_server.url, "promote", "service_b", "b2")
         assert promoted.exit_code == ExitCode.OK, promoted.stderr
-        assert proc.stdout is not None
-        events = [json.loads(await asyncio.wait_for(proc.stdout.readline(), 10)) for _ in range(2)]
+        assert as_json.stdout is not None and as_table.stdout is not None
+        events = [
+            json.loads(await asyncio.wait_for(as_json.stdout.readline(), 10)) for _ in range(2)
+        ]
+        lines = [
+            (await asyncio.wait_for(as_table.stdout.readline(), 10)).decode() for _ in range(2)
+        ]
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(proc.communicate(), 10)
-    assert proc.returncode == 0, err.decode()
-    assert "Traceback" not in err.decode()
-    assert {(e["instance_id"], e["role"]) for e in events} <= {
-        ("b2", "active"),
-        ("b1", "standby"),
-    }
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        outcomes = [await asyncio.wait_for(proc.communicate(), 10) for proc in procs]
+    for proc, (_, err) in zip(procs, outcomes, strict=True):
+        assert proc.returncode == 0, err.decode()
+        assert "Traceback" not in err.decode()
+    assert {(e["instance_id"], e["role"]) for e in events} <= {("b2", "active"), ("b1", "standby")}
     assert all(e["kind"] == "role" for e in events)
+    assert any("service_b/b2 is active of the service" in line for line in lines), lines
 
 
 async def test_watch_rejects_unknown_kinds_and_unreachable_routers(
