@@ -94,7 +94,7 @@ async def test_services_instances_and_routes_as_tables_and_json(
     table = await ipc(url, "routes")
     assert table.exit_code == 0 and "acc_1" in table.stdout
 
-    fails(await ipc(url, "instances", "nope"), ExitCode.FAILED, "'nope' is not registered")
+    fails(await ipc(url, "instances", "nope"), ExitCode.FAILED, "service 'nope' is not registered")
     fails(await ipc(url, "routes", "nope"), ExitCode.FAILED, "not registered")
     fails(await ipc(url, "instances", "bad name"), ExitCode.USAGE)
 

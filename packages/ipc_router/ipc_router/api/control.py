@@ -52,12 +52,20 @@ from ipc_router.api.admin import AdminOp, OpsEndpoint
 from ipc_router.api.calls import InflightTracker
 from ipc_router.api.events import instance_state
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
+from ipc_router.application.views import (
+    AmbiguousInstanceError,
+    describe_instances,
+    describe_routes,
+    describe_services,
+    find_instance,
+)
 from ipc_router.domain import (
     Health,
     InstanceRecord,
     NoHealthyInstanceError,
     Role,
     UnknownInstanceError,
+    UnknownServiceError,
 )
 
 _log = logging.getLogger("ipc_router.control")
@@ -280,31 +288,15 @@ class ControlAPI:
 
     # --- operators' views and drain (forwarded here from <prefix>.admin.*) ---------------
     def _find(self, instance_id: str, service: str | None) -> InstanceRecord:
-        """The one registered instance with this id (in ``service``, if given)."""
-        found = [
-            r
-            for r in self._registry.table.instances()
-            if r.instance_id == instance_id and service in (None, r.service)
-        ]
-        if not found:
+        try:
+            return find_instance(self._registry.table, instance_id, service)
+        except UnknownInstanceError as e:
             where = f" of {service!r}" if service else ""
             raise IPCError(
                 f"instance {instance_id!r}{where} is not registered", code=ErrorCode.NOT_FOUND
-            )
-        if len(found) > 1:
-            names = ", ".join(sorted(r.service for r in found))
-            raise IPCError(
-                f"instance id {instance_id!r} is registered in several services ({names}); "
-                "name the service",
-                code=ErrorCode.INVALID_ARGUMENT,
-            )
-        return found[0]
-
-    def _known_service(self, service: str | None) -> None:
-        if service is not None and not any(
-            r.service == service for r in self._registry.table.instances()
-        ):
-            raise IPCError(f"service {service!r} is not registered", code=ErrorCode.NOT_FOUND)
+            ) from e
+        except AmbiguousInstanceError as e:
+            raise IPCError(str(e), code=ErrorCode.INVALID_ARGUMENT) from e
 
     async def _drain(self, args: dict[str, Any]) -> dict[str, Any]:
         """Stop routing new calls to an instance; once the calls in flight there are done,
@@ -359,83 +351,68 @@ class ControlAPI:
             self._handing_over.pop((service, instance_id), None)
 
     async def _services(self, args: dict[str, Any]) -> dict[str, Any]:
-        table = self._registry.table
-        by_service: dict[str, list[InstanceRecord]] = {}
-        for record in table.instances():
-            by_service.setdefault(record.service, []).append(record)
-        services = []
-        for service, records in sorted(by_service.items()):
-            active = next((r.instance_id for r in records if r.role is Role.ACTIVE), None)
-            services.append(
-                ServiceInfo(
-                    service=service,
-                    mode="load-balanced" if records[0].load_balanced else "active-standby",
-                    active=active,
-                    instances=len(records),
-                    healthy=sum(1 for r in records if r.health is Health.HEALTHY),
-                    methods=sorted({m for r in records for m in r.methods}),
-                    claimed_resources=len(table.claims(service)),
-                ).model_dump()
-            )
+        views = describe_services(self._registry.table)
+        services = [
+            ServiceInfo(
+                service=v.service,
+                mode="load-balanced" if v.load_balanced else "active-standby",
+                active=v.active,
+                instances=v.instances,
+                healthy=v.healthy,
+                methods=v.methods,
+                claimed_resources=v.claimed_resources,
+            ).model_dump()
+            for v in views
+        ]
         return {"services": services}
 
     async def _instances(self, args: dict[str, Any]) -> dict[str, Any]:
         req: _Filter = self._codec.validate(args, _Filter)
-        self._known_service(req.service)
-        table, now = self._registry.table, self._registry.monotonic()
-        rows = []
-        for r in table.instances():
-            if req.service not in (None, r.service):
-                continue
-            claims = table.claims(r.service)
-            rows.append(
-                InstanceInfo(
-                    service=r.service,
-                    instance_id=r.instance_id,
-                    role=r.role.value,
-                    health=r.health.value,
-                    epoch=r.epoch,
-                    heartbeat_age_s=max(0.0, now - r.last_heartbeat_at),
-                    inflight=self._tracker.count(r.service, r.instance_id),
-                    owned=sorted(res for res, c in claims.items() if c[0] == r.instance_id),
-                    standby_for=sorted(res for res, c in claims.items() if r.instance_id in c[1:]),
-                    methods=sorted(r.methods),
-                    draining=r.draining,
-                    registered_at=r.registered_at,
-                ).model_dump()
+        try:
+            views = describe_instances(
+                self._registry.table, req.service, self._registry.monotonic(), self._tracker.count
             )
+        except UnknownServiceError as e:
+            raise IPCError(
+                f"service {e.service!r} is not registered", code=ErrorCode.NOT_FOUND
+            ) from e
+        rows = [
+            InstanceInfo(
+                service=v.record.service,
+                instance_id=v.record.instance_id,
+                role=v.record.role.value,
+                health=v.record.health.value,
+                epoch=v.record.epoch,
+                heartbeat_age_s=v.heartbeat_age_s,
+                inflight=v.inflight,
+                owned=v.owned,
+                standby_for=v.standby_for,
+                methods=sorted(v.record.methods),
+                draining=v.record.draining,
+                registered_at=v.record.registered_at,
+            ).model_dump()
+            for v in views
+        ]
         return {"instances": rows}
 
     async def _routes(self, args: dict[str, Any]) -> dict[str, Any]:
         req: _Filter = self._codec.validate(args, _Filter)
-        self._known_service(req.service)
-        table = self._registry.table
-        services = sorted({r.service for r in table.instances()})
-        rows = []
-        for service in services:
-            if req.service not in (None, service):
-                continue
-            for resource, claimants in sorted(table.claims(service).items()):
-                if req.resource in (None, resource):
-                    rows.append(
-                        RouteInfo(
-                            service=service,
-                            resource=resource,
-                            kind="claim",
-                            instance=claimants[0],
-                            standbys=claimants[1:],
-                        ).model_dump()
-                    )
-            for resource, instance_id in sorted(table.assignments(service).items()):
-                if req.resource in (None, resource):
-                    rows.append(
-                        RouteInfo(
-                            service=service,
-                            resource=resource,
-                            kind="assignment",
-                            instance=instance_id,
-                        ).model_dump()
-                    )
+        try:
+            views = describe_routes(self._registry.table, req.service, req.resource)
+        except UnknownServiceError as e:
+            raise IPCError(
+                f"service {e.service!r} is not registered", code=ErrorCode.NOT_FOUND
+            ) from e
+        rows = [
+            RouteInfo(
+                service=v.service,
+                resource=v.resource,
+                kind=v.kind,
+                instance=v.instance,
+                standbys=v.standbys,
+            ).model_dump()
+            for v in views
+        ]
         return {"routes": rows}
 
     async def _on_heartbeat(self, msg: Msg) -> None:
