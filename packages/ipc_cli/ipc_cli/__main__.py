@@ -1,5 +1,5 @@
 """``python -m ipc_cli``: same as the ``ipc`` command."""
 
-from ipc_cli.main import main
+from ipc_cli._entry import main
 
 main()

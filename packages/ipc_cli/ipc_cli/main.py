@@ -7,6 +7,7 @@ import base64
 import contextlib
 import enum
 import json
+import math
 import os
 import signal
 import sys
@@ -145,7 +146,7 @@ def _fail(message: str, code: ExitCode) -> NoReturn:
 
 
 def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True))
+    typer.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True, allow_nan=False))
 
 
 def _jsonable(value: Any) -> Any:
@@ -166,6 +167,8 @@ def _jsonable(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")  # JSON has none
     return value
 
 
@@ -177,10 +180,26 @@ def _settings(ctx: typer.Context, as_json: bool) -> Settings:
 
 
 def _parse_json(text: str, what: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError as e:  # JSONDecodeError included
         _fail(f"{what} is not JSON: {e}", ExitCode.USAGE)
+    if _has_infinite(value):
+        _fail(f"{what} has a number too large for a float", ExitCode.USAGE)
+    return value
+
+
+def _has_infinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_infinite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_infinite(v) for v in value)
+    return False
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -452,7 +471,20 @@ def watch(
             await nc.flush()
             # On stderr, so that stdout stays pure events (JSON lines with --json).
             typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
-            await stop.wait()
+            lost_since: float | None = None
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                if nc.is_connected:
+                    lost_since = None
+                    continue
+                lost_since = lost_since or loop.time()
+                if nc.is_closed or loop.time() - lost_since > max(settings.timeout, 5.0):
+                    # A supervisor must see it: events missed meanwhile are not replayed.
+                    raise IPCConnectionError(
+                        settings.nats_url,
+                        "lost the connection; events are not replayed, so watch stops",
+                    )
         finally:
             await client.close(timeout=0.5)
 
@@ -520,5 +552,16 @@ def _duration(seconds: float) -> str:
 
 
 def main() -> None:
-    """Console entry point of ``ipc``."""
-    app()
+    """Console entry point of ``ipc``: usage errors are one line too (exit 2)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("ipc: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        # Click's (or Typer's bundled Click's) usage errors: a bad option, command or value.
+        if not hasattr(e, "format_message") or getattr(e, "exit_code", None) != ExitCode.USAGE:
+            raise
+        typer.echo(f"ipc: error: {e.format_message()} (see 'ipc --help')", err=True)
+        sys.exit(int(ExitCode.USAGE))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from ipc_cli._exit import ExitCode
-from ipc_cli.main import app
+from ipc_cli.main import _jsonable, app
 from ipc_client_sdk import IPCClient
 from ipc_testing import NatsServerProcess, RouterProcess, eventually, free_port
 from ipc_testing.instance import InstanceProcess
@@ -261,3 +261,41 @@ async def test_every_router_command_exits_3_without_a_router(
 ) -> None:
     for argv in (["services"], ["instances"], ["routes"], ["promote", "s", "i"], ["drain", "i"]):
         fails(await ipc(nats_server.url, "--timeout", "1", *argv), ExitCode.UNREACHABLE, "router")
+
+
+async def test_watch_exits_3_when_nats_goes_away(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    proc = await start_watch(nats_server.url)
+    assert proc.stderr is not None
+    assert b"watching" in await asyncio.wait_for(proc.stderr.readline(), 20)
+    nats_server.kill()
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == ExitCode.UNREACHABLE, err.decode()
+    assert "lost the connection" in err.decode() and "Traceback" not in err.decode()
+
+
+async def test_usage_errors_are_one_line_from_the_real_command() -> None:
+    for argv in (["--timeout", "0", "status"], ["status", "--bogus"], ["nope"], ["drain"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ipc_cli",
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == ExitCode.USAGE, argv
+        assert out == b"" and err.startswith(b"ipc: error:") and err.count(b"\n") == 1, err
+
+
+def test_json_never_carries_nan_and_refuses_it_as_input() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    for payload in ("NaN", "[1e400]", '{"x": -Infinity}'):
+        result = runner.invoke(app, ["--nats-url", url, "call", "a.b", payload])
+        fails(result, ExitCode.USAGE, "the request")
+    assert json.loads(json.dumps(_jsonable([float("nan"), float("inf")]), allow_nan=False)) == [
+        "NaN",
+        "Infinity",
+    ]

@@ -27,7 +27,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,9 @@ _log = logging.getLogger("ipc_client_sdk.pubsub")
 
 _FETCH = 64
 """Events a durable subscription takes from JetStream at once."""
+
+_FETCH_WAIT = 1.0
+"""Seconds one fetch waits for events (a long poll)."""
 
 _ACK_WAIT = 30.0
 """Seconds JetStream waits for a durable subscriber's ack before it redelivers (kept alive
@@ -118,6 +121,8 @@ class Subscription:
         self._core: NatsSubscription | None = None
         self._pull: JetStreamContext.PullSubscription | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._lanes: dict[str, _Lane] = {}
+        self._room = asyncio.Semaphore(_FETCH * 2)  # events fetched and not yet done
         self._stopping = False
         self._stopped = False
         self.name = durable or f"{client.name or 'client'}/{pattern}"
@@ -128,12 +133,12 @@ class Subscription:
         return not self._stopped
 
     async def start(self) -> None:
-        """Subscribe.
+        """Subscribe; the subscription is live when this returns.
 
         Raises:
             RouterUnavailableError: durable, and no router has set up the events stream.
-            InvalidArgumentError: durable, and the name is taken by a subscription to
-                another pattern.
+            InvalidArgumentError: durable, and the name belongs to a subscription to another
+                pattern.
             IPCConnectionError: the connection failed.
         """
         nc = self._client.nats
@@ -157,6 +162,9 @@ class Subscription:
                     max_ack_pending=10_000,
                 ),
             )
+            # nats-py binds to an existing consumer as it is: a durable name created for
+            # another pattern would hand this subscriber someone else's events.
+            found = (await self._pull.consumer_info()).config
         except nats.js.errors.NotFoundError as e:
             raise RouterUnavailableError(
                 f"the events stream {self._client.subjects.events_stream} does not exist: "
@@ -165,14 +173,25 @@ class Subscription:
         except nats.js.errors.APIError as e:
             raise InvalidArgumentError(
                 f"durable subscription {self.durable!r} cannot follow {self.pattern!r}: "
-                f"{e.description or e} (a durable name keeps the pattern it was created with)"
+                f"{e.description or e}"
             ) from e
         except nats.errors.Error as e:
             raise connection_error(self._client.servers, e) from e
+        if found.filter_subject != subject or found.ack_policy != AckPolicy.EXPLICIT:
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull.unsubscribe()
+            taken = self._client.subjects.topic_of(found.filter_subject or "")
+            raise InvalidArgumentError(
+                f"durable name {self.durable!r} already follows {taken!r}, not "
+                f"{self.pattern!r}: use another name (a durable name keeps its pattern)"
+            )
         self._loop = asyncio.create_task(self._fetch_loop(), name=f"ipc-durable-{self.durable}")
 
     async def stop(self, *, timeout: float = 5.0) -> None:
-        """Stop taking events; a handler still running gets ``timeout`` seconds. Idempotent.
+        """Stop taking events. A handler still running gets ``timeout`` seconds to finish;
+        events delivered to a plain subscription but not handled yet are handled within it,
+        and a durable subscription's unhandled events are given back (redelivered, in
+        order, to the next subscriber under its name). Idempotent; safe from a handler.
 
         A durable subscription's consumer stays in JetStream: subscribing again under the
         same name resumes after the last event acked.
@@ -181,37 +200,52 @@ class Subscription:
             return
         self._stopped = self._stopping = True
         if self._core is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._core.unsubscribe()
+            core, self._core = self._core, None
+            try:
+                drained = core.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
+                await asyncio.wait_for(drained, timeout)
+            except (TimeoutError, nats.errors.Error):
+                with contextlib.suppress(nats.errors.Error):
+                    await core.unsubscribe()
+            return
         if self._loop is not None:
-            done, _ = await asyncio.wait({self._loop}, timeout=timeout)
-            if not done:
-                self._loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._loop
+            # Not cancelled: a fetch cut short would leave what the server already sent it
+            # unacked for ack_wait. Its long poll ends within a second; what it brings back
+            # now is given back.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._loop), _FETCH_WAIT + 1.0)
+        for lane in self._lanes.values():
+            lane.queue.put_nowait(None)  # the end: what is queued before it is given back
+        current = asyncio.current_task()
+        lanes = [lane.task for lane in self._lanes.values() if lane.task is not current]
+        if lanes:  # (a handler calling stop() ends its own lane when it returns)
+            _, late = await asyncio.wait(lanes, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._pull is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._pull.unsubscribe()
 
     # --- plain subscriptions -------------------------------------------------------------
     async def _on_core(self, msg: Msg) -> None:
-        if self._stopping:
+        read = self._read(msg)
+        if isinstance(read, tuple) and isinstance(read[1], _Unfit):
+            await self._dead_letter(read[0], read[1].error, 1)
             return
-        event = self._read(msg)
-        if isinstance(event, ErrorInfo):
-            await self._dead_letter(_unreadable(msg, self._client), event, 1)
-            return
-        published, value = event
+        published, value = read
         error = await self._invoke(published, value, sequence=None, deliveries=1)
         if error is not None:
             await self._dead_letter(published, error, 1)
 
     # --- durable subscriptions -----------------------------------------------------------
     async def _fetch_loop(self) -> None:
+        """Fetch events and hand each to its subject's lane; lanes run side by side, the
+        events of one subject one after another."""
         assert self._pull is not None
         while not self._stopping:
             try:
-                msgs = await self._pull.fetch(batch=_FETCH, timeout=1.0)
+                msgs = await self._pull.fetch(batch=_FETCH, timeout=_FETCH_WAIT)
             except TimeoutError:
                 continue
             except nats.errors.Error as e:
@@ -220,56 +254,108 @@ class Subscription:
                 _log.warning("durable %s: fetching failed (%s); retrying", self.durable, e)
                 await asyncio.sleep(0.5)
                 continue
-            by_subject: dict[str, list[Msg]] = {}
-            for msg in msgs:
-                by_subject.setdefault(msg.subject, []).append(msg)
-            # Subjects run side by side; the events of one subject one after another.
-            await asyncio.gather(*(self._in_order(batch) for batch in by_subject.values()))
+            for i, msg in enumerate(msgs):
+                if self._stopping:
+                    for left in msgs[i:]:
+                        await _give_back(left)
+                    return
+                await self._room.acquire()  # back-pressure: at most 2 batches in the lanes
+                lane = self._lanes.get(msg.subject)
+                if lane is None or lane.task.done():
+                    lane = self._lanes[msg.subject] = _Lane(
+                        asyncio.create_task(self._run_lane(msg.subject))
+                    )
+                lane.queue.put_nowait(msg)
 
-    async def _in_order(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
+    async def _run_lane(self, subject: str) -> None:
+        lane = self._lanes[subject]
+        while True:
+            msg = await lane.queue.get()
+            if msg is None:
+                return  # stopped
             try:
+                if self._stopping:
+                    await _give_back(msg)  # redelivered, in order, to the next subscriber
+                    continue
                 await self._one_durable(msg)
+            except asyncio.CancelledError:
+                await _give_back(msg)
+                while not lane.queue.empty():
+                    if (queued := lane.queue.get_nowait()) is not None:
+                        await _give_back(queued)
+                raise
             except nats.errors.Error as e:
                 # Not acked: JetStream delivers it again after ack_wait.
                 _log.warning("durable %s: event left for redelivery (%s)", self.durable, e)
+            finally:
+                self._room.release()
 
     async def _one_durable(self, msg: Msg) -> None:
         first = msg.metadata.num_delivered
         sequence = msg.metadata.sequence.stream
-        event = self._read(msg)
-        if isinstance(event, ErrorInfo):
-            if await self._dead_letter(_unreadable(msg, self._client), event, first):
-                await msg.ack()
+        read = self._read(msg)
+        if isinstance(read[1], _Unfit):
+            await self._dead_letter_until_stored(msg, read[0], read[1].error, first)
             return
-        published, value = event
+        published, value = read
+        if first > self._max_deliveries:
+            # Delivered this often already: its handler crashed the process each time.
+            poison = ErrorInfo(
+                code=ErrorCode.ABORTED,
+                message=f"delivered {first} times without being acknowledged (the subscriber "
+                "died while handling it?)",
+            )
+            await self._dead_letter_until_stored(msg, published, poison, first)
+            return
         deliveries = first
         while True:
-            error = await self._invoke(published, value, sequence=sequence, deliveries=deliveries)
+            async with _keep_alive(msg):
+                error = await self._invoke(
+                    published, value, sequence=sequence, deliveries=deliveries
+                )
             if error is None:
                 await msg.ack()
                 return
-            if deliveries >= self._max_deliveries or self._stopping:
+            if deliveries >= self._max_deliveries:
                 break
-            await msg.in_progress()
-            await asyncio.sleep(self._backoff[min(deliveries, len(self._backoff)) - 1])
+            if self._stopping:
+                await _give_back(msg)
+                return
+            async with _keep_alive(msg):
+                await asyncio.sleep(self._backoff[min(deliveries, len(self._backoff)) - 1])
             deliveries += 1
-        if self._stopping and deliveries < self._max_deliveries:
-            return  # not acked: the next subscriber under this name retries it
-        if await self._dead_letter(published, error, deliveries):
-            await msg.ack()
-        else:
-            await msg.nak(delay=5.0)  # not lost: tried again later
+        await self._dead_letter_until_stored(msg, published, error, deliveries)
+
+    async def _dead_letter_until_stored(
+        self, msg: Msg, event: Published, error: ErrorInfo, deliveries: int
+    ) -> None:
+        """Dead-letter, then ack. While the dead letter cannot be stored, the subject waits
+        (later events of it must not overtake this one); when stopping, the event is given
+        back instead."""
+        delay = 1.0
+        while not await self._dead_letter(event, error, deliveries):
+            if self._stopping:
+                await _give_back(msg)
+                return
+            async with _keep_alive(msg):
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        await msg.ack()
 
     # --- shared ----------------------------------------------------------------------------
-    def _read(self, msg: Msg) -> tuple[Published, Any] | ErrorInfo:
+    def _read(self, msg: Msg) -> tuple[Published, Any]:
+        """The event and its value, or the event (a stand-in when unreadable) and why it
+        does not fit (an ``_Unfit`` as the value)."""
         codec = self._client.codec
         try:
             published = codec.decode_envelope(msg.data, Published)
-            value = codec.decode(published.payload, self._model)
         except CodecError as e:
-            return ErrorInfo(code=e.code, message=e.message)
-        return published, value
+            unreadable = _unreadable(msg, self._client)
+            return unreadable, _Unfit(ErrorInfo(code=e.code, message=e.message))
+        try:
+            return published, codec.decode(published.payload, self._model)
+        except CodecError as e:
+            return published, _Unfit(ErrorInfo(code=e.code, message=e.message))
 
     async def _invoke(
         self, published: Published, value: Any, *, sequence: int | None, deliveries: int
@@ -289,7 +375,10 @@ class Subscription:
             else:
                 await self._handler(value)
         except asyncio.CancelledError:
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            return ErrorInfo(code=ErrorCode.CANCELLED, message="the handler was cancelled")
         except IPCError as e:
             return e.to_info()
         except Exception as e:
@@ -415,6 +504,47 @@ def _arity(handler: object) -> int:
         for p in params
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Unfit:
+    """Why an event cannot be handled at all (it does not fit the model, or cannot be read)."""
+
+    error: ErrorInfo
+
+
+class _Lane:
+    """The events of one subject, handled one after another."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: the end
+
+
+async def _give_back(msg: Msg) -> None:
+    """Leave an event for redelivery now (not after ack_wait)."""
+    with contextlib.suppress(nats.errors.Error):
+        await msg.nak()
+
+
+@contextlib.asynccontextmanager
+async def _keep_alive(msg: Msg) -> AsyncIterator[None]:
+    """Tell JetStream the event is still being worked on, so a long handler or backoff is
+    not mistaken for a dead subscriber (and the event redelivered to another)."""
+
+    async def ping() -> None:
+        while True:
+            await asyncio.sleep(_ACK_WAIT / 3)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    pinger = asyncio.create_task(ping())
+    try:
+        yield
+    finally:
+        pinger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pinger
 
 
 def _unreadable(msg: Msg, client: IPCClient) -> Published:

@@ -18,6 +18,7 @@ from ipc_client_sdk import (
     InvalidArgumentError,
     IPCClient,
     RouterUnavailableError,
+    Subscription,
 )
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_testing import RouterProcess, eventually
@@ -184,7 +185,11 @@ async def test_an_event_that_does_not_fit_the_model_is_dead_lettered_at_once(
     assert {letter.subscriber for letter in letters} == {"strict", "app/md.ticks.*"}
     assert all(letter.deliveries == 1 for letter in letters)
     assert any("price" in letter.error.message for letter in letters)
-    assert any(letter.event.event_id == "unreadable" for letter in letters)
+    assert sum(letter.event.event_id == "unreadable" for letter in letters) == 2  # the garbage
+    unfit = [letter for letter in letters if letter.event.event_id != "unreadable"]
+    assert all(
+        letter.event.topic == "md.ticks.AAPL" and letter.event.published_at for letter in unfit
+    )
 
 
 async def test_a_durable_subscription_keeps_the_order_of_each_subject_through_retries(
@@ -246,3 +251,104 @@ async def test_without_a_router_durable_subscribe_and_publish_say_so(
             await client.subscribe("md.x", ok, durable="d")
         with pytest.raises(RouterUnavailableError):
             await client.publish("md.x", tick(1), timeout=3)
+
+
+async def test_a_durable_name_keeps_its_pattern(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    async def ok(t: Tick) -> None: ...
+
+    async with IPCClient(nats_server.url) as client:
+        sub = await client.subscribe("md.ticks.*", ok, model=Tick, durable="risk")
+        await sub.stop()
+        with pytest.raises(InvalidArgumentError, match="already follows 'md.ticks.\\*'"):
+            await client.subscribe("orders.>", ok, durable="risk")
+        again = await client.subscribe("md.ticks.*", ok, model=Tick, durable="risk")
+        assert again.active
+
+
+async def test_an_event_that_keeps_killing_its_subscriber_is_dead_lettered_unhandled(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    handled: list[int] = []
+
+    async def on_tick(t: Tick) -> None:
+        handled.append(t.n)
+
+    async with IPCClient(nats_server.url, name="app") as client:
+        await client.publish("md.ticks.AAPL", tick(1), event_id="poison")
+        sub = await client.subscribe("md.ticks.AAPL", on_tick, model=Tick, durable="victim")
+        await sub.stop()
+        # Three deliveries that were never acked: as if the handler crashed the process.
+        raw = await client.nats.jetstream().pull_subscribe(
+            client.subjects.topic_pattern("md.ticks.AAPL"),
+            durable="victim",
+            stream=client.subjects.events_stream,
+        )
+        for _ in range(3):
+            (msg,) = await raw.fetch(1, timeout=5)
+            await msg.nak()
+        await raw.unsubscribe()
+        dlq = await client.nats.subscribe(client.subjects.dead_letter_all)
+        await client.subscribe(
+            "md.ticks.AAPL", on_tick, model=Tick, durable="victim", max_deliveries=3
+        )
+        letter = client.codec.decode_envelope((await dlq.next_msg(timeout=10)).data, DeadLetter)
+    assert handled == []
+    assert (letter.event.event_id, letter.deliveries) == ("poison", 4)
+    assert "without being acknowledged" in letter.error.message
+
+
+async def test_stopping_a_durable_subscription_gives_unhandled_events_back_in_order(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    first: list[int] = []
+    second: list[int] = []
+    stopping = asyncio.Event()
+
+    async def slow(t: Tick) -> None:
+        if t.n == 3:
+            stopping.set()
+            await asyncio.sleep(0.3)
+        first.append(t.n)
+
+    async def fast(t: Tick) -> None:
+        second.append(t.n)
+
+    async with IPCClient(nats_server.url, name="app") as client:
+        for n in range(20):
+            await client.publish("md.ticks.AAPL", tick(n))
+        sub = await client.subscribe("md.ticks.AAPL", slow, model=Tick, durable="resume")
+        await stopping.wait()
+        await sub.stop(timeout=5)  # the running handler finishes; the rest is given back
+        await client.publish("md.ticks.AAPL", tick(100))
+        await client.subscribe("md.ticks.AAPL", fast, model=Tick, durable="resume")
+        await eventually(lambda: has([*first, *second], 21), within=10)
+    assert first == [0, 1, 2, 3]
+    assert second == [*range(4, 20), 100]  # nothing lost, nothing twice, in order
+
+
+async def test_stop_waits_for_a_running_handler_and_may_be_called_from_one(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    done: list[str] = []
+    subs: list[Subscription] = []
+
+    async def plain(t: Tick) -> None:
+        await asyncio.sleep(0.3)
+        done.append("plain")
+
+    async def quits(t: Tick) -> None:
+        await subs[0].stop()  # from inside its own handler: must not deadlock
+        done.append("durable")
+
+    async with IPCClient(nats_server.url, name="app") as client:
+        subs.append(await client.subscribe("md.quit", quits, model=Tick, durable="quitter"))
+        sub = await client.subscribe("md.slow", plain, model=Tick)
+        await client.publish("md.slow", tick(1))
+        await client.publish("md.quit", tick(2))
+        await asyncio.sleep(0.1)
+        await sub.stop(timeout=5)
+        await eventually(lambda: has(done, 2), within=5)
+    assert sorted(done) == ["durable", "plain"]
+    assert not subs[0].active

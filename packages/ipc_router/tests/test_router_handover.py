@@ -169,3 +169,33 @@ async def test_a_step_of_the_wall_clock_expires_nobody() -> None:
     clock.steady += 0.5
     assert await registry.expire() == []
     assert registry.table.route("svc", "work", None).instance_id == "a"
+
+
+async def test_a_promote_behind_another_handover_is_refused_and_never_runs_later(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    log: list[Run] = []
+    svc = timed_service(log)
+    async with (
+        IPCClient(nats_server.url, name="a") as ca,
+        IPCClient(nats_server.url, name="b") as cb,
+        IPCClient(nats_server.url, name="c") as cc,
+        IPCClient(nats_server.url, name="caller") as caller,
+    ):
+        await ca.serve(svc, instance_id="a")
+        b = await cb.serve(svc, instance_id="b")
+        c = await cc.serve(svc, instance_id="c")
+        long = asyncio.create_task(caller.call("svc.work", Req(delay=1.5), timeout=10))
+        await asyncio.sleep(0.3)
+        first = asyncio.create_task(caller.admin.promote("svc", "b", drain=10))
+        await asyncio.sleep(0.2)
+        with pytest.raises(RemoteError) as refused:
+            await caller.admin.promote("svc", "c", drain=0.5)
+        assert refused.value.code is ErrorCode.ABORTED
+        assert "another handover" in refused.value.message
+        assert (await first).instance_id == "b"
+        await long
+        await asyncio.sleep(1.0)  # the refused one must not run now that the lock is free
+        assert (b.role, c.role) == ("active", "standby")
+        assert (await caller.call("svc.work", Req(delay=0), returns=Res)).who == "b"
+    assert not overlapping(log)

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
@@ -79,6 +80,12 @@ off from the router fences itself before the router can promote another in its p
 
 MAX_DRAIN = 300.0
 """The longest a handover waits for the calls in flight to the outgoing instance."""
+
+_DRAIN_LOCK_WAIT = 5.0
+"""Seconds a drain waits for another handover of its service before it is refused."""
+
+_DEREGISTER_LOCK_WAIT = 5.0
+"""Seconds a deregistration waits for a handover of its service before it goes ahead."""
 
 
 class _Deregistration(BaseModel):
@@ -224,7 +231,7 @@ class ControlAPI:
                 f"instance {req.instance_id!r} is now held by another process",
                 code=ErrorCode.FAILED_PRECONDITION,
             )
-        async with self._lock(req.service):
+        async with self._handover(req.service, _DEREGISTER_LOCK_WAIT, required=False):
             await self._registry.deregister(req.service, req.instance_id)
         return {"deregistered": record.key}
 
@@ -242,10 +249,10 @@ class ControlAPI:
             )
         drain = min(max(req.drain, 0.0), MAX_DRAIN) if math.isfinite(req.drain) else 0.0
         loop = asyncio.get_running_loop()
-        async with self._lock(req.service):
+        deadline = loop.time() + drain  # one deadline, the wait for the lock included
+        async with self._handover(req.service, drain):
             outgoing = table.actives_of(req.service, req.instance_id)
             already = {i for i in outgoing if (r := table.get(req.service, i)) and r.draining}
-            deadline = loop.time() + drain
             try:
                 for instance_id in outgoing:
                     await registry.drain(req.service, instance_id)
@@ -282,9 +289,29 @@ class ControlAPI:
             "demoted": outgoing,
         }
 
-    def _lock(self, service: str) -> asyncio.Lock:
-        """One handover (drain, promote, planned stop) at a time per service."""
-        return self._locks.setdefault(service, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _handover(
+        self, service: str, wait: float, *, required: bool = True
+    ) -> AsyncIterator[None]:
+        """One handover (drain, promote, planned stop) at a time per service: wait at most
+        ``wait`` seconds for the one under way. ``required``: refuse (``ABORTED``) rather
+        than queue behind it, so an operation the operator saw time out never runs later;
+        otherwise go ahead without the lock (a stopping instance leaves either way)."""
+        lock = self._locks.setdefault(service, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), max(wait, 0.01))
+        except TimeoutError:
+            if required:
+                raise IPCError(
+                    f"another handover of {service!r} is under way; try again when it is done",
+                    code=ErrorCode.ABORTED,
+                ) from None
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     # --- operators' views and drain (forwarded here from <prefix>.admin.*) ---------------
     def _find(self, instance_id: str, service: str | None) -> InstanceRecord:
@@ -310,10 +337,10 @@ class ControlAPI:
         drained = True
         try:
             if req.cancel:
-                async with self._lock(service):
+                async with self._handover(service, _DRAIN_LOCK_WAIT):
                     await registry.undrain(service, instance_id)
             else:
-                async with self._lock(service):
+                async with self._handover(service, _DRAIN_LOCK_WAIT):
                     await registry.drain(service, instance_id)
                 key = (service, instance_id)
                 task = self._handing_over.get(key)
@@ -341,7 +368,7 @@ class ControlAPI:
         try:
             while not await self._tracker.quiesce(service, instance_id, MAX_DRAIN):
                 pass
-            async with self._lock(service):
+            async with self._handover(service, MAX_DRAIN, required=False):
                 record = self._registry.table.get(service, instance_id)
                 if record is not None and record.draining:
                     await self._registry.hand_over(service, instance_id)

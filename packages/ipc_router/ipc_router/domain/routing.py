@@ -620,7 +620,7 @@ class RoutingTable:
         raise NoHealthyInstanceError(
             active.service,
             f"the active of {what}, instance {active.instance_id!r}, is "
-            f"{active.health.value}, and no standby is healthy",
+            f"{active.health.value}, and no standby can take over (none is healthy and undrained)",
         )
 
     def _table(self, service: str) -> _ServiceTable:
