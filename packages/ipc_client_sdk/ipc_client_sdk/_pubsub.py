@@ -254,12 +254,11 @@ class Subscription:
                 _log.warning("durable %s: fetching failed (%s); retrying", self.durable, e)
                 await asyncio.sleep(0.5)
                 continue
-            for i, msg in enumerate(msgs):
-                if self._stopping:
-                    for left in msgs[i:]:
-                        await _give_back(left)
-                    return
-                await self._room.acquire()  # back-pressure: at most 2 batches in the lanes
+            for msg in msgs:
+                # Stopping: still queue it in its lane, behind that subject's earlier events,
+                # so that the lane gives all of them back in order.
+                if not self._stopping:
+                    await self._room.acquire()  # back-pressure: at most 2 batches in lanes
                 lane = self._lanes.get(msg.subject)
                 if lane is None or lane.task.done():
                     lane = self._lanes[msg.subject] = _Lane(

@@ -242,12 +242,13 @@ class ServiceInstance:
         """Hand over, stop taking calls, let the in-flight ones finish, and deregister.
 
         The router first stops routing new calls here (calls for this instance's roles wait
-        for the standby that takes them over: none fails) and, once the calls it sent here
-        are answered, promotes the first healthy standby of each role. Heartbeats go on
-        meanwhile. Calls still running when ``timeout`` is nearly up are cancelled and
-        answered ``ABORTED``; that outcome is recorded, so a retry with the same call_id does
-        not run them again either (their effects are unknown). Deregistering then hands
-        over whatever is left. Idempotent.
+        for the standby that takes them over: none fails). The instance finishes the calls
+        it has; those still running when ``timeout`` is nearly up are cancelled and
+        answered ``ABORTED``, which is recorded, so a retry with the same call_id does not
+        run them again either (their effects are unknown). Only then does it deregister,
+        and the router promotes the first healthy standby of each of its roles at once, so
+        the two never run calls of one role together. Heartbeats go on meanwhile.
+        Idempotent.
         """
         if self._stopped:
             return
@@ -285,9 +286,14 @@ class ServiceInstance:
             queue.put_nowait(None)
 
     async def _drain(self, *, wait: float) -> None:
-        """Ask the router to route nothing new here and hand the roles over once the calls
-        in flight here are answered; wait ``wait`` seconds at most for that."""
-        args = {"service": self.service, "instance_id": self.instance_id, "timeout": wait}
+        """Ask the router to route nothing new here, and wait (``wait`` seconds at most)
+        until the calls it sent here are answered."""
+        args = {
+            "service": self.service,
+            "instance_id": self.instance_id,
+            "timeout": wait,
+            "handover": False,  # we wait for our own calls; deregistering hands over
+        }
         try:
             await request_op(
                 self._client,

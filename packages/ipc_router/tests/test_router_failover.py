@@ -274,3 +274,25 @@ async def test_the_workflow2_example_fails_over_against_a_real_router(
     assert "order 3: booked by b1" in text
     assert "order 4: booked by b2" in text
     assert "order 6: booked by b2" in text
+
+
+async def test_a_stalled_router_or_a_nats_outage_changes_no_role(
+    nats_server: NatsServerProcess,
+    router: RouterProcess,
+    pair: tuple[InstanceProcess, InstanceProcess],
+) -> None:
+    b1, b2 = pair
+    offsets = (b1.log_size(), b2.log_size())
+    router.pause()  # the router hears nothing for longer than the heartbeat timeout
+    await asyncio.sleep(2.0)
+    router.resume()
+    await asyncio.sleep(3.5)  # past the grace it gives, with everyone heartbeating again
+    await nats_server.restart()  # the router and the instances are cut off for a while
+    await asyncio.sleep(5.0)
+    async with IPCClient(nats_server.url, name="caller") as caller:
+        result = await caller.call(
+            TARGET, work(1), resource_id="acc_1", timeout=30, returns=WorkResult
+        )
+    assert result.instance_id == "b1"
+    assert "role" not in b1.log_since(offsets[0]).decode()
+    assert "role" not in b2.log_since(offsets[1]).decode()

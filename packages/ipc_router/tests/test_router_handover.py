@@ -199,3 +199,23 @@ async def test_a_promote_behind_another_handover_is_refused_and_never_runs_later
         assert (b.role, c.role) == ("active", "standby")
         assert (await caller.call("svc.work", Req(delay=0), returns=Res)).who == "b"
     assert not overlapping(log)
+
+
+async def test_a_handover_waits_for_a_handler_that_outlived_its_callers_deadline(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    log: list[Run] = []
+    svc = timed_service(log)
+    async with (
+        IPCClient(nats_server.url, name="a") as ca,
+        IPCClient(nats_server.url, name="b") as cb,
+        IPCClient(nats_server.url, name="caller") as caller,
+    ):
+        await ca.serve(svc, instance_id="a")
+        await cb.serve(svc, instance_id="b")
+        with pytest.raises(IPCError):  # the caller gives up; the handler runs on
+            await caller.call("svc.work", Req(delay=2.0), timeout=0.5)
+        promoted = await caller.admin.promote("svc", "b", drain=10)
+        assert promoted.instance_id == "b"
+        assert (await caller.call("svc.work", Req(delay=0), returns=Res)).who == "b"
+    assert not overlapping(log), overlapping(log)

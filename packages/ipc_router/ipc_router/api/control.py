@@ -105,6 +105,9 @@ class _Drain(BaseModel):
     service: str | None = None
     timeout: float = 30.0
     cancel: bool = False
+    handover: bool = True
+    """False for a stopping instance: it waits for its own calls, then deregisters, which
+    hands its roles over at once."""
 
 
 class _Filter(BaseModel):
@@ -134,6 +137,8 @@ class ControlAPI:
         self._tracker = tracker
         self.lease = registry.table.heartbeat_timeout * LEASE_FRACTION
         self._locks: dict[str, asyncio.Lock] = {}
+        self._reported: dict[tuple[str, str], tuple[float, int]] = {}
+        """(service, instance) -> when its last heartbeat came, and its calls running then."""
         self._handing_over: dict[tuple[str, str], asyncio.Task[None]] = {}
         ops: dict[str, AdminOp] = {
             "register": self._register,
@@ -233,6 +238,7 @@ class ControlAPI:
             )
         async with self._handover(req.service, _DEREGISTER_LOCK_WAIT, required=False):
             await self._registry.deregister(req.service, req.instance_id)
+        self._reported.pop((req.service, req.instance_id), None)
         return {"deregistered": record.key}
 
     async def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -256,9 +262,9 @@ class ControlAPI:
             try:
                 for instance_id in outgoing:
                     await registry.drain(req.service, instance_id)
+                since = self._registry.monotonic()
                 for instance_id in outgoing:
-                    left = max(0.0, deadline - loop.time())
-                    if not await self._tracker.quiesce(req.service, instance_id, left):
+                    if not await self._idle(req.service, instance_id, since, deadline):
                         busy = self._tracker.count(req.service, instance_id)
                         raise IPCError(
                             f"instance {instance_id!r} still has {busy} calls in flight after "
@@ -288,6 +294,25 @@ class ControlAPI:
             "owned": list(table.owned(record.service, record.instance_id)),
             "demoted": outgoing,
         }
+
+    async def _idle(self, service: str, instance_id: str, since: float, deadline: float) -> bool:
+        """Wait until an instance runs no call: none in flight from this router, and a
+        heartbeat sent after ``since`` says none is running there (a handler outliving its
+        caller's deadline still runs after the router stopped waiting for it). False if
+        ``deadline`` (loop time) comes first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            left = deadline - loop.time()
+            if not await self._tracker.quiesce(service, instance_id, max(left, 0.0)):
+                return False
+            if self._registry.table.get(service, instance_id) is None:
+                return True  # it left
+            heard = self._reported.get((service, instance_id))
+            if heard is not None and heard[0] > since and heard[1] == 0:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     @contextlib.asynccontextmanager
     async def _handover(
@@ -342,14 +367,17 @@ class ControlAPI:
             else:
                 async with self._handover(service, _DRAIN_LOCK_WAIT):
                     await registry.drain(service, instance_id)
-                key = (service, instance_id)
-                task = self._handing_over.get(key)
-                if task is None or task.done():
-                    task = asyncio.create_task(self._hand_over_when_idle(service, instance_id))
-                    self._handing_over[key] = task
                 wait = min(max(req.timeout, 0.0), MAX_DRAIN) if math.isfinite(req.timeout) else 0.0
-                done, _ = await asyncio.wait({task}, timeout=wait)
-                drained = bool(done)
+                if not req.handover:
+                    drained = await self._tracker.quiesce(service, instance_id, wait)
+                else:
+                    key = (service, instance_id)
+                    task = self._handing_over.get(key)
+                    if task is None or task.done():
+                        task = asyncio.create_task(self._hand_over_when_idle(service, instance_id))
+                        self._handing_over[key] = task
+                    done, _ = await asyncio.wait({task}, timeout=wait)
+                    drained = bool(done)
         except UnknownInstanceError as e:  # it left meanwhile
             raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
         current = registry.table.get(service, instance_id) or record
@@ -365,8 +393,10 @@ class ControlAPI:
 
     async def _hand_over_when_idle(self, service: str, instance_id: str) -> None:
         """Wait until no call is in flight to a drained instance, then move its roles."""
+        loop = asyncio.get_running_loop()
+        since = self._registry.monotonic()
         try:
-            while not await self._tracker.quiesce(service, instance_id, MAX_DRAIN):
+            while not await self._idle(service, instance_id, since, loop.time() + MAX_DRAIN):
                 pass
             async with self._handover(service, MAX_DRAIN, required=False):
                 record = self._registry.table.get(service, instance_id)
@@ -448,6 +478,7 @@ class ControlAPI:
         except CodecError as e:
             _log.debug("ignoring an unreadable heartbeat on %s: %s", msg.subject, e)
             return
+        heard = self._registry.monotonic()
         try:
             outcome = await self._registry.heartbeat(
                 beat.service, beat.instance_id, beat.session, beat.epoch
@@ -455,18 +486,17 @@ class ControlAPI:
         except Exception:  # the heartbeat subscription must outlive any bug
             _log.exception("heartbeat from %s.%s failed", beat.service, beat.instance_id)
             return
+        if outcome is HeartbeatOutcome.OK:
+            self._reported[(beat.service, beat.instance_id)] = (heard, beat.inflight)
         if not msg.reply:
             return
         if outcome is HeartbeatOutcome.OK:
             record = self._registry.table.get(beat.service, beat.instance_id)
             if record is None:
                 return
-            # Owned resources only when the instance's view is out of date (cheap beats).
-            owned = (
-                self._registry.table.owned(beat.service, beat.instance_id)
-                if beat.epoch != record.epoch
-                else None
-            )
+            # Every answer carries the owned resources (from an index), so an instance
+            # that missed a notice is put right by its next heartbeat.
+            owned = self._registry.table.owned(beat.service, beat.instance_id)
             state = instance_state(record, owned, lease=self.lease, seq=beat.seq)
             ack = AdminReply(ok=True, result=state.model_dump())
             with contextlib.suppress(nats.errors.Error):
@@ -487,10 +517,26 @@ class ControlAPI:
             await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
 
     async def _sweep(self) -> None:
-        interval = self._registry.table.heartbeat_timeout / 10
+        """Expire silent instances, unless this router was not listening itself: while its
+        connection is down, and after it (or a stall of its own process) ends, instances
+        get a grace period instead, since silence it could not hear proves nothing."""
+        timeout = self._registry.table.heartbeat_timeout
+        interval = timeout / 10
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        deaf = False
         while True:
             await asyncio.sleep(interval)
+            now = loop.time()
+            stalled, last = now - last > timeout / 2, now
             try:
+                if not self._nc.is_connected:
+                    deaf = True
+                    continue
+                if deaf or stalled:
+                    deaf = False
+                    self._registry.grace_all()
+                    continue
                 await self._registry.expire()
             except Exception:  # keep sweeping whatever one pass hit
                 _log.exception("health sweep failed")

@@ -277,6 +277,13 @@ class InstanceRegistry:
         claims = self._settle() | {(service, resource) for resource in held | set(record.resources)}
         return record, (records, claims, self._assignment_changes(service, before))
 
+    def grace_all(self) -> None:
+        """The router was not listening (cut off from NATS, or stalled): give every instance
+        two heartbeat timeouts to be heard from before anything can expire."""
+        grace = 2 * self.table.heartbeat_timeout
+        self.table.grace_all(self._clock.monotonic(), grace)
+        _log.warning("the router was not listening; no instance expires for %.1fs", grace)
+
     async def mark_unreachable(self, service: str, instance_id: str) -> None:
         """An instance did not take a call delivered to it: stop routing to it now."""
         record = self.table.mark_unhealthy(service, instance_id)

@@ -155,6 +155,7 @@ class _ServiceTable:
     next_rr: int = 0
     epoch: int = 0  # the highest epoch handed out
     last_slot: float = 0.0  # the latest place in the standby queue
+    owners: dict[str, tuple[str, ...]] | None = None  # owner -> resources, None: stale
 
     def assign(self, resource: str, instance_id: str) -> None:
         self.unassign(resource)
@@ -192,7 +193,18 @@ class _ServiceTable:
         return self.last_slot
 
     def owned_by(self, instance_id: str) -> tuple[str, ...]:
-        return tuple(r for r, c in self.claims.items() if c and c[0] == instance_id)
+        """The resources an instance owns, from an index rebuilt after claims change (it is
+        read on every heartbeat answer; claims change rarely)."""
+        if self.owners is None:
+            index: dict[str, list[str]] = {}
+            for resource, claimants in self.claims.items():
+                if claimants:
+                    index.setdefault(claimants[0], []).append(resource)
+            self.owners = {owner: tuple(found) for owner, found in index.items()}
+        return self.owners.get(instance_id, ())
+
+    def claims_changed(self) -> None:
+        self.owners = None
 
 
 class RoutingTable:
@@ -288,6 +300,7 @@ class RoutingTable:
             table.instances[record.instance_id] = record
         claimed: list[str] = []
         standby_for: dict[str, str] = {}
+        table.claims_changed()
         for resource in dict.fromkeys(record.resources):
             claimants = table.claims.setdefault(resource, [])
             if record.instance_id not in claimants:
@@ -467,6 +480,15 @@ class RoutingTable:
             self._fail_over(table, now)
         return expired
 
+    def grace_all(self, now: float, grace: float) -> None:
+        """Give every instance ``grace`` seconds to be heard from again before it can
+        expire: the router itself was not listening (cut off from NATS, or stalled), so a
+        silence it saw says nothing about the instances."""
+        self._grace_until = max(self._grace_until, now + grace)
+        for table in self._services.values():
+            for key, record in table.instances.items():
+                self._graced.add((record.service, key))
+
     def mark_unhealthy(self, service: str, instance_id: str) -> InstanceRecord | None:
         """Mark one instance unhealthy at once (it stopped answering); return the record.
 
@@ -514,6 +536,7 @@ class RoutingTable:
             if not kept:
                 continue
             found.claims[resource] = kept
+            found.claims_changed()
             if kept[0] != claimants[0]:  # its saved owner is gone: a new owner, announced
                 heir = replace(found.instances[kept[0]], epoch=found.next_epoch())
                 found.instances[heir.instance_id] = heir
@@ -703,6 +726,7 @@ class RoutingTable:
             ]
             tail = [outgoing_id] if outgoing_id is not None else []
             table.claims[resource] = [incoming.instance_id, *rest, *tail]
+            table.claims_changed()
             incoming = replace(incoming, epoch=table.next_epoch())
         table.instances[incoming.instance_id] = incoming
         self._events.append(
@@ -722,6 +746,7 @@ class RoutingTable:
 
     def _forget(self, table: _ServiceTable, instance_id: str, *, keep_claims: bool) -> None:
         table.instances.pop(instance_id, None)
+        table.claims_changed()
         if not keep_claims:
             for resource in [r for r, c in table.claims.items() if instance_id in c]:
                 was_owner = table.claims[resource][0] == instance_id
