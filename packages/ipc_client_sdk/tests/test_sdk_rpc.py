@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ from ipc_client_sdk import (
 from ipc_client_sdk.protocol import ErrorCode
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_testing import RouterProcess, eventually
+from ipc_testing.scripts import run_example
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 
@@ -298,17 +297,8 @@ async def test_bad_arguments_are_refused_before_anything_is_sent(
 async def test_the_workflow1_example_runs_against_a_real_router(
     nats_server: NatsServerProcess, router: RouterProcess
 ) -> None:
-    example = Path(__file__).parents[3] / "examples" / "workflow1.py"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(example),
-        nats_server.url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    text = out.decode()
-    assert proc.returncode == 0, text
+    code, text = await run_example("workflow1.py", nats_server.url)
+    assert code == 0, text
     assert "booked 18725.00 for acc_XYZ on b1" in text
     assert "answered from the record: True" in text
     assert "after stop: UNAVAILABLE" in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +21,7 @@ from ipc_client_sdk.protocol import ErrorCode, RouterEvent
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_testing import RouterProcess, eventually
 from ipc_testing.instance import InstanceProcess
+from ipc_testing.scripts import run_example
 from ipc_testing.workload import WorkRequest, WorkResult
 
 TARGET = "service_b.do_work"
@@ -258,17 +258,8 @@ async def until(count: Callable[[], int], minimum: int, within: float) -> None:
 async def test_the_workflow2_example_fails_over_against_a_real_router(
     nats_server: NatsServerProcess, router: RouterProcess
 ) -> None:
-    example = Path(__file__).parents[3] / "examples" / "workflow2.py"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(example),
-        nats_server.url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 90)
-    text = out.decode()
-    assert proc.returncode == 0, text
+    code, text = await run_example("workflow2.py", nats_server.url, timeout=90)
+    assert code == 0, text
     assert "service_b/b1 serving as active" in text
     assert "service_b/b2 serving as standby" in text
     assert "order 3: booked by b1" in text

@@ -74,46 +74,42 @@ async def provision(
     Raises:
         ProvisioningError: JetStream is not enabled, not answering, or refused.
     """
+    streams = (
+        (
+            subjects.calls_stream,
+            "AegisIPC accepted RPC calls, removed once answered",
+            subjects.calls_all,
+            RetentionPolicy.WORK_QUEUE,
+            settings.call_retention_s,
+        ),
+        (
+            subjects.events_stream,
+            "AegisIPC published events, kept for durable subscribers",
+            subjects.events_stream_subjects,
+            RetentionPolicy.LIMITS,
+            settings.event_retention_s,
+        ),
+        (
+            subjects.dead_letter_stream,
+            "AegisIPC events subscribers could not take, with the error",
+            subjects.dead_letter_all,
+            RetentionPolicy.LIMITS,
+            settings.dead_letter_retention_s,
+        ),
+    )
     try:
-        await _ensure_stream(
-            js,
-            StreamConfig(
-                name=subjects.calls_stream,
-                description="AegisIPC accepted RPC calls, removed once answered",
-                subjects=[subjects.calls_all],
-                retention=RetentionPolicy.WORK_QUEUE,
+        for name, description, captured, retention, max_age in streams:
+            config = StreamConfig(
+                name=name,
+                description=description,
+                subjects=[captured],
+                retention=retention,
                 storage=StorageType.FILE,
                 num_replicas=settings.replicas,
-                max_age=settings.call_retention_s,
+                max_age=max_age,
                 duplicate_window=settings.duplicate_window_s,
-            ),
-        )
-        await _ensure_stream(
-            js,
-            StreamConfig(
-                name=subjects.events_stream,
-                description="AegisIPC published events, kept for durable subscribers",
-                subjects=[subjects.events_stream_subjects],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                num_replicas=settings.replicas,
-                max_age=settings.event_retention_s,
-                duplicate_window=settings.duplicate_window_s,
-            ),
-        )
-        await _ensure_stream(
-            js,
-            StreamConfig(
-                name=subjects.dead_letter_stream,
-                description="AegisIPC events subscribers could not take, with the error",
-                subjects=[subjects.dead_letter_all],
-                retention=RetentionPolicy.LIMITS,
-                storage=StorageType.FILE,
-                num_replicas=settings.replicas,
-                max_age=settings.dead_letter_retention_s,
-                duplicate_window=settings.duplicate_window_s,
-            ),
-        )
+            )
+            await _ensure_stream(js, config)
         bucket = _BucketMaker(js, settings)
         return RouterStores(
             registry=await bucket(subjects.registry_bucket, "registered instances"),
