@@ -352,3 +352,47 @@ async def test_stop_waits_for_a_running_handler_and_may_be_called_from_one(
         await eventually(lambda: has(done, 2), within=5)
     assert sorted(done) == ["durable", "plain"]
     assert not subs[0].active
+
+
+async def test_a_hanging_subject_does_not_hold_up_the_others(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    release = asyncio.Event()
+    got: list[str] = []
+
+    async def on_tick(t: Tick) -> None:
+        if t.symbol == "AAPL":
+            await release.wait()  # stuck, as a handler waiting on a dead dependency is
+        got.append(t.symbol)
+
+    async with IPCClient(nats_server.url, name="app") as client:
+        await client.publish("md.ticks.AAPL", tick(0, "AAPL"))
+        for n in range(5):
+            await client.publish("md.ticks.MSFT", tick(n, "MSFT"))
+        sub = await client.subscribe("md.ticks.*", on_tick, model=Tick, durable="lanes")
+        await eventually(lambda: has(got, 5), within=10)
+        assert got == ["MSFT"] * 5
+        release.set()
+        await eventually(lambda: has(got, 6), within=10)
+        await sub.stop()
+
+
+async def test_a_handler_raising_cancelled_is_a_failure_not_the_end_of_the_subscription(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    got: list[int] = []
+
+    async def on_tick(t: Tick, ctx: EventContext) -> None:
+        if t.n == 0 and ctx.deliveries == 1:
+            raise asyncio.CancelledError  # it awaited something that was cancelled
+        got.append(t.n)
+
+    async with IPCClient(nats_server.url, name="app") as client:
+        sub = await client.subscribe(
+            "md.ticks.AAPL", on_tick, model=Tick, durable="survivor", backoff=(0.05,)
+        )
+        for n in range(3):
+            await client.publish("md.ticks.AAPL", tick(n))
+        await eventually(lambda: has(got, 3), within=10)
+        assert sub.active
+    assert got == [0, 1, 2]  # retried, in order
