@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,22 +20,6 @@ from ipc_testing import NatsServerProcess, RouterProcess, eventually, free_port
 from ipc_testing.instance import InstanceProcess
 
 runner = CliRunner(env={"COLUMNS": "200"})  # Rich tables at their full width
-
-
-@pytest.fixture
-async def pair(
-    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
-) -> AsyncIterator[tuple[InstanceProcess, InstanceProcess]]:
-    """service_b: b1 active and owner of acc_1, b2 standby for it."""
-    b1 = InstanceProcess(nats_server.url, "b1", tmp_path, resources=("acc_1",))
-    b2 = InstanceProcess(nats_server.url, "b2", tmp_path, resources=("acc_1",))
-    try:
-        await b1.start()
-        await b2.start()
-        yield b1, b2
-    finally:
-        await b1.stop()
-        await b2.stop()
 
 
 async def ipc(url: str, *args: str) -> Result:
@@ -62,7 +44,7 @@ def fails(result: Result, code: ExitCode, *words: str) -> None:
 
 
 async def test_services_instances_and_routes_as_tables_and_json(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
     url = nats_server.url
     services = await ipc_json(url, "services")
@@ -100,7 +82,7 @@ async def test_services_instances_and_routes_as_tables_and_json(
 
 
 async def test_call_prints_the_result_as_json_and_fails_clearly(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
     url = nats_server.url
     request = json.dumps(
@@ -150,7 +132,7 @@ async def test_publish_reaches_subscribers(
 
 
 async def test_promote_and_drain_move_the_roles(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
     url = nats_server.url
     promoted = await ipc_json(url, "promote", "service_b", "b2")
@@ -200,7 +182,7 @@ async def start_watch(url: str, *extra: str) -> asyncio.subprocess.Process:
 
 
 async def test_watch_streams_router_events_until_interrupted(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
     as_json = await start_watch(nats_server.url, "--json")
     as_table = await start_watch(nats_server.url)

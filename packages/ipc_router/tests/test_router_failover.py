@@ -7,11 +7,10 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
@@ -71,25 +70,6 @@ class Load:
         return sum(1 for at, who in self.served if who == instance_id and at > after)
 
 
-@pytest.fixture
-async def pair(
-    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
-) -> AsyncIterator[tuple[InstanceProcess, InstanceProcess]]:
-    """b1 (active, owns acc_1) and b2 (standby for acc_1), each in its own process."""
-    b1 = InstanceProcess(nats_server.url, "b1", tmp_path, resources=("acc_1",))
-    b2 = InstanceProcess(nats_server.url, "b2", tmp_path, resources=("acc_1",))
-    try:
-        await b1.start()
-        await b2.start()
-        assert await b1.wait_for_output("serving as active", timeout=1), b1.log_tail()
-        assert await b2.wait_for_output("serving as standby", timeout=1), b2.log_tail()
-        yield b1, b2
-    finally:
-        for proc in (b1, b2):
-            proc.resume()
-            await proc.stop()
-
-
 def assert_no_call_ran_twice(*procs: InstanceProcess) -> Counter[str]:
     runs = Counter(call_id for proc in procs for call_id in proc.runs())
     twice = {call_id: n for call_id, n in runs.items() if n > 1}
@@ -98,9 +78,9 @@ def assert_no_call_ran_twice(*procs: InstanceProcess) -> Counter[str]:
 
 
 async def test_kill_9_of_the_active_promotes_the_standby_and_calls_succeed_again(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
-    b1, b2 = pair
+    b1, b2 = instance_pair
     async with IPCClient(nats_server.url, name="caller") as caller:
         load = Load(caller)
         running = asyncio.create_task(load.run())
@@ -126,9 +106,9 @@ async def test_kill_9_of_the_active_promotes_the_standby_and_calls_succeed_again
 
 
 async def test_a_frozen_active_is_fenced_and_rejoins_as_standby_and_no_call_runs_on_both(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
-    b1, b2 = pair
+    b1, b2 = instance_pair
     async with IPCClient(nats_server.url, name="caller") as caller:
         load = Load(caller)
         running = asyncio.create_task(load.run())
@@ -163,9 +143,9 @@ async def test_a_frozen_active_is_fenced_and_rejoins_as_standby_and_no_call_runs
 
 
 async def test_a_planned_stop_of_the_active_hands_over_with_no_failed_call(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
-    b1, b2 = pair
+    b1, b2 = instance_pair
     async with IPCClient(nats_server.url, name="caller") as caller:
         load = Load(caller)
         running = asyncio.create_task(load.run(concurrency=8))
@@ -186,9 +166,9 @@ async def test_a_planned_stop_of_the_active_hands_over_with_no_failed_call(
 async def test_a_router_restart_changes_no_role(
     nats_server: NatsServerProcess,
     router: RouterProcess,
-    pair: tuple[InstanceProcess, InstanceProcess],
+    instance_pair: tuple[InstanceProcess, InstanceProcess],
 ) -> None:
-    b1, b2 = pair
+    b1, b2 = instance_pair
     offsets = (b1.log_size(), b2.log_size())
     async with IPCClient(nats_server.url, name="caller") as caller:
         events: list[RouterEvent] = []
@@ -216,9 +196,9 @@ async def test_a_router_restart_changes_no_role(
 
 
 async def test_a_manual_promotion_hands_the_roles_over_and_announces_them(
-    nats_server: NatsServerProcess, pair: tuple[InstanceProcess, InstanceProcess]
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
-    b1, b2 = pair
+    b1, b2 = instance_pair
     async with IPCClient(nats_server.url, name="operator") as operator:
         events: list[RouterEvent] = []
 
@@ -273,9 +253,9 @@ async def test_the_workflow2_example_fails_over_against_a_real_router(
 async def test_a_stalled_router_or_a_nats_outage_changes_no_role(
     nats_server: NatsServerProcess,
     router: RouterProcess,
-    pair: tuple[InstanceProcess, InstanceProcess],
+    instance_pair: tuple[InstanceProcess, InstanceProcess],
 ) -> None:
-    b1, b2 = pair
+    b1, b2 = instance_pair
     offsets = (b1.log_size(), b2.log_size())
     router.pause()  # the router hears nothing for longer than the heartbeat timeout
     await asyncio.sleep(2.0)

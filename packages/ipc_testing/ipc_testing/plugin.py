@@ -3,6 +3,8 @@
 - ``nats_server``: one nats-server with JetStream on a free loopback port.
 - ``nats_cluster``: a 3-node JetStream cluster.
 - ``router``: an ``ipc-router`` process connected to ``nats_server``.
+- ``instance_pair``: ``service_b`` instances b1 (active, owns acc_1) and b2 (standby for
+  acc_1), each in a process of its own, registered with ``router``.
 
 Every fixture stops its processes in ``finally``, so a failing test leaves none behind.
 """
@@ -17,6 +19,7 @@ from hypothesis import settings
 
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
 from ipc_testing.cluster import NatsCluster
+from ipc_testing.instance import InstanceProcess
 from ipc_testing.router import RouterProcess
 
 # Per-example deadlines turn a busy 2-core CI machine into "Flaky" failures; the suite
@@ -56,3 +59,22 @@ async def router(nats_server: NatsServerProcess, tmp_path: Path) -> AsyncIterato
         yield proc
     finally:
         await proc.stop()
+
+
+@pytest.fixture
+async def instance_pair(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> AsyncIterator[tuple[InstanceProcess, InstanceProcess]]:
+    """b1 (active, owns acc_1) and b2 (standby for acc_1), each in its own process."""
+    b1 = InstanceProcess(nats_server.url, "b1", tmp_path, resources=("acc_1",))
+    b2 = InstanceProcess(nats_server.url, "b2", tmp_path, resources=("acc_1",))
+    try:
+        await b1.start()
+        await b2.start()
+        assert await b1.wait_for_output("serving as active", timeout=1), b1.log_tail()
+        assert await b2.wait_for_output("serving as standby", timeout=1), b2.log_tail()
+        yield b1, b2
+    finally:
+        for proc in (b1, b2):
+            proc.resume()  # a test may have frozen it
+            await proc.stop()
