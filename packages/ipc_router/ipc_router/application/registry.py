@@ -139,9 +139,9 @@ class InstanceRegistry:
             touched |= set(outcome.replaced.resources)
         self._settle()
         self._events.emit(InstanceEvent("registry", service, record.instance_id, "registered"))
-        await self._write(
-            {(service, record.instance_id)} | set(self._dirty_records),
-            {(service, resource) for resource in touched} | set(self._dirty_claims),
+        await self._save(
+            {(service, record.instance_id)},
+            {(service, resource) for resource in touched},
             self._assignment_changes(service, before),
         )
         _log.info(
@@ -158,10 +158,7 @@ class InstanceRegistry:
         record, keys = self._remove(service, instance_id)
         if record is not None:
             self._events.emit(InstanceEvent("registry", service, instance_id, "deregistered"))
-            records, claims, assignments = keys
-            await self._write(
-                records | set(self._dirty_records), claims | set(self._dirty_claims), assignments
-            )
+            await self._save(*keys)
             _log.info("deregistered %s", record.key)
         return record
 
@@ -173,14 +170,14 @@ class InstanceRegistry:
         """
         record = self.table.drain(service, instance_id)
         self._settle()
-        await self._write({(service, instance_id)})
+        await self._save({(service, instance_id)})
         return record
 
     async def undrain(self, service: str, instance_id: str) -> None:
         """Route to an instance again (a handover called off or completed)."""
         self.table.undrain(service, instance_id, self._clock.monotonic())
-        self._settle()
-        await self._write({(service, instance_id)})
+        self._settle()  # it may have taken a role nobody held
+        await self._save({(service, instance_id)})
 
     async def hand_over(self, service: str, instance_id: str) -> InstanceRecord:
         """Move a drained instance's roles to the first healthy standby of each.
@@ -190,7 +187,7 @@ class InstanceRegistry:
         """
         record = self.table.hand_over(service, instance_id, self._clock.monotonic())
         self._settle()
-        await self._write(set(self._dirty_records), set(self._dirty_claims))
+        await self._save()
         return record
 
     async def promote(self, service: str, instance_id: str) -> InstanceRecord:
@@ -203,7 +200,7 @@ class InstanceRegistry:
         """
         record = self.table.promote(service, instance_id, self._clock.monotonic())
         self._settle()
-        await self._write(set(self._dirty_records), set(self._dirty_claims))
+        await self._save()
         return record
 
     async def heartbeat(
@@ -220,14 +217,12 @@ class InstanceRegistry:
         )
         if changed is None and epoch is not None and epoch > record.epoch:
             self._settle()  # a resync: save and announce the new epoch
-            await self._write({(service, instance_id)})
+            await self._save()
         if changed is not None:
             _log.info("instance %s is healthy again", changed.key)
             self._events.emit(InstanceEvent("health", service, instance_id, "healthy"))
             self._settle()
-            await self._write(
-                {(service, instance_id)} | set(self._dirty_records), set(self._dirty_claims)
-            )
+            await self._save({(service, instance_id)})
         return HeartbeatOutcome.OK
 
     async def expire(self) -> list[InstanceRecord]:
@@ -291,7 +286,7 @@ class InstanceRegistry:
             _log.warning("instance %s is not listening on its inbox; unhealthy", record.key)
             self._events.emit(InstanceEvent("health", service, instance_id, "unhealthy"))
             self._settle()
-            await self._write({(service, instance_id)})
+            await self._save({(service, instance_id)})
 
     async def route(self, service: str, method: str, resource_id: str | None) -> Route:
         """Choose the instance for a call, saving a new sticky assignment if one was made.
@@ -323,6 +318,17 @@ class InstanceRegistry:
             return False
         _log.info("the stores answer again; %d pending changes saved", pending)
         return True
+
+    async def _save(
+        self,
+        records: Collection[tuple[str, str]] = (),
+        claims: Collection[tuple[str, str]] = (),
+        assignments: Collection[tuple[str, str]] = (),
+    ) -> None:
+        """Save these keys, and the records and claims ``_settle`` marked (role changes)."""
+        await self._write(
+            {*records, *self._dirty_records}, {*claims, *self._dirty_claims}, assignments
+        )
 
     async def _write(
         self,
