@@ -115,6 +115,18 @@ async def test_a_frozen_active_is_fenced_and_rejoins_as_standby_and_no_call_runs
         await until(lambda: load.served_by("b1"), 20, within=20)
         b1.pause()  # SIGSTOP: calls routed to it now wait in its socket
         paused_at = time.monotonic()
+        # One call surely routed to b1 while it is frozen (the load's workers may all be
+        # waiting on calls b1 froze in the middle of).
+        probe = asyncio.create_task(
+            caller.call(
+                TARGET,
+                work(0),
+                resource_id="acc_1",
+                timeout=30,
+                call_id="probe",
+                returns=WorkResult,
+            )
+        )
         await until(lambda: load.served_by("b2", after=paused_at), 20, within=30)
         assert await b2.wait_for_output("role active", timeout=1), b2.log_tail()
         offset = b1.log_size()
@@ -124,6 +136,7 @@ async def test_a_frozen_active_is_fenced_and_rejoins_as_standby_and_no_call_runs
         await until(lambda: load.served_by("b2", after=resumed_at), 20, within=20)
         load.running = False
         await running
+        assert (await probe).instance_id == "b2"  # routed again, run once, on the new active
     # What waited in its socket is refused unrun: fenced (its lease ran out) or, if the
     # router's answer to its first heartbeat came first, routed under its old epoch.
     refused = await b1.wait_for_output("refused call", since=offset, timeout=10)
