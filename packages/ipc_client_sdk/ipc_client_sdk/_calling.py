@@ -28,6 +28,7 @@ from nats.js.api import PubAck
 from ipc_client_sdk._codec import check_type
 from ipc_client_sdk._contracts import (
     MSG_ID_HEADER,
+    REFUSED_HEADER,
     REPLY_TO_HEADER,
     CallReply,
     CallRequest,
@@ -43,6 +44,7 @@ from ipc_client_sdk._errors import (
     ServiceUnavailableError,
 )
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 
 if TYPE_CHECKING:
@@ -50,6 +52,10 @@ if TYPE_CHECKING:
 
 _PUBLISH_ATTEMPT_TIMEOUT = 2.0
 """Seconds one publish attempt waits for JetStream's ack before it is repeated."""
+
+_CACHE_WAIT = 1.0
+"""Seconds a client's first call waits for the routing cache's first load; without it a
+call goes through the router."""
 
 _NO_STREAM_GRACE = 1.0
 """Seconds to keep trying while no stream answers (a leader election) before giving up."""
@@ -84,6 +90,7 @@ class Caller:
         self._sub: Subscription | None = None
         self._waiting: dict[str, asyncio.Future[bytes]] = {}
         self._lock = asyncio.Lock()
+        self._route_cache: RouteCache | None = None
 
     async def call(
         self,
@@ -94,6 +101,7 @@ class Caller:
         timeout: float | None,
         returns: Any,
         call_id: str | None,
+        durable: bool | None = None,
     ) -> Any:
         """See ``IPCClient.call``."""
         client = self._client
@@ -102,27 +110,49 @@ class Caller:
         timeout = client.request_timeout if timeout is None else timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
+        if durable is not None and not isinstance(durable, bool):
+            raise InvalidArgumentError(f"durable must be True, False or None, got {durable!r}")
+        if durable is False and call_id is not None:
+            raise InvalidArgumentError(
+                "a call_id makes a call exactly once, which needs the durable path: pass "
+                "durable=True (or no call_id for a direct, at-most-once call)",
+                service=service,
+            )
         try:
             if returns is not None:
                 check_type(returns)
             if resource_id is not None:
                 validate_token(resource_id, "resource_id")
-            call_id = validate_call_id(call_id) if call_id is not None else new_call_id()
+            if call_id is not None:
+                validate_call_id(call_id)
         except (TypeError, ValueError) as e:
             raise InvalidArgumentError(str(e), service=service) from e
-        data = client.codec.encode(payload)
+        may_go_direct = durable is not True and call_id is None
+        call_id = call_id or new_call_id()
         deadline = time.time() + timeout
+        fields: dict[str, Any] = {
+            "call_id": call_id,
+            "service": service,
+            "method": method,
+            "payload": client.codec.encode(payload),
+            "resource_id": resource_id,
+            "deadline": deadline,
+            "caller": client.name,
+        }
+        if may_go_direct:
+            routes = self._routes
+            direct = await routes.ready(min(timeout / 2, _CACHE_WAIT)) and (
+                durable is False or routes.direct_by_default(service, method)
+            )
+            found = routes.lookup(service, method, resource_id) if direct else None
+            if found is not None:
+                request = CallRequest(**fields, epoch=found.epoch, direct=True)
+                raw = await self._call_direct(found, request, timeout)
+                if raw is not None:
+                    return self._result(raw, call_id, service, returns)
+                # Refused unrun, or nobody there: the router routes it, exactly once.
         reply_to, future = await self._expect_reply()
-        request = CallRequest(
-            call_id=call_id,
-            service=service,
-            method=method,
-            payload=data,
-            resource_id=resource_id,
-            deadline=deadline,
-            reply_to=reply_to,
-            caller=client.name,
-        )
+        request = CallRequest(**fields, reply_to=reply_to)
         token = reply_to.rsplit(".", 1)[-1]
         try:
             await self._publish(
@@ -186,6 +216,48 @@ class Caller:
             service=request.service,
             fresh_id=f"{request.call_id}.{token}",
         )
+
+    @property
+    def _routes(self) -> RouteCache:
+        if self._route_cache is None:
+            self._route_cache = RouteCache(self._client)
+        return self._route_cache
+
+    async def _call_direct(
+        self, target: Target, request: CallRequest, timeout: float
+    ) -> bytes | None:
+        """Send a call straight to the instance the cache names (at most once); its reply,
+        or None when it was not run there (refused unrun, or nobody listens)."""
+        client = self._client
+        service, call_id = target.service, request.call_id
+        deadline = request.deadline or time.time() + timeout
+        inbox = client.subjects.instance_inbox(service, target.instance_id, target.session)
+        try:
+            msg = await client.nats.request(
+                inbox, client.codec.encode_envelope(request), timeout=deadline - time.time()
+            )
+        except nats.errors.NoRespondersError:
+            return None  # the process is gone: the router knows what to do
+        except nats.errors.TimeoutError:
+            raise CallTimeoutError(
+                f"no answer within {timeout:g}s from instance {target.instance_id} (a direct "
+                "call is at most once: it may or may not have run)",
+                call_id=call_id,
+                service=service,
+                instance=target.instance_id,
+            ) from None
+        except nats.errors.Error as e:
+            if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
+                raise ClientStateError("the client closed during the call") from e
+            raise connection_error(client.servers, e) from e
+        if msg.headers and msg.headers.get(REFUSED_HEADER):
+            return None
+        return msg.data
+
+    async def close(self) -> None:
+        """Stop the routing cache."""
+        if self._route_cache is not None:
+            await self._route_cache.close()
 
     def _result(self, raw: bytes, call_id: str, service: str, returns: Any) -> Any:
         codec = self._client.codec

@@ -131,6 +131,7 @@ class IPCClient:
         resource_id: str | None = None,
         timeout: float | None = None,
         call_id: str | None = None,
+        durable: bool | None = None,
     ) -> T: ...
 
     @overload
@@ -143,6 +144,7 @@ class IPCClient:
         resource_id: str | None = None,
         timeout: float | None = None,
         call_id: str | None = None,
+        durable: bool | None = None,
     ) -> Any: ...
 
     async def call(
@@ -154,8 +156,10 @@ class IPCClient:
         resource_id: str | None = None,
         timeout: float | None = None,
         call_id: str | None = None,
+        durable: bool | None = None,
     ) -> Any:
-        """Call ``"service.method"`` through the router, exactly once per ``call_id``.
+        """Call ``"service.method"`` through the router, exactly once per ``call_id``, or
+        straight to its instance, at most once (``durable=False``).
 
         Args:
             target: ``"service.method"``.
@@ -167,6 +171,17 @@ class IPCClient:
             timeout: seconds until the call's deadline (default ``request_timeout``).
             call_id: your own id for the call: retrying with the same id never runs the
                 handler twice. Default: a new unique, time-sortable id.
+            durable: ``True``: the durable path (accepted by JetStream, exactly once per
+                call_id, survives router and instance failures). ``False``: the direct path
+                for calls that need no durability (quotes, queries): a core NATS request
+                straight to the instance the router would choose, found in this client's
+                routing cache, and refused by that instance unless it holds the role under
+                the cached epoch; a refused call (or a cache that knows nothing yet) goes
+                through the router instead. A direct call is **at most once**: it is not
+                recorded, and one whose answer is lost raises ``CallTimeoutError``
+                without knowing whether it ran. ``None`` (default): direct for methods
+                declared ``@svc.method(..., durable=False)``, durable for the rest; a
+                ``call_id`` always makes the call durable.
 
         Raises:
             InvalidArgumentError: a bad target, resource_id, call_id or timeout.
@@ -189,6 +204,7 @@ class IPCClient:
             timeout=timeout,
             returns=returns,
             call_id=call_id,
+            durable=durable,
         )
 
     async def publish(
@@ -334,6 +350,7 @@ class IPCClient:
                 await instance.stop(timeout=timeout)
         self._state = ClientState.CLOSED
         self._caller.abandon()
+        await self._caller.close()
         if self._nc is not None:
             await close_nats(self._nc, timeout=timeout)
 

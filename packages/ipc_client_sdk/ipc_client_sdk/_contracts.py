@@ -103,6 +103,10 @@ class CallRequest(Envelope):
     """An instance the router gave up on while it held this call (it died or froze): a
     claim it left is not waited for past the instance's grace, and the call is answered
     ``UNKNOWN``."""
+    direct: bool = False
+    """Sent straight to the instance by the caller (``durable=False``), not through the
+    router: run at most once, neither claimed nor recorded. The instance refuses it unless
+    ``epoch`` is its own epoch and it holds the role the call needs."""
 
 
 class CallReply(Envelope):
@@ -127,6 +131,9 @@ class Heartbeat(Envelope):
     session: str | None = None
     seq: int = 0
     """Numbers the heartbeats of one process; the router's answer echoes it."""
+    draining: bool = False
+    """The instance knows it is draining, and has refused direct calls since: a handover
+    waits for a heartbeat that says so and reports no call running."""
 
 
 class Registration(Envelope):
@@ -142,6 +149,9 @@ class Registration(Envelope):
     sending them to the service's active."""
     session: str | None = None
     """Random per process: tells a restarted instance from a second copy of a live one."""
+    direct_methods: list[str] = Field(default_factory=list)
+    """Methods declared ``durable=False``: callers send them straight to the instance by
+    default (at most once), unless a call asks for ``durable=True``."""
 
 
 class RegistrationResult(BaseModel):
@@ -173,6 +183,8 @@ class InstanceState(BaseModel):
     seq: int | None = None
     """The heartbeat this answers (None for a role change announced on its own)."""
     lease: float = 0.0
+    draining: bool = False
+    """A handover is under way: refuse direct calls (callers fall back to the router)."""
 
 
 class InstanceInfo(BaseModel):

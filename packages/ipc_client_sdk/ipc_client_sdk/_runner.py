@@ -32,6 +32,16 @@ Admission = Callable[[CallRequest], str | None]
 """Why the instance must refuse a call now (``fenced``, ``stale-epoch``), or None."""
 
 
+_REFUSALS = {
+    "fenced": "instance {instance} is fenced: it has not heard the router within its lease",
+    "stale-epoch": "call {call_id} was routed under epoch {epoch}, before the roles of "
+    "instance {instance} changed",
+    "draining": "instance {instance} is handing its roles over: direct call {call_id} goes "
+    "through the router",
+    "not-owner": "instance {instance} does not hold the role direct call {call_id} needs",
+}
+
+
 class _Refused(Exception):
     """The instance must not run this call now (``reason``: fenced, stale-epoch)."""
 
@@ -85,15 +95,18 @@ class CallRunner:
             return self._refusal(request, e.reason), e.reason
 
     def _refusal(self, request: CallRequest, reason: str) -> bytes:
-        message = (
-            f"instance {self.instance_id} is fenced: it has not heard the router within its lease"
-            if reason == "fenced"
-            else f"call {request.call_id} was routed under epoch {request.epoch}, before the "
-            f"roles of instance {self.instance_id} changed"
+        message = _REFUSALS.get(reason, "call {call_id} refused ({reason})").format(
+            call_id=request.call_id,
+            epoch=request.epoch,
+            instance=self.instance_id,
+            reason=reason,
         )
-        _log.warning(
-            "refused call %s unrun (the router routes it again): %s", request.call_id, message
-        )
+        if request.direct:  # a caller's routing cache behind the router: it falls back
+            _log.debug("refused direct call %s unrun: %s", request.call_id, message)
+        else:
+            _log.warning(
+                "refused call %s unrun (the router routes it again): %s", request.call_id, message
+            )
         return self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
 
     async def _handle(self, request: CallRequest) -> bytes:
@@ -138,6 +151,8 @@ class CallRunner:
             return self.error(
                 call_id, ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before the call ran"
             )
+        if request.direct:
+            return await self._run_unrecorded(spec, request)
         try:
             claimed = await self.ledger.claim(
                 f"{self._name}.{spec.name}.{call_id}", request.deadline, abandoned=request.abandoned
@@ -178,6 +193,15 @@ class CallRunner:
         elif not await self.ledger.finish(claimed, reply):
             # The caller still gets its reply; a repeat would find no outcome and wait.
             _log.error("outcome of call %s not recorded", call_id)
+        return reply
+
+    async def _run_unrecorded(self, spec: MethodSpec, request: CallRequest) -> bytes:
+        """A direct call: run at most once, neither claimed nor recorded."""
+        try:
+            argument = self._codec.decode(request.payload, spec.request_type)
+        except CodecError as e:
+            return self.error(request.call_id, ErrorCode.INVALID_ARGUMENT, e.message)
+        reply, _ = await self._run(spec, argument, request)
         return reply
 
     async def _run(

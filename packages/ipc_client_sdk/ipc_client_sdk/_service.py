@@ -70,6 +70,8 @@ class MethodSpec:
     handler: Handler
     request_type: Any
     wants_context: bool
+    durable: bool = True
+    """False: callers send calls straight to the instance by default (at most once)."""
 
     async def invoke(self, request: Any, ctx: CallContext) -> Any:
         """Run the handler."""
@@ -119,25 +121,36 @@ class Service:
     def method[H: Handler](self, name: H) -> H: ...
 
     @overload
-    def method[H: Handler](self, name: str | None = None) -> Callable[[H], H]: ...
+    def method[H: Handler](
+        self, name: str | None = None, *, durable: bool = True
+    ) -> Callable[[H], H]: ...
 
-    def method[H: Handler](self, name: str | H | None = None) -> H | Callable[[H], H]:
+    def method[H: Handler](
+        self, name: str | H | None = None, *, durable: bool = True
+    ) -> H | Callable[[H], H]:
         """Declare a method: ``@svc.method("do_work")`` or ``@svc.method``.
+
+        ``durable=False`` declares a method whose calls need no durability, such as a
+        quote or a query: callers send them straight to this instance by default, at most
+        once (see ``IPCClient.call``'s ``durable``). A caller can still ask for
+        ``durable=True``.
 
         Raises:
             TypeError: the handler is not ``async def`` or takes other parameters than
                 ``(request)`` or ``(request, ctx)``.
             InvalidArgumentError: the name is invalid or already declared (a ``ValueError``).
         """
+        if not isinstance(durable, bool):
+            raise InvalidArgumentError(f"durable must be True or False, got {durable!r}")
         if callable(name):
-            return self._declare(name.__name__, name)
+            return self._declare(name.__name__, name, durable)
 
         def declare(handler: H) -> H:
-            return self._declare(name or handler.__name__, handler)
+            return self._declare(name or handler.__name__, handler, durable)
 
         return declare
 
-    def _declare[H: Handler](self, name: str, handler: H) -> H:
+    def _declare[H: Handler](self, name: str, handler: H, durable: bool) -> H:
         try:
             validate_token(name, "method name")
         except ValueError as e:
@@ -173,5 +186,6 @@ class Service:
             handler=handler,
             request_type=request_type,
             wants_context=len(params) == 2,
+            durable=durable,
         )
         return handler

@@ -128,6 +128,7 @@ class ServiceInstance:
         self._replaced = False
         self._closing = False
         self._stopped = False
+        self._draining = False  # the router said a handover is under way
         self.claimed: tuple[str, ...] = ()
         self.standby_for: dict[str, str] = {}
         self._role = "standby"
@@ -339,6 +340,7 @@ class ServiceInstance:
             resources=self._resources,
             session=self._session,
             load_balanced=self._service.load_balanced,
+            direct_methods=sorted(n for n, m in self._service.methods.items() if not m.durable),
         )
         sent = time.monotonic()
         result = await request_op(
@@ -387,6 +389,7 @@ class ServiceInstance:
                 inflight=self.inflight,
                 session=self._session,
                 seq=self._seq,
+                draining=self._refuses_direct,
             )
             with contextlib.suppress(nats.errors.Error):
                 await nc.publish(subject, self._client.codec.encode_envelope(beat), reply=reply)
@@ -412,6 +415,8 @@ class ServiceInstance:
             if state.seq is not None and state.seq in self._sent and not self._replaced:
                 lease = state.lease or self._lease
                 self._lease_until = max(self._lease_until, self._sent[state.seq] + lease)
+            if state.epoch >= self._epoch:
+                self._draining = state.draining
             self._apply(state)
             return
         if answer.error is None:
@@ -466,10 +471,29 @@ class ServiceInstance:
         if not task.cancelled() and task.exception() is not None:
             _log.error("on_role_change failed", exc_info=task.exception())
 
+    @property
+    def _refuses_direct(self) -> bool:
+        """Whether a handover is under way or the instance is stopping: direct calls are
+        refused (their callers fall back to the router, which holds them meanwhile)."""
+        return self._draining or self._stopped or self._closing
+
     def _admit(self, request: CallRequest) -> str | None:
         """Why this instance must refuse a call now (None: it may run it)."""
         if self.fenced:
             return "fenced"
+        if request.direct:
+            # Sent by a caller from its routing cache: the cache may be behind the router.
+            if self._refuses_direct:
+                return "draining"
+            if request.epoch != self._epoch:
+                return "stale-epoch"
+            if not (
+                (request.resource_id is not None and request.resource_id in self.claimed)
+                or self._service.load_balanced
+                or self._role == "active"
+            ):
+                return "not-owner"
+            return None
         if request.epoch is not None and request.epoch < self._epoch:
             return "stale-epoch"
         return None

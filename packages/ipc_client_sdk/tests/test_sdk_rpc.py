@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -36,18 +35,6 @@ def work(account: str = "acc_XYZ", **kw: object) -> WorkRequest:
         placed_at=datetime(2026, 11, 28, 9, 30, 0, 123456, tzinfo=timezone(timedelta(hours=8))),
         **kw,  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture
-async def clients(
-    nats_server: NatsServerProcess, router: RouterProcess
-) -> AsyncIterator[tuple[IPCClient, IPCClient]]:
-    """A caller and a server, both connected; the router is running."""
-    async with (
-        IPCClient(nats_server.url, name="svc_a") as caller,
-        IPCClient(nats_server.url, name="svc_b") as server,
-    ):
-        yield caller, server
 
 
 async def test_round_trip_keeps_decimal_and_datetime_exact(

@@ -3,6 +3,8 @@
 - ``nats_server``: one nats-server with JetStream on a free loopback port.
 - ``nats_cluster``: a 3-node JetStream cluster.
 - ``router``: an ``ipc-router`` process connected to ``nats_server``.
+- ``clients``: a caller (``svc_a``) and a server (``svc_b``) ``IPCClient``, connected, with
+  ``router`` running.
 - ``instance_pair``: ``service_b`` instances b1 (active, owns acc_1) and b2 (standby for
   acc_1), each in a process of its own, registered with ``router``.
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from ipc_client_sdk import IPCClient
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
 from ipc_testing.cluster import NatsCluster
 from ipc_testing.instance import InstanceProcess
@@ -59,6 +62,18 @@ async def router(nats_server: NatsServerProcess, tmp_path: Path) -> AsyncIterato
         yield proc
     finally:
         await proc.stop()
+
+
+@pytest.fixture
+async def clients(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> AsyncIterator[tuple[IPCClient, IPCClient]]:
+    """A caller and a server, both connected; the router is running."""
+    async with (
+        IPCClient(nats_server.url, name="svc_a") as caller,
+        IPCClient(nats_server.url, name="svc_b") as server,
+    ):
+        yield caller, server
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from ipc_client_sdk.protocol import (
 )
 from ipc_router.api.admin import AdminOp, OpsEndpoint
 from ipc_router.api.calls import InflightTracker
-from ipc_router.api.events import instance_state
+from ipc_router.api.events import instance_state, tell_instance
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
 from ipc_router.application.views import (
     AmbiguousInstanceError,
@@ -137,8 +137,9 @@ class ControlAPI:
         self._tracker = tracker
         self.lease = registry.table.heartbeat_timeout * LEASE_FRACTION
         self._locks: dict[str, asyncio.Lock] = {}
-        self._reported: dict[tuple[str, str], tuple[float, int]] = {}
-        """(service, instance) -> when its last heartbeat came, and its calls running then."""
+        self._reported: dict[tuple[str, str], tuple[float, int, bool]] = {}
+        """(service, instance) -> when its last heartbeat came, its calls running then, and
+        whether it knew it was draining (and so refused direct calls)."""
         self._handing_over: dict[tuple[str, str], asyncio.Task[None]] = {}
         ops: dict[str, AdminOp] = {
             "register": self._register,
@@ -189,6 +190,8 @@ class ControlAPI:
                 validate_token(reg.session, "session")
             for method in reg.methods:
                 validate_token(method, "method")
+            if not set(reg.direct_methods) <= set(reg.methods):
+                raise ValueError("direct_methods must be among the methods")
             for resource in reg.resources:
                 validate_token(resource, "resource")
         except ValueError as e:
@@ -207,6 +210,7 @@ class ControlAPI:
                 last_heartbeat_at=now,
                 resources=tuple(reg.resources),
                 methods=tuple(reg.methods),
+                direct_methods=tuple(reg.direct_methods),
                 session=reg.session or "",
                 load_balanced=reg.load_balanced,
             )
@@ -261,7 +265,7 @@ class ControlAPI:
             already = {i for i in outgoing if (r := table.get(req.service, i)) and r.draining}
             try:
                 for instance_id in outgoing:
-                    await registry.drain(req.service, instance_id)
+                    await self._set_draining(req.service, instance_id, True)
                 since = self._registry.monotonic()
                 for instance_id in outgoing:
                     if not await self._idle(req.service, instance_id, since, deadline):
@@ -285,7 +289,7 @@ class ControlAPI:
             finally:
                 for instance_id in outgoing:
                     if instance_id not in already and table.get(req.service, instance_id):
-                        await registry.undrain(req.service, instance_id)
+                        await self._set_draining(req.service, instance_id, False)
         return {
             "service": record.service,
             "instance_id": record.instance_id,
@@ -295,11 +299,24 @@ class ControlAPI:
             "demoted": outgoing,
         }
 
+    async def _set_draining(self, service: str, instance_id: str, draining: bool) -> None:
+        """Drain an instance (or stop draining it), and tell it at once: while draining it
+        refuses direct calls, which then go through this router and wait."""
+        if draining:
+            await self._registry.drain(service, instance_id)
+        else:
+            await self._registry.undrain(service, instance_id)
+        record = self._registry.table.get(service, instance_id)
+        if record is not None:
+            owned = self._registry.table.owned(service, instance_id)
+            await tell_instance(self._nc, self._subjects, self._codec, record, owned, self.lease)
+
     async def _idle(self, service: str, instance_id: str, since: float, deadline: float) -> bool:
         """Wait until an instance runs no call: none in flight from this router, and a
         heartbeat sent after ``since`` says none is running there (a handler outliving its
-        caller's deadline still runs after the router stopped waiting for it). False if
-        ``deadline`` (loop time) comes first."""
+        caller's deadline still runs after the router stopped waiting for it) and that it
+        knows it is draining (so it refuses the direct calls callers send it without the
+        router). False if ``deadline`` (loop time) comes first."""
         loop = asyncio.get_running_loop()
         while True:
             left = deadline - loop.time()
@@ -308,7 +325,7 @@ class ControlAPI:
             if self._registry.table.get(service, instance_id) is None:
                 return True  # it left
             heard = self._reported.get((service, instance_id))
-            if heard is not None and heard[0] > since and heard[1] == 0:
+            if heard is not None and heard[0] > since and heard[1] == 0 and heard[2]:
                 return True
             if loop.time() >= deadline:
                 return False
@@ -363,10 +380,10 @@ class ControlAPI:
         try:
             if req.cancel:
                 async with self._handover(service, _DRAIN_LOCK_WAIT):
-                    await registry.undrain(service, instance_id)
+                    await self._set_draining(service, instance_id, False)
             else:
                 async with self._handover(service, _DRAIN_LOCK_WAIT):
-                    await registry.drain(service, instance_id)
+                    await self._set_draining(service, instance_id, True)
                 wait = min(max(req.timeout, 0.0), MAX_DRAIN) if math.isfinite(req.timeout) else 0.0
                 if not req.handover:
                     drained = await self._tracker.quiesce(service, instance_id, wait)
@@ -487,7 +504,11 @@ class ControlAPI:
             _log.exception("heartbeat from %s.%s failed", beat.service, beat.instance_id)
             return
         if outcome is HeartbeatOutcome.OK:
-            self._reported[(beat.service, beat.instance_id)] = (heard, beat.inflight)
+            self._reported[(beat.service, beat.instance_id)] = (
+                heard,
+                beat.inflight,
+                beat.draining,
+            )
         if not msg.reply:
             return
         if outcome is HeartbeatOutcome.OK:

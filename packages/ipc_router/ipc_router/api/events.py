@@ -118,10 +118,26 @@ class EventPublisher:
         if found is None or not found[0].session:
             return
         record, owned = found
-        state = instance_state(record, owned, lease=self._lease)
-        subject = self._subjects.instance_control(service, instance_id, record.session)
-        reply = AdminReply(ok=True, result=state.model_dump())
-        await self._nc.publish(subject, self._codec.encode_envelope(reply))
+        await tell_instance(self._nc, self._subjects, self._codec, record, owned, self._lease)
+
+
+async def tell_instance(
+    nc: NATS,
+    subjects: Subjects,
+    codec: Codec,
+    record: InstanceRecord,
+    owned: tuple[str, ...] | None,
+    lease: float,
+) -> None:
+    """Push an instance its state (roles, epoch, draining) on its control subject; an
+    instance that misses it is put right by its next heartbeat's answer. Never raises."""
+    if not record.session:
+        return
+    state = instance_state(record, owned, lease=lease)
+    subject = subjects.instance_control(record.service, record.instance_id, record.session)
+    reply = AdminReply(ok=True, result=state.model_dump())
+    with contextlib.suppress(nats.errors.Error):
+        await nc.publish(subject, codec.encode_envelope(reply))
 
 
 def instance_state(
@@ -138,4 +154,5 @@ def instance_state(
         owned=list(owned) if owned is not None else None,
         seq=seq,
         lease=lease,
+        draining=record.draining,
     )

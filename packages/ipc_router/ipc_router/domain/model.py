@@ -40,6 +40,8 @@ class InstanceRecord:
     last_heartbeat_at: float
     resources: tuple[str, ...] = field(default=())
     methods: tuple[str, ...] = field(default=())
+    direct_methods: tuple[str, ...] = field(default=())
+    """Methods its callers send straight to it by default (declared ``durable=False``)."""
     session: str = ""
     """Random per instance process; a second process with the same id has another."""
     load_balanced: bool = False

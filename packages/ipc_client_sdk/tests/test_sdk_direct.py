@@ -1,0 +1,203 @@
+"""The direct path (``durable=False``): straight to the instance, at most once, fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import nats.js.errors
+import pytest
+
+from ipc_client_sdk import (
+    CallContext,
+    InvalidArgumentError,
+    IPCClient,
+    Service,
+    ServiceUnavailableError,
+)
+from ipc_client_sdk.protocol import REFUSED_HEADER, CallReply, CallRequest, ErrorCode
+from ipc_testing.workload import CountingService, WorkRequest, WorkResult
+
+
+def work(account: str = "acc_1") -> WorkRequest:
+    return WorkRequest(account=account, amount=Decimal("0.10"), placed_at=datetime.now(UTC))
+
+
+async def until(predicate: Callable[[], bool], within: float) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def recorded(client: IPCClient, key: str) -> bool:
+    """Whether the results bucket holds a claim or an outcome for ``key``."""
+    kv = await client.nats.jetstream().key_value(client.subjects.results_bucket)
+    try:
+        await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return False
+    return True
+
+
+async def send(
+    caller: IPCClient, instance: object, epoch: int, resource: str | None
+) -> tuple[str, CallReply]:
+    """A raw direct call to the instance; the refusal reason (empty: run) and the reply."""
+    session = instance._session  # type: ignore[attr-defined]
+    instance_id = instance.instance_id  # type: ignore[attr-defined]
+    request = CallRequest(
+        call_id=f"raw-{epoch}-{resource}-{instance_id}",
+        service="service_b",
+        method="do_work",
+        payload=caller.codec.encode(work()),
+        resource_id=resource,
+        deadline=time.time() + 5,
+        epoch=epoch,
+        direct=True,
+    )
+    subject = caller.subjects.instance_inbox("service_b", instance_id, session)
+    msg = await caller.nats.request(subject, caller.codec.encode_envelope(request), timeout=5)
+    reply = caller.codec.decode_envelope(msg.data, CallReply)
+    return (msg.headers or {}).get(REFUSED_HEADER, ""), reply
+
+
+async def test_direct_call_is_answered_by_the_owner_and_not_recorded(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = CountingService()
+    await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+    direct = await caller.call(
+        "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
+    )
+    assert (direct.instance_id, direct.amount) == ("b1", Decimal("0.10"))
+    assert not await recorded(caller, f"service_b.do_work.{direct.call_id}")
+    durable = await caller.call(
+        "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=True
+    )
+    assert await recorded(caller, f"service_b.do_work.{durable.call_id}")
+    assert svc.runs[direct.call_id] == svc.runs[durable.call_id] == 1
+
+
+async def test_a_method_declared_not_durable_goes_direct_unless_asked(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, server = clients
+    svc = Service("quotes")
+
+    @svc.method("quote", durable=False)
+    async def quote(symbol: str, ctx: CallContext) -> str:
+        return ctx.call_id
+
+    await server.serve(svc, instance_id="q1")
+    # The first call may go through the router while the cache loads; later ones go direct.
+    await caller.call("quotes.quote", "AAPL", returns=str)
+    direct_id = await caller.call("quotes.quote", "AAPL", returns=str)
+    assert not await recorded(caller, f"quotes.quote.{direct_id}")
+    durable_id = await caller.call("quotes.quote", "AAPL", returns=str, durable=True)
+    assert await recorded(caller, f"quotes.quote.{durable_id}")
+    own = await caller.call("quotes.quote", "AAPL", returns=str, call_id="mine-1")
+    assert own == "mine-1" and await recorded(caller, "quotes.quote.mine-1")
+
+
+async def test_a_call_id_with_durable_false_is_refused(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    caller, _ = clients
+    with pytest.raises(InvalidArgumentError, match="exactly once"):
+        await caller.call("service_b.do_work", work(), call_id="c-1", durable=False)
+    with pytest.raises(InvalidArgumentError, match="durable must be"):
+        await caller.call("service_b.do_work", work(), durable="no")  # type: ignore[call-overload]
+
+
+async def test_the_instance_refuses_direct_calls_it_must_not_run(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    """A caller's cache may be behind the router: the instance is the judge."""
+    caller, server = clients
+    svc = CountingService()
+    b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+    b2 = await server.serve(svc.service, instance_id="b2", resources=["acc_1"])
+
+    assert (await send(caller, b1, b1.epoch - 1, "acc_1"))[0] == "stale-epoch"
+    assert (await send(caller, b2, b2.epoch, "acc_1"))[0] == "not-owner"  # b2 is acc_1's standby
+    assert (await send(caller, b2, b2.epoch, None))[0] == "not-owner"  # nor the service's active
+    refused, reply = await send(caller, b1, b1.epoch + 1, "acc_1")  # an epoch it has not heard of
+    assert refused == "stale-epoch" and reply.error is not None
+    assert reply.error.code is ErrorCode.FAILED_PRECONDITION
+    ok, reply = await send(caller, b1, b1.epoch, "acc_1")
+    assert ok == "" and reply.error is None
+    assert sum(svc.runs.values()) == 1  # only the admitted call ran
+
+
+async def test_direct_calls_follow_a_promotion_and_never_run_twice(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    """During a promotion the old active refuses direct calls (draining, then a new epoch)
+    and the callers fall back to the router: every call succeeds, on one instance."""
+    caller, server = clients
+    svc = CountingService()
+    b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+    b2 = await server.serve(svc.service, instance_id="b2", resources=["acc_1"])
+    served: list[str] = []
+    running = True
+
+    async def load() -> None:
+        while running:
+            result = await caller.call(
+                "service_b.do_work",
+                work(),
+                resource_id="acc_1",
+                returns=WorkResult,
+                durable=False,
+                timeout=10,
+            )
+            served.append(result.instance_id)
+
+    workers = [asyncio.create_task(load()) for _ in range(4)]
+    try:
+        await until(lambda: served.count("b1") >= 20, 10)
+        promotion = await caller.admin.promote("service_b", "b2")
+        assert promotion.instance_id == "b2"
+        since = len(served)
+        await until(lambda: served[since:].count("b2") >= 20, 10)
+    finally:
+        running = False
+        await asyncio.gather(*workers)
+    assert b2.role == "active" and "acc_1" in b2.claimed and "acc_1" not in b1.claimed
+    after = served[served.index("b2") :]
+    assert "b1" not in after[len(after) // 2 :]  # the cache moved to b2 for good
+    assert max(svc.runs.values()) == 1
+
+
+async def test_a_draining_instance_refuses_direct_calls(
+    clients: tuple[IPCClient, IPCClient],
+) -> None:
+    """While an instance drains, a direct call is refused and goes through the router,
+    which answers as it does for any call to a draining instance without a standby."""
+    caller, server = clients
+    svc = CountingService()
+    b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+    await caller.call("service_b.do_work", work(), resource_id="acc_1", durable=False)
+    result = await caller.admin.drain("b1", wait=0)  # no standby: it stays draining
+    assert result.draining
+    await until(lambda: b1._draining, 2)
+    before = sum(svc.runs.values())
+    assert (await send(caller, b1, b1.epoch, "acc_1"))[0] == "draining"
+    with pytest.raises(ServiceUnavailableError, match="draining"):
+        await caller.call(
+            "service_b.do_work", work(), resource_id="acc_1", durable=False, timeout=5
+        )
+    assert sum(svc.runs.values()) == before
+    await caller.admin.drain("b1", cancel=True)
+    await until(lambda: not b1._draining, 2)
+    answer = await caller.call(
+        "service_b.do_work", work(), resource_id="acc_1", durable=False, returns=WorkResult
+    )
+    assert answer.instance_id == "b1" and not await recorded(
+        caller, f"service_b.do_work.{answer.call_id}"
+    )
