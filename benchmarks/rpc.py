@@ -1,0 +1,306 @@
+"""RPC benchmark: AegisIPC's call paths against raw nats-py request/reply, in one run.
+
+    uv run python benchmarks/rpc.py [--duration 4] [--paths raw,durable,direct] [--json]
+
+It starts its own nats-server (JetStream on, file storage), then measures, with the same
+order-like payload (about 200 bytes of MessagePack) and the caller in this process:
+
+- **raw**: what a program using nats-py alone does: MessagePack-pack the order as plain
+  values, ``nc.request`` it to a plain nats-py responder in a process of its own (which
+  answers with a fixed acknowledgement), unpack the answer. No validation, no envelope: the
+  physical limit of this stack;
+- **durable**: ``client.call(...)`` through an ``ipc-router`` process to a served instance
+  in a process of its own: accepted into JetStream, claimed and recorded in the results
+  bucket, exactly once;
+- **direct**: ``client.call(..., durable=False)``: a core request straight to the owning
+  instance, found in the SDK's routing cache (at most once).
+
+Each path runs at concurrency 1 (latency) and 200 (throughput) for ``--duration`` seconds
+after a short warm-up. It prints calls per second, p50, p99 and p99.9, and each figure's
+ratio to raw measured in the same run. Every call must succeed: a failure is counted and
+printed, and the script exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import msgpack
+import nats
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from _bench import Peer, Result, measure, serve_until_term
+from ipc_client_sdk import CallContext, IPCClient, Service
+from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
+from ipc_testing.router import RouterProcess
+
+SERVICE = "orders"
+METHOD = "place"
+ACCOUNT = "acc_1"
+RAW_SUBJECT = "bench.raw.place"
+PATHS = ("raw", "durable", "direct")
+SCRIPT = str(Path(__file__).resolve())
+
+
+class Order(BaseModel):
+    """An order-like request: exact prices, an aware timestamp (about 200 bytes)."""
+
+    client_order_id: str
+    account: str
+    symbol: str
+    side: str
+    quantity: int
+    price: Decimal
+    time_in_force: str
+    venue: str
+    placed_at: datetime
+    trader: str
+
+
+class OrderAck(BaseModel):
+    """The acknowledgement the handler returns."""
+
+    client_order_id: str
+    status: str
+    filled: int
+    price: Decimal
+    instance_id: str
+
+
+def make_order(n: int) -> Order:
+    """The n-th order of a run."""
+    return Order(
+        client_order_id=f"C{n:012d}-desk7-strategy-alpha",
+        account=ACCOUNT,
+        symbol="AAPL.XNAS",
+        side="buy",
+        quantity=100 + n % 900,
+        price=Decimal("187.4200"),
+        time_in_force="IOC",
+        venue="XNAS-primary",
+        placed_at=datetime(2026, 11, 28, 9, 30, 0, 123456, tzinfo=UTC),
+        trader="trader.jane.doe@desk7",
+    )
+
+
+def answer(order: Order, instance_id: str) -> OrderAck:
+    """What the handler answers."""
+    return OrderAck(
+        client_order_id=order.client_order_id,
+        status="accepted",
+        filled=0,
+        price=order.price,
+        instance_id=instance_id,
+    )
+
+
+# --- the serving processes --------------------------------------------------------------
+async def serve_raw(url: str) -> None:
+    """A plain nats-py responder: answers every request with a fixed acknowledgement."""
+    nc = await nats.connect(url, name="bench-raw-responder")
+    ack = msgpack.packb(answer(make_order(0), "raw").model_dump(mode="json"))
+
+    async def on_request(msg: Msg) -> None:
+        await nc.publish(msg.reply, ack)
+
+    await nc.subscribe(RAW_SUBJECT, cb=on_request, pending_msgs_limit=1_000_000)
+    await nc.flush()
+    await serve_until_term()
+    await nc.drain()
+
+
+async def serve_ipc(url: str, instance_id: str) -> None:
+    """An AegisIPC instance of ``orders`` claiming the account."""
+    svc = Service(SERVICE)
+
+    @svc.method(METHOD)
+    async def place(order: Order, ctx: CallContext) -> OrderAck:
+        return answer(order, ctx.instance_id)
+
+    async with IPCClient(url, name=instance_id) as client:
+        instance = await client.serve(
+            svc, instance_id=instance_id, resources=[ACCOUNT], concurrency=256
+        )
+        await serve_until_term()
+        await instance.stop()
+
+
+async def bench(
+    paths: list[str], levels: list[int], duration: float, warmup: float
+) -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="ipc-rpc-bench-") as tmp:
+        workdir = Path(tmp)
+        server = NatsServerProcess(NatsServerConfig(store_dir=workdir / "nats", port=0))
+        await server.start()
+        router = RouterProcess(server.url, workdir / "router.log")
+        raw_peer = Peer(workdir / "raw.log", SCRIPT)
+        ipc_peer = Peer(workdir / "instance.log", SCRIPT)
+        orders = [make_order(n) for n in range(1000)]
+        raw_orders = [o.model_dump(mode="json") for o in orders]  # plain values
+        try:
+            if "raw" in paths:
+                await raw_peer.start("serve-raw", server.url)
+                nc = await nats.connect(server.url, name="bench-raw-caller")
+                try:
+
+                    async def raw_call(n: int) -> object:
+                        # What a program using nats-py alone does: pack, request, unpack.
+                        data = msgpack.packb(raw_orders[n % 1000])
+                        msg = await nc.request(RAW_SUBJECT, data, timeout=10)
+                        return msgpack.unpackb(msg.data)
+
+                    for level in levels:
+                        results.append(await measure("raw", level, raw_call, duration, warmup))
+                finally:
+                    await nc.close()
+                await raw_peer.stop()
+            ipc_paths = [p for p in paths if p != "raw"]
+            if ipc_paths:
+                await router.start()
+                await ipc_peer.start("serve-ipc", server.url, "o1")
+                async with IPCClient(server.url, name="bench-caller") as client:
+                    for path in ipc_paths:
+                        durable = path == "durable"
+
+                        async def ipc_call(n: int, durable: bool = durable) -> object:
+                            return await client.call(
+                                f"{SERVICE}.{METHOD}",
+                                orders[n % 1000],
+                                resource_id=ACCOUNT,
+                                returns=OrderAck,
+                                timeout=10,
+                                durable=durable,
+                            )
+
+                        for level in levels:
+                            results.append(await measure(path, level, ipc_call, duration, warmup))
+        finally:
+            await ipc_peer.stop()
+            await raw_peer.stop()
+            await router.stop()
+            await server.stop()
+    return results
+
+
+# --- reporting ----------------------------------------------------------------------------
+def ratios(results: list[Result]) -> dict[tuple[str, int], dict[str, float]]:
+    """Each result's throughput and latencies as a ratio to raw at the same concurrency."""
+    raw = {r.concurrency: r for r in results if r.path == "raw"}
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for r in results:
+        base = raw.get(r.concurrency)
+        if base is None:
+            continue
+        out[(r.path, r.concurrency)] = {
+            "per_second": _ratio(r.per_second, base.per_second),
+            "p50": _ratio(r.p50_ms, base.p50_ms),
+            "p99": _ratio(r.p99_ms, base.p99_ms),
+            "p999": _ratio(r.p999_ms, base.p999_ms),
+        }
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else math.nan
+
+
+def table(results: list[Result]) -> str:
+    """The results as a text table, with ratios to raw."""
+    rel = ratios(results)
+    lines = [
+        f"{'path':<8} {'conc':>4} {'calls/s':>9} {'vs raw':>7} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99 vs raw':>10} {'p99.9 ms':>9} {'failed':>6}"
+    ]
+    for r in results:
+        ratio = rel.get((r.path, r.concurrency), {})
+        lines.append(
+            f"{r.path:<8} {r.concurrency:>4} {r.per_second:>9.0f} "
+            f"{ratio.get('per_second', math.nan):>6.0%} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{ratio.get('p99', math.nan):>9.2f}x {r.p999_ms:>9.2f} {r.failed:>6}"
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[Result]) -> list[str]:
+    """The issue's targets, each with its measured ratio and whether it was met."""
+    rel = ratios(results)
+    top = max((r.concurrency for r in results), default=0)
+    lines: list[str] = []
+    checks = [
+        ("durable", top, "per_second", ">=", 0.5, "durable throughput vs raw"),
+        ("durable", top, "p99", "<=", 3.0, f"durable p99 vs raw (x{top})"),
+        ("durable", 1, "p99", "<=", 3.0, "durable p99 vs raw (x1)"),
+        ("direct", top, "per_second", ">=", 0.9, "direct throughput vs raw"),
+    ]
+    for path, level, key, op, goal, label in checks:
+        value = rel.get((path, level), {}).get(key)
+        if value is None:
+            continue
+        met = value >= goal if op == ">=" else value <= goal
+        lines.append(f"{label}: {value:.2f} (target {op} {goal:g}) {'met' if met else 'NOT MET'}")
+    return lines
+
+
+def main() -> None:
+    """Parse the command line and run the benchmark (or one of its serving processes)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-raw":
+        asyncio.run(serve_raw(sys.argv[2]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-ipc":
+        asyncio.run(serve_ipc(sys.argv[2], sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(prog="benchmarks/rpc.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
+    parser.add_argument("--concurrency", default="1,200", help="comma-separated levels")
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args()
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    try:
+        levels = [int(c) for c in args.concurrency.split(",") if c]
+    except ValueError:
+        parser.error("--concurrency takes comma-separated integers")
+    if not levels or min(levels) < 1 or args.duration <= 0 or args.warmup < 0:
+        parser.error("concurrency must be >= 1, duration > 0, warmup >= 0")
+    started = time.monotonic()
+    results = asyncio.run(bench(paths, levels, args.duration, args.warmup))
+    took = time.monotonic() - started
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "results": [asdict(r) for r in results],
+                    "ratios": {f"{p}@{c}": v for (p, c), v in ratios(results).items()},
+                    "targets": targets(results),
+                    "seconds": round(took, 1),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(table(results))
+        for line in targets(results):
+            print(line)
+        print(f"({took:.0f}s in all)")
+    if any(r.failed for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
