@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
@@ -44,6 +41,7 @@ from ipc_client_sdk._errors import (
     ServiceUnavailableError,
 )
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 
@@ -86,10 +84,7 @@ class Caller:
     def __init__(self, client: IPCClient) -> None:
         self._client = client
         self._js: JetStreamContext | None = None
-        self._inbox: str | None = None
-        self._sub: Subscription | None = None
-        self._waiting: dict[str, asyncio.Future[bytes]] = {}
-        self._lock = asyncio.Lock()
+        self._replies: ReplyInbox | None = None
         self._route_cache: RouteCache | None = None
 
     async def call(
@@ -151,7 +146,11 @@ class Caller:
                 if raw is not None:
                     return self._result(raw, call_id, service, returns)
                 # Refused unrun, or nobody there: the router routes it, exactly once.
-        reply_to, future = await self._expect_reply()
+        replies = self._reply_inbox()
+        try:
+            reply_to, future = await replies.expect()
+        except nats.errors.Error as e:
+            raise connection_error(client.servers, e) from e
         request = CallRequest(**fields, reply_to=reply_to)
         token = reply_to.rsplit(".", 1)[-1]
         try:
@@ -160,37 +159,19 @@ class Caller:
             )
             try:
                 async with asyncio.timeout_at(_loop_time_at(deadline)):
-                    raw = await future
+                    answer = await future
             except TimeoutError:
                 raise CallTimeoutError(
                     f"no answer within {timeout:g}s", call_id=call_id, service=service
                 ) from None
         finally:
-            self._waiting.pop(token, None)
-        return self._result(raw, call_id, service, returns)
+            replies.forget(reply_to)
+        return self._result(answer.data, call_id, service, returns)
 
-    async def _expect_reply(self) -> tuple[str, asyncio.Future[bytes]]:
-        if self._sub is None:
-            async with self._lock:
-                if self._sub is None:
-                    nc = self._client.nats
-                    inbox = nc.new_inbox()
-                    try:
-                        self._sub = await nc.subscribe(
-                            f"{inbox}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
-                        )
-                    except nats.errors.Error as e:
-                        raise connection_error(self._client.servers, e) from e
-                    self._inbox = inbox
-        token = os.urandom(8).hex()
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
-        return f"{self._inbox}.{token}", future
-
-    async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject.rsplit(".", 1)[-1], None)
-        if future is not None and not future.done():
-            future.set_result(msg.data)
+    def _reply_inbox(self) -> ReplyInbox:
+        if self._replies is None:
+            self._replies = ReplyInbox(self._client.nats)
+        return self._replies
 
     async def _publish(
         self, subject: str, request: CallRequest, reply_to: str, token: str, deadline: float
@@ -233,7 +214,7 @@ class Caller:
         deadline = request.deadline or time.time() + timeout
         inbox = client.subjects.instance_inbox(service, target.instance_id, target.session)
         try:
-            msg = await client.nats.request(
+            msg = await self._reply_inbox().request(
                 inbox, client.codec.encode_envelope(request), timeout=deadline - time.time()
             )
         except nats.errors.NoRespondersError:
@@ -274,10 +255,8 @@ class Caller:
 
     def abandon(self) -> None:
         """Fail every call still waiting (the client is closing)."""
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ClientStateError("the client closed during the call"))
-        self._waiting.clear()
+        if self._replies is not None:
+            self._replies.fail_all(ClientStateError("the client closed during the call"))
 
 
 async def publish_acked(

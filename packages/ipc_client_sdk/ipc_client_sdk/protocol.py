@@ -37,6 +37,7 @@ from ipc_client_sdk._nats import (
     redact_url,
     servers_label,
 )
+from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._subjects import (
     DEFAULT_PREFIX,
     Subjects,
@@ -70,6 +71,7 @@ __all__ = [
     "Promotion",
     "Registration",
     "RegistrationResult",
+    "ReplyInbox",
     "RouteInfo",
     "RouterEvent",
     "RouterStatus",

@@ -47,6 +47,7 @@ from ipc_client_sdk.protocol import (
     Codec,
     ErrorCode,
     ErrorInfo,
+    ReplyInbox,
     Subjects,
     validate_call_id,
     validate_token,
@@ -173,6 +174,7 @@ class CallConsumer:
         self._psub: JetStreamContext.PullSubscription | None = None
         self._awaiting: dict[asyncio.Future[Msg], tuple[str, str, str]] = {}
         self._tracker = tracker or InflightTracker()
+        self._replies = ReplyInbox(nc)
 
     async def start(self) -> None:
         """Bind the durable consumer (creating it when missing) and start fetching."""
@@ -422,13 +424,15 @@ class CallConsumer:
             except ValueError:  # a record from an SDK without sessions: cannot be reached
                 await self._registry.mark_unreachable(request.service, route.instance_id)
                 continue
-            pending = asyncio.ensure_future(
-                self._nc.request(inbox, self._codec.encode_envelope(forwarded), timeout=remaining)
-            )
-            self._awaiting[pending] = (request.service, route.instance_id, route.session)
             self._tracker.add(request.service, route.instance_id)
             try:
-                answer = await pending
+                answer = await self._replies.request(
+                    inbox,
+                    self._codec.encode_envelope(forwarded),
+                    timeout=remaining,
+                    pending=self._awaiting,
+                    tag=(request.service, route.instance_id, route.session),
+                )
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -459,7 +463,6 @@ class CallConsumer:
                     f"instance {route.instance_id!r} did not answer before the deadline",
                 ) from e
             finally:
-                self._awaiting.pop(pending, None)
                 self._tracker.done(request.service, route.instance_id)
             refused = (answer.headers or {}).get(REFUSED_HEADER)
             if refused:

@@ -1,0 +1,112 @@
+"""``ReplyInbox``: many requests' replies on one wildcard subscription.
+
+nats-py's ``nc.request`` does the same, but per request it draws a fresh NUID (a Python loop),
+reads the OS's randomness (a system call), and, where a caller needs the pending reply as an
+object of its own (the router's watchdog cancels it), costs a task to wrap. On the hot path
+of every call that is measurable (``benchmarks/rpc.py``); here a token is a counter, the
+reply is a plain future, and a "no responders" status is raised as nats-py raises it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+_STATUS = "Status"
+_NO_RESPONDERS = "503"
+
+
+class ReplyInbox:
+    """One wildcard subscription (``<inbox>.*``) and a future per awaited reply.
+
+    Args:
+        nc: the connection.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: object | None = None
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    async def expect(self) -> tuple[str, asyncio.Future[Msg]]:
+        """A fresh reply subject, and the future its first message completes. Call
+        ``forget`` with the subject once done with it.
+
+        Raises:
+            nats.errors.Error: subscribing failed.
+        """
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    prefix = self._nc.new_inbox()
+                    self._sub = await self._nc.subscribe(
+                        f"{prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
+                    )
+                    self._prefix = prefix + "."
+        subject = f"{self._prefix}{next(self._tokens):x}"
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[subject] = future
+        return subject, future
+
+    def forget(self, subject: str) -> None:
+        """Stop waiting for a reply on ``subject``."""
+        self._waiting.pop(subject, None)
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+        pending: dict[asyncio.Future[Msg], Any] | None = None,
+        tag: object = None,
+    ) -> Msg:
+        """Send a request and wait ``timeout`` seconds for its reply.
+
+        ``pending``: while waiting, the reply's future is kept there (under ``tag``), so
+        that another task can cancel the wait.
+
+        Raises:
+            nats.errors.NoRespondersError: nobody is subscribed to ``subject``.
+            nats.errors.TimeoutError: no reply in time.
+            nats.errors.Error: the connection failed.
+            asyncio.CancelledError: the wait was cancelled.
+        """
+        reply, future = await self.expect()
+        try:
+            await self._nc.publish(subject, data, reply=reply, headers=headers)
+            if pending is not None:
+                pending[future] = tag
+            try:
+                async with asyncio.timeout(timeout):
+                    msg = await future
+            except TimeoutError:
+                raise nats.errors.TimeoutError from None
+        finally:
+            self.forget(reply)
+            if pending is not None:
+                pending.pop(future, None)
+        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            raise nats.errors.NoRespondersError
+        return msg
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every awaited reply (the connection is closing)."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
