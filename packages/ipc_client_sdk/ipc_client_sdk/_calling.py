@@ -41,7 +41,6 @@ from ipc_client_sdk._errors import (
     ServiceUnavailableError,
 )
 from ipc_client_sdk._nats import connection_error
-from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 
@@ -84,7 +83,6 @@ class Caller:
     def __init__(self, client: IPCClient) -> None:
         self._client = client
         self._js: JetStreamContext | None = None
-        self._replies: ReplyInbox | None = None
         self._route_cache: RouteCache | None = None
 
     async def call(
@@ -146,7 +144,7 @@ class Caller:
                 if raw is not None:
                     return self._result(raw, call_id, service, returns)
                 # Refused unrun, or nobody there: the router routes it, exactly once.
-        replies = self._reply_inbox()
+        replies = client.replies
         try:
             reply_to, future = await replies.expect()
         except nats.errors.Error as e:
@@ -167,11 +165,6 @@ class Caller:
         finally:
             replies.forget(reply_to)
         return self._result(answer.data, call_id, service, returns)
-
-    def _reply_inbox(self) -> ReplyInbox:
-        if self._replies is None:
-            self._replies = ReplyInbox(self._client.nats)
-        return self._replies
 
     async def _publish(
         self, subject: str, request: CallRequest, reply_to: str, token: str, deadline: float
@@ -214,7 +207,7 @@ class Caller:
         deadline = request.deadline or time.time() + timeout
         inbox = client.subjects.instance_inbox(service, target.instance_id, target.session)
         try:
-            msg = await self._reply_inbox().request(
+            msg = await client.replies.request(
                 inbox, client.codec.encode_envelope(request), timeout=deadline - time.time()
             )
         except nats.errors.NoRespondersError:
@@ -252,11 +245,6 @@ class Caller:
         except IPCError as e:
             e.call_id, e.service, e.instance = call_id, service, reply.instance
             raise
-
-    def abandon(self) -> None:
-        """Fail every call still waiting (the client is closing)."""
-        if self._replies is not None:
-            self._replies.fail_all(ClientStateError("the client closed during the call"))
 
 
 async def publish_acked(

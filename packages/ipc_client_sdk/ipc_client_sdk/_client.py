@@ -21,6 +21,7 @@ from ipc_client_sdk._pubsub import (
     check_subscribe_arguments,
     publish,
 )
+from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
@@ -77,6 +78,7 @@ class IPCClient:
         self._nc: NATS | None = None
         self._admin = AdminClient(self)
         self._caller = Caller(self)
+        self._replies: ReplyInbox | None = None
         self._instances: list[ServiceInstance] = []
         self._subscriptions: list[Subscription] = []
 
@@ -105,6 +107,18 @@ class IPCClient:
         if self._state is not ClientState.OPEN or self._nc is None:
             raise ClientStateError(f"the client is {self._state.value}; use it while it is open")
         return self._nc
+
+    @property
+    def replies(self) -> ReplyInbox:
+        """The client's reply inbox: one subscription for every reply it awaits (for the
+        SDK's own modules).
+
+        Raises:
+            ClientStateError: the client is not open.
+        """
+        if self._replies is None:
+            self._replies = ReplyInbox(self.nats)
+        return self._replies
 
     async def connect(self) -> Self:
         """Connect to NATS.
@@ -349,7 +363,8 @@ class IPCClient:
             for instance in self._instances:
                 await instance.stop(timeout=timeout)
         self._state = ClientState.CLOSED
-        self._caller.abandon()
+        if self._replies is not None:
+            self._replies.fail_all(ClientStateError("the client closed during the call"))
         await self._caller.close()
         if self._nc is not None:
             await close_nats(self._nc, timeout=timeout)

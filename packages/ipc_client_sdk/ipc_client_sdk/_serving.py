@@ -54,7 +54,7 @@ from ipc_client_sdk._errors import (
     IPCError,
     RouterUnavailableError,
 )
-from ipc_client_sdk._ledger import ResultLedger
+from ipc_client_sdk._ledger import FastResults, ResultLedger
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._runner import CallRunner
 from ipc_client_sdk._service import Service
@@ -212,7 +212,10 @@ class ServiceInstance:
             client.codec,
             self._service,
             self.instance_id,
-            ResultLedger(results, self.instance_id),
+            ResultLedger(
+                FastResults(results, client.subjects.results_bucket, client.replies),
+                self.instance_id,
+            ),
             admit=self._admit,
         )
         subjects = client.subjects
