@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from ipc_client_sdk._codec import check_type
@@ -41,6 +40,7 @@ from ipc_client_sdk._errors import (
     ServiceUnavailableError,
 )
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._replies import stream_publish
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 
@@ -82,7 +82,6 @@ class Caller:
 
     def __init__(self, client: IPCClient) -> None:
         self._client = client
-        self._js: JetStreamContext | None = None
         self._route_cache: RouteCache | None = None
 
     async def call(
@@ -175,11 +174,8 @@ class Caller:
         another reply address: then this attempt is accepted too, under a fresh message id
         (the serving side runs the handler at most once per call_id).
         """
-        if self._js is None:
-            self._js = self._client.nats.jetstream()
         await publish_acked(
             self._client,
-            self._js,
             subject,
             self._client.codec.encode_envelope(request),
             msg_id=request.call_id,
@@ -249,7 +245,6 @@ class Caller:
 
 async def publish_acked(
     client: IPCClient,
-    js: JetStreamContext,
     subject: str,
     data: bytes,
     *,
@@ -285,7 +280,8 @@ async def publish_acked(
                 service=service,
             )
         try:
-            ack = await js.publish(
+            ack = await stream_publish(
+                client.replies,
                 subject,
                 data,
                 timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT),

@@ -16,7 +16,6 @@ request did not validate) releases the claim instead, so a retry runs afresh.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from ipc_client_sdk._contracts import ErrorCode
 from ipc_client_sdk._errors import IPCError
-from ipc_client_sdk._replies import ReplyInbox
+from ipc_client_sdk._replies import ReplyInbox, stream_publish
 
 _TIMEOUT = 2.0
 """Seconds one read or write of the results bucket may take."""
@@ -113,19 +112,19 @@ class FastResults:
 
     async def _write(self, key: str, value: bytes, last: int) -> int | None:
         """The new revision, or None when the key is not at revision ``last``."""
-        msg = await self._replies.request(
-            self._subject + key, value, timeout=self._timeout, headers={_EXPECTED_LAST: str(last)}
-        )
         try:
-            ack = json.loads(msg.data)
-            error = ack.get("error")
-            if error is None:
-                return int(ack["seq"])
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise nats.errors.Error(f"unreadable JetStream ack {msg.data[:100]!r}") from e
-        if isinstance(error, dict) and error.get("err_code") in _WRONG_LAST:
-            return None
-        raise nats.errors.Error(f"JetStream refused the write: {error}")
+            ack = await stream_publish(
+                self._replies,
+                self._subject + key,
+                value,
+                timeout=self._timeout,
+                headers={_EXPECTED_LAST: str(last)},
+            )
+        except nats.js.errors.APIError as e:
+            if e.err_code in _WRONG_LAST:
+                return None
+            raise
+        return ack.seq
 
 
 @dataclass(frozen=True, slots=True)

@@ -410,7 +410,6 @@ class Subscription:
         try:
             await publish_acked(
                 client,
-                client.nats.jetstream(),
                 subject,
                 client.codec.encode_envelope(letter),
                 msg_id=f"dlq-{event.event_id}-{os.urandom(4).hex()}",
@@ -445,7 +444,6 @@ async def publish(
     )
     ack = await publish_acked(
         client,
-        client.nats.jetstream(),
         client.subjects.topic(topic),
         codec.encode_envelope(event),
         msg_id=event_id,

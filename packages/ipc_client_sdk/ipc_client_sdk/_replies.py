@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.api import PubAck
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
@@ -110,3 +113,43 @@ class ReplyInbox:
         future = self._waiting.pop(msg.subject, None)
         if future is not None and not future.done():
             future.set_result(msg)
+
+
+async def stream_publish(
+    replies: ReplyInbox,
+    subject: str,
+    data: bytes,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> PubAck:
+    """Publish into a JetStream stream and return its ack: ``js.publish`` on the reply
+    inbox (the same errors, without its per-request NUID, random token and task).
+
+    Raises:
+        nats.js.errors.NoStreamResponseError: no stream takes ``subject``.
+        nats.js.errors.APIError: the stream refused the message (``err_code`` says why).
+        nats.errors.TimeoutError: no ack in time (it may have been stored).
+        nats.errors.Error: the connection failed.
+    """
+    try:
+        msg = await replies.request(subject, data, timeout=timeout, headers=headers)
+    except nats.errors.NoRespondersError:
+        raise nats.js.errors.NoStreamResponseError from None
+    try:
+        ack = json.loads(msg.data)
+        error = ack.get("error")
+        if error is None:
+            return PubAck(
+                stream=str(ack["stream"]),
+                seq=int(ack["seq"]),
+                domain=ack.get("domain"),
+                duplicate=ack.get("duplicate"),
+            )
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise nats.js.errors.APIError(description=f"unreadable ack {msg.data[:100]!r}") from e
+    if not isinstance(error, dict):
+        raise nats.js.errors.APIError(description=str(error))
+    raise nats.js.errors.APIError(
+        code=error.get("code"), err_code=error.get("err_code"), description=error.get("description")
+    )
