@@ -24,7 +24,9 @@ handler is not mistaken for a dead router.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import json
 import logging
 import math
 import re
@@ -33,8 +35,10 @@ from collections import Counter
 from typing import TypeGuard
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -72,9 +76,26 @@ _MAX_REPLY_TO = 512
 """A longer reply subject is refused: NATS closes a connection whose protocol line is too
 long, and a reply address is part of one."""
 
-_FETCH_BYTES = 32 * 1024 * 1024
-"""Bytes one fetch may bring in at most, were every call as large as allowed (30 calls
-at the default 1 MiB limit)."""
+_PULLS = 2
+"""Pull requests outstanding at once: the next is on its way while the first delivers."""
+
+_PULL_BATCH = 256
+"""Calls one pull request asks for at most."""
+
+_PULL_BYTES = 16 * 1024 * 1024
+"""Bytes one pull request may bring in at most: with ``_PULLS`` of them, 32 MiB at most are
+on their way to the router, well under the 64 MiB behind which nats-server drops a
+connection, whatever the calls' size."""
+
+_PULL_EXPIRES = 5.0
+"""Seconds a pull request waits for calls before the server ends it (and one is sent anew)."""
+
+_PULL_HEARTBEAT = 1.0
+"""Seconds between the server's idle heartbeats on a waiting pull request; silence for three
+of them means the requests were lost (a server restart), and they are sent again."""
+
+_STATUS = "Status"
+_HEARTBEAT = "100"
 
 _RETRY_LATER = 1.0
 """Seconds before a redelivered call that cannot be routed yet is delivered again."""
@@ -168,52 +189,67 @@ class CallConsumer:
         self._max_inflight = max_inflight
         self._ack_wait = ack_wait
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
-        self._slot_free = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._psub: JetStreamContext.PullSubscription | None = None
+        self._deliveries: Subscription | None = None
+        self._pulls: collections.deque[list[float]] = collections.deque()
+        """Each outstanding pull request, oldest first: [calls it may still bring, when it
+        was sent (monotonic)]."""
+        self._wake = asyncio.Event()  # room for calls: ask for more
+        self._heard = 0.0  # monotonic: the last delivery or status on the deliver subject
         self._awaiting: dict[asyncio.Future[Msg], tuple[str, str, str]] = {}
         self._tracker = tracker or InflightTracker()
         self._replies = ReplyInbox(nc)
 
     async def start(self) -> None:
-        """Bind the durable consumer (creating it when missing) and start fetching."""
-        psub = await self._js.pull_subscribe(
-            self._subjects.calls_all,
-            durable=self._subjects.calls_consumer,
-            stream=self._subjects.calls_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self._ack_wait,
-                max_ack_pending=max(self._max_inflight * 4, 4096),
-                max_deliver=-1,
-            ),
-            pending_msgs_limit=self._max_inflight * 2,
-        )
+        """Bind the durable consumer (creating it when missing) and start pulling calls.
+
+        Calls are pulled continuously: up to ``_PULLS`` pull requests are kept outstanding,
+        each for as many calls as there is room for (and at most ``_PULL_BYTES``), and each
+        delivery is handled as it arrives, with no fetch round trip in between.
+        """
+        stream, durable = self._subjects.calls_stream, self._subjects.calls_consumer
         try:
-            actual = (await psub.consumer_info()).config.ack_wait
-        except nats.errors.Error:
-            actual = None
+            info = await self._js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            info = await self._js.add_consumer(
+                stream,
+                config=ConsumerConfig(
+                    durable_name=durable,
+                    filter_subject=self._subjects.calls_all,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self._ack_wait,
+                    max_ack_pending=max(self._max_inflight * 4, 4096),
+                    max_deliver=-1,
+                ),
+            )
+        actual = info.config.ack_wait
         if actual and abs(actual - self._ack_wait) > 0.001:
-            # nats-py keeps an existing durable as it is; keep-alives must follow its value.
+            # An existing durable keeps its config; keep-alives must follow its value.
             _log.warning(
                 "consumer %s keeps its ack_wait of %gs (asked for %gs); using %gs",
-                self._subjects.calls_consumer,
+                durable,
                 actual,
                 self._ack_wait,
                 actual,
             )
             self._ack_wait = actual
-        self._psub = psub
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._deliver = self._nc.new_inbox()
+        self._deliveries = await self._nc.subscribe(
+            self._deliver, cb=self._on_delivery, pending_msgs_limit=self._max_inflight * 4
+        )
+        self._heard = time.monotonic()
+        self._wake.set()
         self._tasks = [
-            asyncio.create_task(self._fetch_loop(psub), name="ipc-router-fetch"),
+            asyncio.create_task(self._pull_loop(), name="ipc-router-pull"),
             asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
             asyncio.create_task(self._watch_instances(), name="ipc-router-watchdog"),
         ]
 
     async def stop(self, *, grace: float = 5.0) -> None:
-        """Stop fetching, give in-flight calls ``grace`` seconds, then abandon the rest.
+        """Stop pulling, give in-flight calls ``grace`` seconds, then abandon the rest.
 
         An abandoned call is not acked, so JetStream redelivers it to another router.
         """
@@ -224,11 +260,11 @@ class CallConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._psub is not None:
-            # Calls a pending pull brings in after this are not acked and come back.
+        if self._deliveries is not None:
+            # Calls an outstanding pull brings in after this are not acked and come back.
             with contextlib.suppress(nats.errors.Error):
-                await self._psub.unsubscribe()
-            self._psub = None
+                await self._deliveries.unsubscribe()
+            self._deliveries = None
         pending = list(self._inflight)
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)
@@ -241,36 +277,66 @@ class CallConsumer:
         """Calls being handled right now."""
         return len(self._inflight)
 
-    # --- fetching ------------------------------------------------------------------------
-    async def _fetch_loop(self, psub: JetStreamContext.PullSubscription) -> None:
+    # --- pulling -------------------------------------------------------------------------
+    async def _pull_loop(self) -> None:
+        """Keep pull requests outstanding for the room there is (woken when room frees)."""
         while not self._stopping:
-            free = self._max_inflight - len(self._inflight)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            # Bound a fetch by bytes too: a batch of the largest calls arriving at once must
-            # stay well under nats-server's per-connection buffer (64 MiB), or it drops us.
-            batch = max(1, min(free, _FETCH_BYTES // self._codec.max_envelope))
-            try:
-                msgs = await psub.fetch(batch=batch, timeout=1.0)
-            except TimeoutError:
-                continue  # nothing to do for a second
-            except nats.errors.Error as e:
-                if self._stopping:
-                    return
-                _log.warning("fetching calls failed (%s); retrying", e or type(e).__name__)
-                await asyncio.sleep(0.5)
-                continue
+            await self._wake.wait()
+            self._wake.clear()
             now = time.monotonic()
-            for msg in msgs:
-                task = asyncio.create_task(self._process(msg))
-                self._inflight[task] = (msg, now)
-                task.add_done_callback(self._done)
+            if self._pulls and now - self._heard > 3 * _PULL_HEARTBEAT:
+                # Not even a heartbeat: the server lost our requests (it restarted).
+                self._pulls.clear()
+            while self._pulls and now - self._pulls[0][1] > _PULL_EXPIRES + 0.5:
+                self._pulls.popleft()  # expired, whether or not its end was announced
+            while len(self._pulls) < _PULLS:
+                room = self._max_inflight - len(self._inflight) - self._pulled()
+                batch = min(room, _PULL_BATCH)
+                if batch <= 0 or (self._pulls and batch < _PULL_BATCH // 4):
+                    break  # no room, or too little for a second request to be worth it
+                request = {
+                    "batch": batch,
+                    "max_bytes": _PULL_BYTES,
+                    "expires": int(_PULL_EXPIRES * 1e9),
+                    "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
+                }
+                try:
+                    await self._nc.publish(
+                        self._next, json.dumps(request).encode(), reply=self._deliver
+                    )
+                except nats.errors.Error as e:
+                    _log.warning("asking for calls failed (%s); retrying", e or type(e).__name__)
+                    await asyncio.sleep(0.5)
+                    self._wake.set()
+                    break
+                self._pulls.append([batch, now])
+
+    def _pulled(self) -> int:
+        """Calls the outstanding pull requests may still bring."""
+        return int(sum(pull[0] for pull in self._pulls))
+
+    async def _on_delivery(self, msg: Msg) -> None:
+        """A call, or the server's word on a pull request (heartbeat, expired, done)."""
+        self._heard = time.monotonic()
+        status = msg.headers.get(_STATUS) if msg.headers and not msg.reply else None
+        if status is not None:
+            if status != _HEARTBEAT and self._pulls:
+                self._pulls.popleft()  # that request is over (expired, or got its bytes)
+                self._wake.set()
+            return
+        if self._pulls:
+            self._pulls[0][0] -= 1
+            if self._pulls[0][0] <= 0:
+                self._pulls.popleft()
+        if self._stopping:
+            return  # not acked: redelivered to the next router
+        task = asyncio.create_task(self._process(msg))
+        self._inflight[task] = (msg, self._heard)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
-        self._slot_free.set()
+        self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             _log.error("call handling failed", exc_info=task.exception())
 
@@ -295,7 +361,8 @@ class CallConsumer:
     async def _keep_alive(self) -> None:
         half = self._ack_wait / 2
         while True:
-            await asyncio.sleep(half / 2)
+            await asyncio.sleep(min(half / 2, _PULL_HEARTBEAT))
+            self._wake.set()  # also lets the pull loop notice lost pull requests
             cutoff = time.monotonic() - half
             for msg, started in list(self._inflight.values()):
                 if started < cutoff:
