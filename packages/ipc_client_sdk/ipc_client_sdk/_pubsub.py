@@ -125,6 +125,7 @@ class Subscription:
         self._room = asyncio.Semaphore(_FETCH * 2)  # events fetched and not yet done
         self._stopping = False
         self._stopped = False
+        self._pulled_all = asyncio.Event()  # stopping: no fetch can bring events any more
         self.name = durable or f"{client.name or 'client'}/{pattern}"
 
     @property
@@ -214,6 +215,13 @@ class Subscription:
             # now is given back.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._loop), _FETCH_WAIT + 1.0)
+        if self._pull is not None:
+            # Before anything is given back: an event given back while a fetch of ours is
+            # still waiting would be redelivered into it and given back again, after the
+            # events behind it, out of order.
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull.unsubscribe()
+        self._pulled_all.set()
         for lane in self._lanes.values():
             lane.queue.put_nowait(None)  # the end: what is queued before it is given back
         current = asyncio.current_task()
@@ -223,9 +231,6 @@ class Subscription:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        if self._pull is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._pull.unsubscribe()
 
     # --- plain subscriptions -------------------------------------------------------------
     async def _on_core(self, msg: Msg) -> None:
@@ -274,6 +279,7 @@ class Subscription:
                 return  # stopped
             try:
                 if self._stopping:
+                    await self._pulled_all.wait()
                     await _give_back(msg)  # redelivered, in order, to the next subscriber
                     continue
                 await self._one_durable(msg)
