@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from typing import Any
 
 import nats.errors
@@ -22,6 +23,11 @@ from nats.js.api import PubAck
 
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
+
+# nats-server's usual ack, read without the JSON parser; anything else is parsed in full.
+_PLAIN_ACK = re.compile(
+    rb'\{"stream":"([^"\\]+)",(?:"domain":"[^"\\]*",)?"seq":(\d+)(,"duplicate": ?true)?\}'
+)
 
 
 class ReplyInbox:
@@ -136,6 +142,11 @@ async def stream_publish(
         msg = await replies.request(subject, data, timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError:
         raise nats.js.errors.NoStreamResponseError from None
+    plain = _PLAIN_ACK.fullmatch(msg.data)
+    if plain is not None:
+        return PubAck(
+            stream=plain[1].decode(), seq=int(plain[2]), duplicate=plain[3] is not None or None
+        )
     try:
         ack = json.loads(msg.data)
         error = ack.get("error")

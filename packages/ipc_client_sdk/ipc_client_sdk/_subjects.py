@@ -7,6 +7,7 @@ documented in docs/architecture.md.
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -80,13 +81,19 @@ def validate_topic(topic: str, *, wildcards: bool = False) -> str:
     return topic
 
 
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def new_call_id() -> str:
     """A new call_id: 16 hex digits of nanosecond time, then 16 random hex digits.
 
     Sortable by creation time (to the nanosecond within one host), unique without
-    coordination, and safe as a subject token and a KV key.
+    coordination, and safe as a subject token and a KV key. The random part comes from a
+    generator seeded from the OS once per process (and again in a forked child), not a
+    system call per id: ids must be unique, not secret.
     """
-    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
+    return f"{time.time_ns():016x}{_ids.getrandbits(64):016x}"
 
 
 @dataclass(frozen=True, slots=True)
