@@ -385,15 +385,25 @@ def call(
         10.0, "--timeout", callback=_positive, help="Seconds the call may take."
     ),
     call_id: str | None = typer.Option(None, "--call-id", help="Your id, for a safe retry."),
+    direct: bool = typer.Option(
+        False, "--direct", help="Straight to the instance, at most once (durable=False)."
+    ),
     as_json: bool = _json_option(),
 ) -> None:
-    """Call a method through the router and print its result as JSON."""
+    """Call a method (through the router, or --direct) and print its result as JSON."""
+    if direct and call_id is not None:
+        _fail("--call-id asks for exactly once, which --direct cannot give", ExitCode.USAGE)
     settings = _settings(ctx, as_json)
     request = _parse_json(payload, "the request")
     result = _run(
         settings,
         lambda client, _: client.call(
-            target, request, resource_id=resource_id, timeout=call_timeout, call_id=call_id
+            target,
+            request,
+            resource_id=resource_id,
+            timeout=call_timeout,
+            call_id=call_id,
+            durable=False if direct else None,
         ),
         extra=call_timeout + 1.0,
     )

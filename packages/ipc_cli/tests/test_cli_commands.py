@@ -95,6 +95,15 @@ async def test_call_prints_the_result_as_json_and_fails_clearly(
         assert result.exit_code == ExitCode.OK, result.stderr
         answer = json.loads(result.stdout)
         assert (answer["instance_id"], answer["amount"]) == ("b1", "12.30")  # exact
+    direct = await ipc_json(
+        url, "call", "service_b.do_work", request, "--resource-id", "acc_1", "--direct"
+    )
+    assert direct["instance_id"] == "b1"
+    fails(
+        await ipc(url, "call", "service_b.do_work", request, "--direct", "--call-id", "c1"),
+        ExitCode.USAGE,
+        "--direct",
+    )
     fails(await ipc(url, "call", "service_b.do_work", "{not json"), ExitCode.USAGE, "not JSON")
     fails(await ipc(url, "call", "service_b", "{}"), ExitCode.USAGE, "service.method")
     fails(await ipc(url, "call", "service_b.nope", "{}"), ExitCode.FAILED, "no method 'nope'")
