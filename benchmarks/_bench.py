@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipc_router.infrastructure.process import ChildProcess
@@ -60,6 +61,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     p999_ms: float
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """CPU time (user + system) each process spent per call while it was measured, in µs."""
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -69,16 +72,25 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """A process's CPU time so far (user + system), in seconds (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(
     path: str,
     concurrency: int,
     one_call: Callable[[int], Awaitable[object]],
     duration: float,
     warmup: float,
+    *,
+    cpu_of: dict[str, int | None] | None = None,
 ) -> Result:
     """Run ``concurrency`` callers for ``warmup`` + ``duration`` seconds; time the latter.
 
-    ``one_call(n)`` makes the n-th call; a call that raises counts as failed.
+    ``one_call(n)`` makes the n-th call; a call that raises counts as failed. ``cpu_of``
+    names processes whose CPU time per call is measured over the timed part.
     """
     latencies: list[float] = []
     failures: list[BaseException] = []
@@ -102,8 +114,20 @@ async def measure(
                     latencies.append(clock() - sent)
             n += concurrency
 
+    cpu_start: dict[str, float] = {}
+
+    async def snapshot() -> None:
+        await asyncio.sleep(max(0.0, measure_from - clock()))
+        cpu_start.update({name: cpu_seconds(pid) for name, pid in (cpu_of or {}).items()})
+
+    sampler = asyncio.create_task(snapshot())
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = clock() - measure_from
+    await sampler
+    cpu_us = {
+        name: round((cpu_seconds(pid) - cpu_start[name]) / max(1, len(latencies)) * 1e6, 1)
+        for name, pid in (cpu_of or {}).items()
+    }
     latencies.sort()
     if failures:
         print(f"  {path} x{concurrency}: {len(failures)} failed, first: {failures[0]!r}")
@@ -117,4 +141,27 @@ async def measure(
         p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
         p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
         p999_ms=round(percentile(latencies, 0.999) * 1000, 3),
+        cpu_us=cpu_us,
+    )
+
+
+def median_result(runs: list[Result]) -> Result:
+    """One result from repeated runs of one path and level: each figure's median (calls and
+    failures are summed)."""
+
+    def mid(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    first = runs[0]
+    return Result(
+        path=first.path,
+        concurrency=first.concurrency,
+        calls=sum(r.calls for r in runs),
+        failed=sum(r.failed for r in runs),
+        seconds=round(sum(r.seconds for r in runs), 3),
+        per_second=mid([r.per_second for r in runs]),
+        p50_ms=mid([r.p50_ms for r in runs]),
+        p99_ms=mid([r.p99_ms for r in runs]),
+        p999_ms=mid([r.p999_ms for r in runs]),
+        cpu_us={name: mid([r.cpu_us[name] for r in runs]) for name in first.cpu_us},
     )

@@ -1,6 +1,7 @@
 """RPC benchmark: AegisIPC's call paths against raw nats-py request/reply, in one run.
 
-    uv run python benchmarks/rpc.py [--duration 4] [--paths raw,durable,direct] [--json]
+    uv run python benchmarks/rpc.py [--duration 3] [--rounds 3] [--paths raw,durable,direct]
+                                    [--concurrency 1,200] [--json]
 
 It starts its own nats-server (JetStream on, file storage), then measures, with the same
 order-like payload (about 200 bytes of MessagePack) and the caller in this process:
@@ -16,8 +17,10 @@ order-like payload (about 200 bytes of MessagePack) and the caller in this proce
   instance, found in the SDK's routing cache (at most once).
 
 Each path runs at concurrency 1 (latency) and 200 (throughput) for ``--duration`` seconds
-after a short warm-up. It prints calls per second, p50, p99 and p99.9, and each figure's
-ratio to raw measured in the same run. Every call must succeed: a failure is counted and
+after a short warm-up, ``--rounds`` times, the paths taking turns so that a change in the
+machine's load hits them alike; each figure is the median over the rounds. It prints calls
+per second, p50, p99 and p99.9, each figure's ratio to raw measured in the same run, and
+the CPU time each process spent per call. Every call must succeed: a failure is counted and
 printed, and the script exits 1.
 """
 
@@ -27,9 +30,11 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -40,7 +45,7 @@ import nats
 from nats.aio.msg import Msg
 from pydantic import BaseModel
 
-from _bench import Peer, Result, measure, serve_until_term
+from _bench import Peer, Result, measure, median_result, serve_until_term
 from ipc_client_sdk import CallContext, IPCClient, Service
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
 from ipc_testing.router import RouterProcess
@@ -137,9 +142,11 @@ async def serve_ipc(url: str, instance_id: str) -> None:
 
 
 async def bench(
-    paths: list[str], levels: list[int], duration: float, warmup: float
+    paths: list[str], levels: list[int], duration: float, warmup: float, rounds: int
 ) -> list[Result]:
-    results: list[Result] = []
+    """Measure every path at every level ``rounds`` times, interleaved (so that a change in
+    the machine's load hits all paths alike), and keep each figure's median."""
+    runs: dict[tuple[str, int], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="ipc-rpc-bench-") as tmp:
         workdir = Path(tmp)
         server = NatsServerProcess(NatsServerConfig(store_dir=workdir / "nats", port=0))
@@ -150,48 +157,56 @@ async def bench(
         orders = [make_order(n) for n in range(1000)]
         raw_orders = [o.model_dump(mode="json") for o in orders]  # plain values
         try:
-            if "raw" in paths:
-                await raw_peer.start("serve-raw", server.url)
-                nc = await nats.connect(server.url, name="bench-raw-caller")
-                try:
+            await raw_peer.start("serve-raw", server.url)
+            await router.start()
+            await ipc_peer.start("serve-ipc", server.url, "o1")
+            nc = await nats.connect(server.url, name="bench-raw-caller")
+            client = await IPCClient(server.url, name="bench-caller").connect()
+            try:
 
-                    async def raw_call(n: int) -> object:
-                        # What a program using nats-py alone does: pack, request, unpack.
-                        data = msgpack.packb(raw_orders[n % 1000])
-                        msg = await nc.request(RAW_SUBJECT, data, timeout=10)
-                        return msgpack.unpackb(msg.data)
+                async def raw_call(n: int) -> object:
+                    # What a program using nats-py alone does: pack, request, unpack.
+                    data = msgpack.packb(raw_orders[n % 1000])
+                    msg = await nc.request(RAW_SUBJECT, data, timeout=10)
+                    return msgpack.unpackb(msg.data)
 
+                def ipc_call(durable: bool) -> Callable[[int], Awaitable[object]]:
+                    async def one(n: int) -> object:
+                        return await client.call(
+                            f"{SERVICE}.{METHOD}",
+                            orders[n % 1000],
+                            resource_id=ACCOUNT,
+                            returns=OrderAck,
+                            timeout=10,
+                            durable=durable,
+                        )
+
+                    return one
+
+                calls = {"raw": raw_call, "durable": ipc_call(True), "direct": ipc_call(False)}
+                for _ in range(rounds):
                     for level in levels:
-                        results.append(await measure("raw", level, raw_call, duration, warmup))
-                finally:
-                    await nc.close()
-                await raw_peer.stop()
-            ipc_paths = [p for p in paths if p != "raw"]
-            if ipc_paths:
-                await router.start()
-                await ipc_peer.start("serve-ipc", server.url, "o1")
-                async with IPCClient(server.url, name="bench-caller") as client:
-                    for path in ipc_paths:
-                        durable = path == "durable"
-
-                        async def ipc_call(n: int, durable: bool = durable) -> object:
-                            return await client.call(
-                                f"{SERVICE}.{METHOD}",
-                                orders[n % 1000],
-                                resource_id=ACCOUNT,
-                                returns=OrderAck,
-                                timeout=10,
-                                durable=durable,
+                        for path in paths:
+                            procs = {"caller": os.getpid(), "nats-server": server.pid}
+                            if path == "raw":
+                                procs["responder"] = raw_peer.pid
+                            else:
+                                procs["instance"] = ipc_peer.pid
+                            if path == "durable":
+                                procs["router"] = router.pid
+                            result = await measure(
+                                path, level, calls[path], duration, warmup, cpu_of=procs
                             )
-
-                        for level in levels:
-                            results.append(await measure(path, level, ipc_call, duration, warmup))
+                            runs.setdefault((path, level), []).append(result)
+            finally:
+                await nc.close()
+                await client.close()
         finally:
             await ipc_peer.stop()
             await raw_peer.stop()
             await router.stop()
             await server.stop()
-    return results
+    return [median_result(rs) for rs in runs.values()]
 
 
 # --- reporting ----------------------------------------------------------------------------
@@ -233,6 +248,21 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(results: list[Result]) -> str:
+    """CPU time per call, by process: where the work is."""
+    names = ["caller", "responder", "router", "instance", "nats-server"]
+    lines = [
+        "CPU per call, µs (user + system):\n"
+        + f"{'path':<8} {'conc':>4} "
+        + " ".join(f"{n:>11}" for n in names)
+        + f" {'total':>8}"
+    ]
+    for r in results:
+        cells = " ".join(f"{r.cpu_us[n]:>11.0f}" if n in r.cpu_us else f"{'-':>11}" for n in names)
+        lines.append(f"{r.path:<8} {r.concurrency:>4} {cells} {sum(r.cpu_us.values()):>8.0f}")
+    return "\n".join(lines)
+
+
 def targets(results: list[Result]) -> list[str]:
     """The issue's targets, each with its measured ratio and whether it was met."""
     rel = ratios(results)
@@ -262,8 +292,9 @@ def main() -> None:
         asyncio.run(serve_ipc(sys.argv[2], sys.argv[3]))
         return
     parser = argparse.ArgumentParser(prog="benchmarks/rpc.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
     parser.add_argument("--concurrency", default="1,200", help="comma-separated levels")
     parser.add_argument("--json", action="store_true", help="print JSON only")
@@ -276,10 +307,10 @@ def main() -> None:
         levels = [int(c) for c in args.concurrency.split(",") if c]
     except ValueError:
         parser.error("--concurrency takes comma-separated integers")
-    if not levels or min(levels) < 1 or args.duration <= 0 or args.warmup < 0:
-        parser.error("concurrency must be >= 1, duration > 0, warmup >= 0")
+    if not levels or min(levels) < 1 or args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
+        parser.error("concurrency and rounds must be >= 1, duration > 0, warmup >= 0")
     started = time.monotonic()
-    results = asyncio.run(bench(paths, levels, args.duration, args.warmup))
+    results = asyncio.run(bench(paths, levels, args.duration, args.warmup, args.rounds))
     took = time.monotonic() - started
     if args.json:
         print(
@@ -295,6 +326,8 @@ def main() -> None:
         )
     else:
         print(table(results))
+        print()
+        print(cpu_table(results))
         for line in targets(results):
             print(line)
         print(f"({took:.0f}s in all)")
