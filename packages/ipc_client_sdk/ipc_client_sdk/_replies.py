@@ -10,6 +10,7 @@ reply is a plain future, and a "no responders" status is raised as nats-py raise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -19,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
 _STATUS = "Status"
@@ -40,7 +42,7 @@ class ReplyInbox:
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
         self._prefix = ""
-        self._sub: object | None = None
+        self._sub: Subscription | None = None
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -107,6 +109,14 @@ class ReplyInbox:
         if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
+
+    async def close(self) -> None:
+        """Unsubscribe, and fail every awaited reply. Never raises."""
+        self.fail_all(nats.errors.ConnectionClosedError())
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every awaited reply (the connection is closing)."""

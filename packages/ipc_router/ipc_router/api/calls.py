@@ -24,8 +24,8 @@ handler is not mistaken for a dead router.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -88,14 +88,20 @@ on their way to the router, well under the 64 MiB behind which nats-server drops
 connection, whatever the calls' size."""
 
 _PULL_EXPIRES = 5.0
-"""Seconds a pull request waits for calls before the server ends it (and one is sent anew)."""
+"""Seconds a pull request waits for calls before the server ends it (and one is sent anew).
+One the server lost (it restarted) is forgotten half a second after that."""
 
-_PULL_HEARTBEAT = 1.0
-"""Seconds between the server's idle heartbeats on a waiting pull request; silence for three
-of them means the requests were lost (a server restart), and they are sent again."""
+_PULL_RETRY = 1.0
+"""Seconds before asking again after the server refused a pull request (no consumer, no
+JetStream, a leader election): then the consumer is looked up, and made again if missing."""
 
 _STATUS = "Status"
+_DESCRIPTION = "Description"
 _HEARTBEAT = "100"
+_EXPIRED = "408"
+_DONE = "409"
+_DONE_BECAUSE = ("Message Size Exceeds MaxBytes", "Batch Completed")
+"""A 409 that only says the request got what it could (its bytes): ask again at once."""
 
 _RETRY_LATER = 1.0
 """Seconds before a redelivered call that cannot be routed yet is delivered again."""
@@ -192,11 +198,13 @@ class CallConsumer:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: Subscription | None = None
-        self._pulls: collections.deque[list[float]] = collections.deque()
-        """Each outstanding pull request, oldest first: [calls it may still bring, when it
-        was sent (monotonic)]."""
+        self._pulls: dict[str, list[float]] = {}
+        """Each outstanding pull request by its own reply subject: [calls it may still bring,
+        when it was sent (monotonic)]. The server deals calls out among the requests, so
+        each is accounted on its own subject."""
+        self._pull_ids = itertools.count(1)
         self._wake = asyncio.Event()  # room for calls: ask for more
-        self._heard = 0.0  # monotonic: the last delivery or status on the deliver subject
+        self._refused = False  # the server refused a pull request: wait, then re-bind
         self._awaiting: dict[asyncio.Future[Msg], tuple[str, str, str]] = {}
         self._tracker = tracker or InflightTracker()
         self._replies = ReplyInbox(nc)
@@ -207,6 +215,26 @@ class CallConsumer:
         Calls are pulled continuously: up to ``_PULLS`` pull requests are kept outstanding,
         each for as many calls as there is room for (and at most ``_PULL_BYTES``), and each
         delivery is handled as it arrives, with no fetch round trip in between.
+        """
+        await self._bind()
+        stream, durable = self._subjects.calls_stream, self._subjects.calls_consumer
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._deliver = self._nc.new_inbox()
+        self._deliveries = await self._nc.subscribe(
+            f"{self._deliver}.*", cb=self._on_delivery, pending_msgs_limit=self._max_inflight * 4
+        )
+        self._wake.set()
+        self._tasks = [
+            asyncio.create_task(self._pull_loop(), name="ipc-router-pull"),
+            asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
+            asyncio.create_task(self._watch_instances(), name="ipc-router-watchdog"),
+        ]
+
+    async def _bind(self) -> None:
+        """Look the durable consumer up, and make it when it is missing.
+
+        Raises:
+            nats.errors.Error: JetStream did not answer or refused.
         """
         stream, durable = self._subjects.calls_stream, self._subjects.calls_consumer
         try:
@@ -235,18 +263,6 @@ class CallConsumer:
                 actual,
             )
             self._ack_wait = actual
-        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self._deliver = self._nc.new_inbox()
-        self._deliveries = await self._nc.subscribe(
-            self._deliver, cb=self._on_delivery, pending_msgs_limit=self._max_inflight * 4
-        )
-        self._heard = time.monotonic()
-        self._wake.set()
-        self._tasks = [
-            asyncio.create_task(self._pull_loop(), name="ipc-router-pull"),
-            asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
-            asyncio.create_task(self._watch_instances(), name="ipc-router-watchdog"),
-        ]
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Stop pulling, give in-flight calls ``grace`` seconds, then abandon the rest.
@@ -271,6 +287,7 @@ class CallConsumer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self._replies.close()
 
     @property
     def inflight(self) -> int:
@@ -283,12 +300,19 @@ class CallConsumer:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            if self._refused:
+                await asyncio.sleep(_PULL_RETRY)
+                try:
+                    await self._bind()
+                except nats.errors.Error as e:
+                    _log.warning("the calls consumer is not available (%s); retrying", e)
+                    self._wake.set()
+                    continue
+                self._refused = False
             now = time.monotonic()
-            if self._pulls and now - self._heard > 3 * _PULL_HEARTBEAT:
-                # Not even a heartbeat: the server lost our requests (it restarted).
-                self._pulls.clear()
-            while self._pulls and now - self._pulls[0][1] > _PULL_EXPIRES + 0.5:
-                self._pulls.popleft()  # expired, whether or not its end was announced
+            for subject, (_, sent) in list(self._pulls.items()):
+                if now - sent > _PULL_EXPIRES + 0.5:
+                    del self._pulls[subject]  # expired, whether or not the end was announced
             while len(self._pulls) < _PULLS:
                 room = self._max_inflight - len(self._inflight) - self._pulled()
                 batch = min(room, _PULL_BATCH)
@@ -298,40 +322,46 @@ class CallConsumer:
                     "batch": batch,
                     "max_bytes": _PULL_BYTES,
                     "expires": int(_PULL_EXPIRES * 1e9),
-                    "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
                 }
+                reply = f"{self._deliver}.{next(self._pull_ids):x}"
+                self._pulls[reply] = [batch, now]
                 try:
-                    await self._nc.publish(
-                        self._next, json.dumps(request).encode(), reply=self._deliver
-                    )
+                    await self._nc.publish(self._next, json.dumps(request).encode(), reply=reply)
                 except nats.errors.Error as e:
+                    del self._pulls[reply]
                     _log.warning("asking for calls failed (%s); retrying", e or type(e).__name__)
                     await asyncio.sleep(0.5)
                     self._wake.set()
                     break
-                self._pulls.append([batch, now])
 
     def _pulled(self) -> int:
         """Calls the outstanding pull requests may still bring."""
-        return int(sum(pull[0] for pull in self._pulls))
+        return int(sum(pull[0] for pull in self._pulls.values()))
 
     async def _on_delivery(self, msg: Msg) -> None:
-        """A call, or the server's word on a pull request (heartbeat, expired, done)."""
-        self._heard = time.monotonic()
+        """A call, or the server's word on one of our pull requests."""
+        pull = self._pulls.get(msg.subject)
         status = msg.headers.get(_STATUS) if msg.headers and not msg.reply else None
         if status is not None:
-            if status != _HEARTBEAT and self._pulls:
-                self._pulls.popleft()  # that request is over (expired, or got its bytes)
-                self._wake.set()
+            if status == _HEARTBEAT:
+                return
+            self._pulls.pop(msg.subject, None)  # that request is over
+            description = (msg.headers or {}).get(_DESCRIPTION, "")
+            if status != _EXPIRED and not (status == _DONE and description in _DONE_BECAUSE):
+                # No consumer, no JetStream, a leader election: do not ask again at once.
+                if not self._refused:
+                    _log.warning("the server refused a pull for calls: %s %s", status, description)
+                self._refused = True
+            self._wake.set()
             return
-        if self._pulls:
-            self._pulls[0][0] -= 1
-            if self._pulls[0][0] <= 0:
-                self._pulls.popleft()
+        if pull is not None:
+            pull[0] -= 1
+            if pull[0] <= 0:
+                del self._pulls[msg.subject]
         if self._stopping:
             return  # not acked: redelivered to the next router
         task = asyncio.create_task(self._process(msg))
-        self._inflight[task] = (msg, self._heard)
+        self._inflight[task] = (msg, time.monotonic())
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -361,8 +391,8 @@ class CallConsumer:
     async def _keep_alive(self) -> None:
         half = self._ack_wait / 2
         while True:
-            await asyncio.sleep(min(half / 2, _PULL_HEARTBEAT))
-            self._wake.set()  # also lets the pull loop notice lost pull requests
+            await asyncio.sleep(min(half / 2, 1.0))
+            self._wake.set()  # also lets the pull loop forget pull requests the server lost
             cutoff = time.monotonic() - half
             for msg, started in list(self._inflight.values()):
                 if started < cutoff:
