@@ -279,15 +279,16 @@ class Subscription:
                 return  # stopped
             try:
                 if self._stopping:
-                    await self._pulled_all.wait()
-                    await _give_back(msg)  # redelivered, in order, to the next subscriber
+                    await self._give_back(msg)  # redelivered, in order, to the next subscriber
                     continue
                 await self._one_durable(msg)
             except asyncio.CancelledError:
-                await _give_back(msg)
+                # Cancelled by stop() (after its pulls ended) or by the loop shutting down:
+                # give back at once, never wait here.
+                await self._give_back(msg, wait=False)
                 while not lane.queue.empty():
                     if (queued := lane.queue.get_nowait()) is not None:
-                        await _give_back(queued)
+                        await self._give_back(queued, wait=False)
                 raise
             except nats.errors.Error as e:
                 # Not acked: JetStream delivers it again after ack_wait.
@@ -324,12 +325,21 @@ class Subscription:
             if deliveries >= self._max_deliveries:
                 break
             if self._stopping:
-                await _give_back(msg)
+                await self._give_back(msg)
                 return
             async with _keep_alive(msg):
                 await asyncio.sleep(self._backoff[min(deliveries, len(self._backoff)) - 1])
             deliveries += 1
         await self._dead_letter_until_stored(msg, published, error, deliveries)
+
+    async def _give_back(self, msg: Msg, *, wait: bool = True) -> None:
+        """Leave an event for redelivery now (not after ack_wait), once no fetch of ours can
+        be waiting any more (``wait``): one still waiting would get it back, behind later
+        events."""
+        if wait:
+            await self._pulled_all.wait()
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
 
     async def _dead_letter_until_stored(
         self, msg: Msg, event: Published, error: ErrorInfo, deliveries: int
@@ -340,7 +350,7 @@ class Subscription:
         delay = 1.0
         while not await self._dead_letter(event, error, deliveries):
             if self._stopping:
-                await _give_back(msg)
+                await self._give_back(msg)
                 return
             async with _keep_alive(msg):
                 await asyncio.sleep(delay)
@@ -522,12 +532,6 @@ class _Lane:
     def __init__(self, task: asyncio.Task[None]) -> None:
         self.task = task
         self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: the end
-
-
-async def _give_back(msg: Msg) -> None:
-    """Leave an event for redelivery now (not after ack_wait)."""
-    with contextlib.suppress(nats.errors.Error):
-        await msg.nak()
 
 
 @contextlib.asynccontextmanager
