@@ -152,6 +152,11 @@ class Registration(Envelope):
     direct_methods: list[str] = Field(default_factory=list)
     """Methods declared ``durable=False``: callers send them straight to the instance by
     default (at most once), unless a call asks for ``durable=True``."""
+    direct: bool = False
+    """The instance takes direct calls: it admits one only under its own epoch, in a role it
+    holds, with a valid lease and no handover under way, and its heartbeats say whether it
+    knows it is draining. Callers never send direct calls to an instance without it (an
+    older SDK), and handovers do not wait for its drain to be acknowledged."""
 
 
 class RegistrationResult(BaseModel):

@@ -58,9 +58,16 @@ class _Instance:
     direct: frozenset[str]
     load_balanced: bool
     registered_at: float
+    takes_direct: bool
 
     def serves(self, method: str) -> bool:
-        return self.healthy and not self.draining and bool(self.session) and method in self.methods
+        return (
+            self.takes_direct
+            and self.healthy
+            and not self.draining
+            and bool(self.session)
+            and method in self.methods
+        )
 
 
 def _instance(data: Any) -> _Instance:
@@ -80,6 +87,7 @@ def _instance(data: Any) -> _Instance:
         direct=frozenset(str(m) for m in data.get("direct_methods", ())),
         load_balanced=bool(data.get("load_balanced", False)),
         registered_at=float(data.get("registered_at", 0.0)),
+        takes_direct=bool(data.get("direct", False)),
     )
 
 
@@ -160,11 +168,23 @@ class RouteCache:
                 js = self._client.nats.jetstream()
                 registry = await js.key_value(subjects.registry_bucket)
                 routes = await js.key_value(subjects.routes_bucket)
+                # Start from nothing: what was deleted while no watch ran must not linger.
+                self._services.clear()
+                self._owners.clear()
+                self._assigned.clear()
                 first = asyncio.Event()
-                await asyncio.gather(
-                    self._watch(registry, self._on_instance, first),
-                    self._watch(routes, self._on_route, first),
-                )
+                watches = [
+                    asyncio.create_task(self._watch(registry, self._on_instance, first)),
+                    asyncio.create_task(self._watch(routes, self._on_route, first)),
+                ]
+                try:
+                    done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_EXCEPTION)
+                finally:
+                    for watch in watches:  # one failed (or we are closing): stop the other
+                        watch.cancel()
+                    await asyncio.gather(*watches, return_exceptions=True)
+                for watch in done:
+                    watch.result()  # raise what ended it
             except asyncio.CancelledError:
                 raise
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as e:

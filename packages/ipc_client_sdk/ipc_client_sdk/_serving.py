@@ -344,6 +344,7 @@ class ServiceInstance:
             session=self._session,
             load_balanced=self._service.load_balanced,
             direct_methods=sorted(n for n, m in self._service.methods.items() if not m.durable),
+            direct=True,
         )
         sent = time.monotonic()
         result = await request_op(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import nats.js.errors
 import pytest
@@ -17,8 +18,15 @@ from ipc_client_sdk import (
     IPCClient,
     Service,
     ServiceUnavailableError,
+    _serving,
 )
-from ipc_client_sdk.protocol import REFUSED_HEADER, CallReply, CallRequest, ErrorCode
+from ipc_client_sdk.protocol import (
+    REFUSED_HEADER,
+    CallReply,
+    CallRequest,
+    ErrorCode,
+    Registration,
+)
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 
@@ -201,3 +209,34 @@ async def test_a_draining_instance_refuses_direct_calls(
     assert answer.instance_id == "b1" and not await recorded(
         caller, f"service_b.do_work.{answer.call_id}"
     )
+
+
+async def test_instances_of_an_older_sdk_get_no_direct_calls_and_still_hand_over(
+    clients: tuple[IPCClient, IPCClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that does not say it takes direct calls (an SDK from before them) never
+    gets one, and a promotion does not wait for a drain acknowledgement it cannot send."""
+    caller, server = clients
+
+    class OldRegistration(Registration):
+        direct: bool = False
+
+        def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+            return {**super().model_dump(**kwargs), "direct": False}
+
+    svc = CountingService()
+    with monkeypatch.context() as old:
+        old.setattr(_serving, "Registration", OldRegistration)
+        old.setattr(_serving.ServiceInstance, "_refuses_direct", property(lambda self: False))
+        await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+        await caller.call("service_b.do_work", work(), resource_id="acc_1")  # cache loaded
+        result = await caller.call(
+            "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
+        )
+        assert result.instance_id == "b1"
+        assert await recorded(caller, f"service_b.do_work.{result.call_id}")  # routed
+        async with IPCClient(server.servers, name="new") as new:
+            b2 = await new.serve(svc.service, instance_id="b2", resources=["acc_1"])  # old too
+            promotion = await asyncio.wait_for(caller.admin.promote("service_b", "b2"), 10)
+            assert promotion.instance_id == "b2" and "acc_1" in b2.claimed
+            await b2.stop()

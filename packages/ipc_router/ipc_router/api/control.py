@@ -211,6 +211,7 @@ class ControlAPI:
                 resources=tuple(reg.resources),
                 methods=tuple(reg.methods),
                 direct_methods=tuple(reg.direct_methods),
+                direct=reg.direct,
                 session=reg.session or "",
                 load_balanced=reg.load_balanced,
             )
@@ -316,7 +317,8 @@ class ControlAPI:
         heartbeat sent after ``since`` says none is running there (a handler outliving its
         caller's deadline still runs after the router stopped waiting for it) and that it
         knows it is draining (so it refuses the direct calls callers send it without the
-        router). False if ``deadline`` (loop time) comes first."""
+        router; an instance that takes no direct calls need not say so). False if
+        ``deadline`` (loop time) comes first."""
         loop = asyncio.get_running_loop()
         while True:
             left = deadline - loop.time()
@@ -325,7 +327,9 @@ class ControlAPI:
             if self._registry.table.get(service, instance_id) is None:
                 return True  # it left
             heard = self._reported.get((service, instance_id))
-            if heard is not None and heard[0] > since and heard[1] == 0 and heard[2]:
+            record = self._registry.table.get(service, instance_id)
+            acknowledged = heard is not None and (heard[2] or not (record and record.direct))
+            if heard is not None and heard[0] > since and heard[1] == 0 and acknowledged:
                 return True
             if loop.time() >= deadline:
                 return False

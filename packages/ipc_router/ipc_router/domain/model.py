@@ -42,6 +42,8 @@ class InstanceRecord:
     methods: tuple[str, ...] = field(default=())
     direct_methods: tuple[str, ...] = field(default=())
     """Methods its callers send straight to it by default (declared ``durable=False``)."""
+    direct: bool = False
+    """It takes direct calls (its SDK checks their epoch, role, lease and drain)."""
     session: str = ""
     """Random per instance process; a second process with the same id has another."""
     load_balanced: bool = False
