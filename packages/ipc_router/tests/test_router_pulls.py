@@ -118,3 +118,17 @@ async def test_a_deleted_consumer_is_made_again_without_spinning(
     # Acks sent just before the delete may be lost with the consumer: those calls come
     # again (the real router answers a repeat from the record). The new ones must come.
     await until(lambda: set(range(11, 16)) <= pulls.seen, 5)  # the consumer was made again
+
+
+async def test_a_call_larger_than_a_pull_allowance_does_not_block_the_rest(
+    consumer: tuple[HoldingConsumer, NATS], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call bigger than any pull's byte allowance (a raw publisher, a server allowing
+    large messages) is taken alone, handled (the real router answers it too large and
+    removes it), and the calls behind it flow."""
+    pulls, nc = consumer
+    monkeypatch.setattr(calls, "_PULL_BYTES", 64 * 1024)
+    await asyncio.sleep(1.3)  # the pulls asked for before the change expire (1 s here)
+    await nc.jetstream().publish(SUBJECTS.call("svc", "m"), b"x" * (256 * 1024))
+    await publish(nc, 5)
+    await until(lambda: {1, 2, 3, 4, 5, 6} <= pulls.seen, 10)

@@ -40,7 +40,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
 from ipc_client_sdk import CodecError
 from ipc_client_sdk.protocol import (
@@ -200,8 +200,9 @@ class CallConsumer:
         self._deliveries: Subscription | None = None
         self._pulls: dict[str, list[float]] = {}
         """Each outstanding pull request by its own reply subject: [calls it may still bring,
-        when it was sent (monotonic)]. The server deals calls out among the requests, so
-        each is accounted on its own subject."""
+        when it was sent (monotonic), calls it asked for]. The server deals calls out among
+        the requests, so each is accounted on its own subject."""
+        self._oversized = False  # the next call is larger than a pull's byte allowance
         self._pull_ids = itertools.count(1)
         self._wake = asyncio.Event()  # room for calls: ask for more
         self._refused = False  # the server refused a pull request: wait, then re-bind
@@ -300,39 +301,50 @@ class CallConsumer:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            if self._refused:
+            try:
+                await self._pull()
+            except Exception:  # never stop taking calls over one bad turn
+                _log.exception("asking for calls failed")
                 await asyncio.sleep(_PULL_RETRY)
-                try:
-                    await self._bind()
-                except nats.errors.Error as e:
-                    _log.warning("the calls consumer is not available (%s); retrying", e)
-                    self._wake.set()
-                    continue
-                self._refused = False
-            now = time.monotonic()
-            for subject, (_, sent) in list(self._pulls.items()):
-                if now - sent > _PULL_EXPIRES + 0.5:
-                    del self._pulls[subject]  # expired, whether or not the end was announced
-            while len(self._pulls) < _PULLS:
-                room = self._max_inflight - len(self._inflight) - self._pulled()
-                batch = min(room, _PULL_BATCH)
-                if batch <= 0 or (self._pulls and batch < _PULL_BATCH // 4):
-                    break  # no room, or too little for a second request to be worth it
-                request = {
-                    "batch": batch,
-                    "max_bytes": _PULL_BYTES,
-                    "expires": int(_PULL_EXPIRES * 1e9),
-                }
-                reply = f"{self._deliver}.{next(self._pull_ids):x}"
-                self._pulls[reply] = [batch, now]
-                try:
-                    await self._nc.publish(self._next, json.dumps(request).encode(), reply=reply)
-                except nats.errors.Error as e:
-                    del self._pulls[reply]
-                    _log.warning("asking for calls failed (%s); retrying", e or type(e).__name__)
-                    await asyncio.sleep(0.5)
-                    self._wake.set()
-                    break
+                self._wake.set()
+
+    async def _pull(self) -> None:
+        """One turn of the pull loop."""
+        if self._refused:
+            await asyncio.sleep(_PULL_RETRY)
+            try:
+                await self._bind()
+            except nats.errors.Error as e:
+                _log.warning("the calls consumer is not available (%s); retrying", e)
+                self._wake.set()
+                return
+            self._refused = False
+        now = time.monotonic()
+        for subject, (_, sent, _) in list(self._pulls.items()):
+            if now - sent > _PULL_EXPIRES + 0.5:
+                del self._pulls[subject]  # expired, whether or not the end was announced
+        while len(self._pulls) < _PULLS:
+            room = self._max_inflight - len(self._inflight) - self._pulled()
+            batch = min(room, _PULL_BATCH)
+            if batch <= 0 or (self._pulls and batch < _PULL_BATCH // 4):
+                break  # no room, or too little for a second request to be worth it
+            request: dict[str, int] = {"batch": batch, "expires": int(_PULL_EXPIRES * 1e9)}
+            if self._oversized:
+                # A call larger than any pull's allowance heads the stream: take it alone,
+                # so it can be answered (too large) and removed instead of blocking the rest.
+                self._oversized, request["batch"], batch = False, 1, 1
+            else:
+                request["max_bytes"] = _PULL_BYTES
+            reply = f"{self._deliver}.{next(self._pull_ids):x}"
+            self._pulls[reply] = [batch, now, batch]
+            try:
+                await self._nc.publish(self._next, json.dumps(request).encode(), reply=reply)
+            except nats.errors.Error as e:
+                del self._pulls[reply]
+                _log.warning("asking for calls failed (%s); retrying", e or type(e).__name__)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+                break
 
     def _pulled(self) -> int:
         """Calls the outstanding pull requests may still bring."""
@@ -346,7 +358,11 @@ class CallConsumer:
             if status == _HEARTBEAT:
                 return
             self._pulls.pop(msg.subject, None)  # that request is over
-            description = (msg.headers or {}).get(_DESCRIPTION, "")
+            headers = msg.headers or {}
+            # nats-py keys a status's description by its Header enum, not the string.
+            description = headers.get(Header.DESCRIPTION) or headers.get(_DESCRIPTION) or ""
+            if status == _DONE and description == _DONE_BECAUSE[0] and pull and pull[0] == pull[2]:
+                self._oversized = True  # not even one call fitted in its allowance
             if status != _EXPIRED and not (status == _DONE and description in _DONE_BECAUSE):
                 # No consumer, no JetStream, a leader election: do not ask again at once.
                 if not self._refused:
