@@ -94,14 +94,16 @@ async def test_kill_9_of_the_active_promotes_the_standby_and_calls_succeed_again
     assert await b2.wait_for_output("role active", timeout=1), b2.log_tail()
     # Generous for a loaded CI machine; benchmarks/failover.py measures the real figure.
     assert first_b2 - killed_at < 10
-    runs = assert_no_call_ran_twice(b1, b2)
-    # A call b1 had started when it died is answered UNKNOWN (it may have run); every other
-    # call, those in flight to b1 included, got its result.
+    assert_no_call_ran_twice(b1, b2)
+    # A call b1 had claimed when it died is answered UNKNOWN and never run by b2: b1 ran it,
+    # or did not if the kill came between the claim and the handler's start (CI saw both).
+    # Every other call, those in flight to b1 included, got its result.
     assert all(isinstance(e, RemoteError) and e.code is ErrorCode.UNKNOWN for e in load.failed), [
         str(e) for e in load.failed
     ]
     assert len(load.failed) <= 4
-    assert all(runs[str(e.call_id)] == 1 for e in load.failed if getattr(e, "call_id", None))
+    on_b2 = Counter(b2.runs())
+    assert all(on_b2[str(e.call_id)] == 0 for e in load.failed if getattr(e, "call_id", None))
     assert len(load.served) + len(load.failed) == len(load.call_ids)
 
 
