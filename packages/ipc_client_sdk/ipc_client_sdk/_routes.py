@@ -196,14 +196,16 @@ class RouteCache:
             await asyncio.sleep(1.0)
 
     async def _watch(self, kv: KeyValue, apply: Any, first: asyncio.Event) -> None:
+        """Apply every entry of the bucket, then every change. The watch has caught up at
+        the entry delivered with nothing pending after it (nats-py's own marker can come
+        before entries already sent), or at once if the bucket is empty."""
+        caught_up = (await kv.status()).values == 0
+        if caught_up:
+            self._caught_up(first)
         watcher = await kv.watchall()
         try:
             async for entry in watcher:
-                if entry is None:  # caught up with the bucket
-                    if first.is_set():
-                        self._ready.set()
-                        self._settled.set()
-                    first.set()
+                if entry is None:
                     continue
                 deleted = entry.operation in ("DEL", "PURGE")
                 try:
@@ -211,9 +213,19 @@ class RouteCache:
                     apply(entry.key, value)
                 except (CodecError, KeyError, TypeError, ValueError) as e:
                     _log.debug("routing cache skips entry %s: %s", entry.key, e)
+                if not caught_up and not entry.delta:
+                    caught_up = True
+                    self._caught_up(first)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
+
+    def _caught_up(self, first: asyncio.Event) -> None:
+        """One of the two watches has read its whole bucket; with both, the cache is ready."""
+        if first.is_set():
+            self._ready.set()
+            self._settled.set()
+        first.set()
 
     def _on_instance(self, key: str, value: Any) -> None:
         service, _, instance_id = key.partition(".")
