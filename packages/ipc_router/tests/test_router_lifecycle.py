@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -34,7 +35,10 @@ async def test_failed_start_is_stopped_before_the_error_surfaces() -> None:
 
 
 class StalledBucket:
-    """A KV bucket whose watcher never delivers its end-of-snapshot marker."""
+    """A KV bucket that says it holds entries, and whose watcher never delivers them."""
+
+    async def status(self) -> Any:
+        return SimpleNamespace(values=1)
 
     async def watchall(self, **_: Any) -> Any:
         await asyncio.Event().wait()
