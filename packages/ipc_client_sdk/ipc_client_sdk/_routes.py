@@ -26,6 +26,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk._errors import CodecError
+from ipc_client_sdk._kv import is_deletion, watch_bucket
 
 if TYPE_CHECKING:
     from ipc_client_sdk._client import IPCClient
@@ -196,29 +197,18 @@ class RouteCache:
             await asyncio.sleep(1.0)
 
     async def _watch(self, kv: KeyValue, apply: Any, first: asyncio.Event) -> None:
-        """Apply every entry of the bucket, then every change. The watch has caught up at
-        the entry delivered with nothing pending after it (nats-py's own marker can come
-        before entries already sent), or at once if the bucket is empty."""
-        caught_up = (await kv.status()).values == 0
-        if caught_up:
-            self._caught_up(first)
-        watcher = await kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue
-                deleted = entry.operation in ("DEL", "PURGE")
-                try:
-                    value = None if deleted else self._client.codec.decode(entry.value or b"")
-                    apply(entry.key, value)
-                except (CodecError, KeyError, TypeError, ValueError) as e:
-                    _log.debug("routing cache skips entry %s: %s", entry.key, e)
-                if not caught_up and not entry.delta:
-                    caught_up = True
-                    self._caught_up(first)
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
+        """Apply every entry of the bucket, then every change."""
+        async for entry in watch_bucket(kv):
+            if entry is None:
+                self._caught_up(first)
+                continue
+            try:
+                value = (
+                    None if is_deletion(entry) else self._client.codec.decode(entry.value or b"")
+                )
+                apply(entry.key, value)
+            except (CodecError, KeyError, TypeError, ValueError) as e:
+                _log.debug("routing cache skips entry %s: %s", entry.key, e)
 
     def _caught_up(self, first: asyncio.Event) -> None:
         """One of the two watches has read its whole bucket; with both, the cache is ready."""

@@ -29,6 +29,7 @@ from ipc_client_sdk._contracts import (
     RouterStatus,
     ServiceInfo,
 )
+from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._nats import (
     DEFAULT_SERVERS,
     close_nats,
@@ -72,6 +73,8 @@ __all__ = [
     "Registration",
     "RegistrationResult",
     "ReplyInbox",
+    "is_deletion",
+    "watch_bucket",
     "RouteInfo",
     "RouterEvent",
     "RouterStatus",

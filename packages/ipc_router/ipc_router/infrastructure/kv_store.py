@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import nats.errors
 from nats.js.kv import KeyValue
 
+from ipc_client_sdk.protocol import is_deletion, watch_bucket
 from ipc_router.application.errors import StoreUnavailableError
 
 
@@ -33,32 +34,14 @@ async def guarded(name: str, timeout: float) -> AsyncIterator[None]:
 
 
 async def scan(kv: KeyValue) -> list[tuple[str, bytes]]:
-    """Every live key and value in the bucket, read in one pass of a watcher.
-
-    The end of the pass is the entry delivered with nothing pending after it, not nats-py's
-    "caught up" marker: that marker can come before entries the server has already sent
-    (it is decided from a consumer info that races the deliveries), and a router restoring
-    its table from it would see an empty registry. The marker counts only while nothing
-    has arrived and the bucket is empty.
-    """
+    """Every live key and value in the bucket, read in one pass of a watcher (see
+    ``watch_bucket`` for how the end of the pass is found)."""
     found: dict[str, bytes] = {}
-    if (await kv.status()).values == 0:
-        return []
-    watcher = await kv.watchall()
-    received = 0
-    try:
-        async for entry in watcher:
-            if entry is None:
-                if received == 0 and (await kv.status()).values == 0:
-                    break  # emptied meanwhile
-                continue
-            received += 1
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                found.pop(entry.key, None)
-            else:
-                found[entry.key] = entry.value
-            if not entry.delta:
-                break  # nothing pending after it: the snapshot is complete
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+    async for entry in watch_bucket(kv):
+        if entry is None:
+            break  # the snapshot is complete
+        if is_deletion(entry) or not entry.value:
+            found.pop(entry.key, None)
+        else:
+            found[entry.key] = entry.value
     return list(found.items())
