@@ -3,7 +3,8 @@ instance control operations (``<prefix>.ctl.<op>``) built on the same endpoint.
 
 Each handler decodes an ``AdminRequest``, calls the application layer, and answers with an
 ``AdminReply``. A bad request gets an error reply, never a crash: the subscription keeps
-serving.
+serving. The application's and the domain's errors become error codes in one table here
+(``_CODES``).
 """
 
 from __future__ import annotations
@@ -32,13 +33,32 @@ from ipc_client_sdk.protocol import (
     RouterStatus,
     Subjects,
 )
-from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.application.errors import (
+    DrainTimeoutError,
+    HandoverBusyError,
+    InstanceReplacedError,
+    RolesChangedError,
+    StoreUnavailableError,
+)
 from ipc_router.application.status import GetRouterStatus, StatusReport
-from ipc_router.domain import InstanceConflictError
+from ipc_router.domain import InstanceConflictError, NoHealthyInstanceError, UnknownInstanceError
 
 _log = logging.getLogger("ipc_router.admin")
 
-AdminOp = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+OpHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""One operation: the request's ``args`` in, the reply's ``result`` out."""
+
+_CODES: dict[type[Exception], ErrorCode] = {
+    StoreUnavailableError: ErrorCode.UNAVAILABLE,
+    InstanceConflictError: ErrorCode.ALREADY_EXISTS,
+    UnknownInstanceError: ErrorCode.NOT_FOUND,
+    NoHealthyInstanceError: ErrorCode.FAILED_PRECONDITION,
+    HandoverBusyError: ErrorCode.ABORTED,
+    RolesChangedError: ErrorCode.ABORTED,
+    DrainTimeoutError: ErrorCode.FAILED_PRECONDITION,
+    InstanceReplacedError: ErrorCode.FAILED_PRECONDITION,
+}
+"""The error code an operation's failure is answered with (the nearest class counts)."""
 
 ADMIN_QUEUE = "ipc-router-admin"
 """Queue group of the admin subscription: one router answers each admin request."""
@@ -84,7 +104,7 @@ class OpsEndpoint:
     """
 
     def __init__(
-        self, nc: NATS, subject: str, queue: str, codec: Codec, ops: dict[str, AdminOp]
+        self, nc: NATS, subject: str, queue: str, codec: Codec, ops: dict[str, OpHandler]
     ) -> None:
         self._nc = nc
         self._subject = subject
@@ -142,10 +162,9 @@ class OpsEndpoint:
             return AdminReply(ok=True, result=await handler(request.args))
         except IPCError as e:
             return AdminReply(ok=False, error=e.to_info())
-        except StoreUnavailableError as e:
-            return _error(ErrorCode.UNAVAILABLE, str(e))
-        except InstanceConflictError as e:
-            return _error(ErrorCode.ALREADY_EXISTS, str(e))
+        except tuple(_CODES) as e:
+            code = next(_CODES[c] for c in type(e).__mro__ if c in _CODES)
+            return _error(code, str(e))
 
 
 def admin_endpoint(
@@ -177,7 +196,7 @@ def admin_endpoint(
             raise IPCError(info.message, code=info.code, details=info.details)
         return reply.result or {}
 
-    def forwarded(op: str, waits: str | None = None) -> AdminOp:
+    def forwarded(op: str, waits: str | None = None) -> OpHandler:
         """An operation the leading router answers: ``waits`` names the argument holding
         the seconds it may wait (a drain), added to the forwarding timeout."""
 
@@ -188,7 +207,7 @@ def admin_endpoint(
 
         return forward
 
-    ops: dict[str, AdminOp] = {
+    ops: dict[str, OpHandler] = {
         "status": status,
         "promote": forwarded("promote", "drain"),
         "drain": forwarded("drain", "timeout"),

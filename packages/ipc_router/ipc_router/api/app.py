@@ -1,4 +1,9 @@
-"""The composition root: ``Router`` wires NATS, JetStream and the application together."""
+"""``Router``: one router process, from the embedded nats-server to the connection's end.
+
+It runs the process around the objects that ``ipc_router.bootstrap`` (the composition
+root) builds: start the embedded server when no URL is configured, connect, provision the
+streams and buckets, then serve what the root wired.
+"""
 
 from __future__ import annotations
 
@@ -12,28 +17,23 @@ from typing import TextIO
 from nats.aio.client import Client as NATS
 
 from ipc_client_sdk import IPCConnectionError
-from ipc_client_sdk.protocol import Codec, Subjects, close_nats, open_nats, servers_label
-from ipc_router import __version__
-from ipc_router.api.admin import admin_endpoint
+from ipc_client_sdk.protocol import Subjects, close_nats, servers_label
 from ipc_router.api.config import RouterConfig
-from ipc_router.api.leadership import Leadership, RoutingDuties
-from ipc_router.application.status import GetRouterStatus, RouterIdentity
-from ipc_router.infrastructure.broker_info import NatsBrokerInfo
-from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.bootstrap import (
+    RouterDependencies,
+    RouterServices,
+    Wiring,
+    build_router,
+    embedded_server,
+)
 from ipc_router.infrastructure.jetstream_setup import (
     ProvisioningError,
     RouterStores,
     StorageSettings,
     provision,
 )
-from ipc_router.infrastructure.kv_lease import JetStreamLease
-from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
 from ipc_router.infrastructure.lifecycle import AsyncService
-from ipc_router.infrastructure.nats_server import (
-    NatsServerConfig,
-    NatsServerError,
-    NatsServerProcess,
-)
+from ipc_router.infrastructure.nats_server import NatsServerError, NatsServerProcess
 
 _log = logging.getLogger("ipc_router")
 
@@ -56,17 +56,23 @@ class Router(AsyncService):
     Start: run the embedded nats-server when no URL is configured, connect, create the
     JetStream streams and buckets (idempotently), serve the admin subjects. Stop: drain the
     connection (in-flight handlers finish), then stop the embedded server.
+
+    Args:
+        config: the router's settings.
+        deps: what it is built with (the defaults: a plain NATS connection, the durable
+            call path, the system clock).
     """
 
-    def __init__(self, config: RouterConfig) -> None:
+    def __init__(self, config: RouterConfig, deps: RouterDependencies | None = None) -> None:
         self.config = config
+        self.deps = deps or RouterDependencies()
         self.subjects = Subjects(config.prefix)
-        self.codec = Codec()
+        self.codec = self.deps.codec
         self.embedded: NatsServerProcess | None = None
         self.stores: RouterStores | None = None
         self._nc: NATS | None = None
         self.storage = StorageSettings(replicas=config.replicas)
-        self._leadership: Leadership | None = None
+        self._services: RouterServices | None = None
         self._started_at = time.time()
         self._stopping = False
         self._connected = False  # nats-py also calls closed_cb when a first connect fails
@@ -92,16 +98,14 @@ class Router(AsyncService):
         try:
             if self.config.nats_url is None:
                 await self._start_embedded()
-            nc = self._nc = await open_nats(
-                self.nats_url,
-                name=f"ipc-router {self.config.router_id}",
-                connect_timeout=self.config.connect_timeout,
-                logger=_log,
-                on_closed=self._on_closed,
-            )
+            nc = self._nc = await self.deps.connect(self.config, self.nats_url, self._on_closed)
             self._connected = True
             self.stores = await provision(nc.jetstream(), self.subjects, self.storage)
-            await self._serve(nc, self.stores)
+            wiring = Wiring(nc, self.stores, self.config, self.subjects, self.storage, self.deps)
+            self._services = build_router(
+                wiring, embedded=self.embedded is not None, started_at=self._started_at
+            )
+            await self._services.start()
         except IPCConnectionError as e:
             await self.stop()
             raise RouterStartError(str(e), exit_code=3) from e
@@ -118,42 +122,10 @@ class Router(AsyncService):
             self.subjects.prefix,
         )
 
-    async def _serve(self, nc: NATS, stores: RouterStores) -> None:
-        """Wire the use cases to their adapters and open the NATS endpoints."""
-        subjects, codec, clock = self.subjects, self.codec, SystemClock()
-        identity = RouterIdentity(
-            router_id=self.config.router_id,
-            version=__version__,
-            subject_prefix=subjects.prefix,
-            started_at=self._started_at,
-        )
-        lease = JetStreamLease(stores.leases, subjects.leases_bucket, self.config.router_id)
-        self._leadership = leadership = Leadership(
-            lease,
-            RoutingDuties(nc, subjects, codec, stores, self.config),
-            self.storage.lease_ttl_s,
-        )
-        get_status = GetRouterStatus(
-            identity,
-            JetStreamInstanceRepository(stores.registry, subjects.registry_bucket, codec),
-            NatsBrokerInfo(nc, embedded=self.embedded is not None),
-            clock,
-            leading=lambda: leadership.leading,
-        )
-        await admin_endpoint(nc, subjects, codec, get_status).start()
-        await leadership.start()
-
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"
         self._lock_store(store)
-        server = NatsServerProcess(
-            NatsServerConfig(
-                store_dir=store,
-                host=self.config.embedded_host,
-                port=self.config.embedded_port,
-                server_name=f"ipc-embedded-{self.config.router_id}",
-            )
-        )
+        server = embedded_server(self.config, store)
         try:
             await server.start()
         except NatsServerError as e:
@@ -201,9 +173,9 @@ class Router(AsyncService):
     async def stop(self) -> None:
         """Finish in-flight calls, drain NATS, stop the embedded server. Idempotent."""
         self._stopping = True
-        if self._leadership is not None:
-            await self._leadership.stop()
-            self._leadership = None
+        if self._services is not None:
+            await self._services.stop()
+            self._services = None
         if self._nc is not None:
             await close_nats(self._nc)
             self._nc = None

@@ -31,7 +31,6 @@ import logging
 import math
 import re
 import time
-from collections import Counter
 from typing import TypeGuard
 
 import nats.errors
@@ -56,6 +55,7 @@ from ipc_client_sdk.protocol import (
     validate_call_id,
     validate_token,
 )
+from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import FailoverPendingError, Health, RoutingError, UnknownMethodError
 
@@ -108,44 +108,6 @@ _RETRY_LATER = 1.0
 
 _ROUTE_ATTEMPTS = 3
 """Instances tried for one delivery when the chosen one is not listening."""
-
-
-class InflightTracker:
-    """Calls this router has sent to each instance and not yet seen answered: what a
-    handover waits on before the roles move."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
-        self._idle = asyncio.Event()
-
-    def add(self, service: str, instance_id: str) -> None:
-        """A call was sent to the instance."""
-        self._counts[(service, instance_id)] += 1
-
-    def done(self, service: str, instance_id: str) -> None:
-        """A call sent to the instance was answered (or given up on)."""
-        key = (service, instance_id)
-        self._counts[key] -= 1
-        if self._counts[key] <= 0:
-            del self._counts[key]
-            self._idle.set()
-            self._idle = asyncio.Event()
-
-    def count(self, service: str, instance_id: str) -> int:
-        """Calls in flight to the instance."""
-        return self._counts.get((service, instance_id), 0)
-
-    async def quiesce(self, service: str, instance_id: str, timeout: float) -> bool:
-        """Wait until no call is in flight to the instance; False if ``timeout`` ran out."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + timeout
-        while self.count(service, instance_id):
-            left = until - loop.time()
-            if left <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), left)
-        return True
 
 
 class _Later(Exception):

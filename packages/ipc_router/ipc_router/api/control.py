@@ -14,17 +14,17 @@
   ``InstanceState``: role, epoch and a lease counted from when the heartbeat was sent. A
   heartbeat from an instance this router does not know is answered with ``NOT_FOUND``, and
   the SDK registers again.
-- A sweep every tenth of the heartbeat timeout marks silent instances unhealthy and fails
-  over the roles of the failed actives.
+
+Each entry point decodes and validates its request, calls a use case (``Membership`` for
+registration and heartbeats, ``Handovers`` for deregister, promote and drain, the views for
+the operators' queries) and encodes the answer. The health sweep and the saving of pending
+changes run beside it (``application/upkeep.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
@@ -49,9 +49,10 @@ from ipc_client_sdk.protocol import (
     Subjects,
     validate_token,
 )
-from ipc_router.api.admin import AdminOp, OpsEndpoint
-from ipc_router.api.calls import InflightTracker
-from ipc_router.api.events import instance_state, tell_instance
+from ipc_router.api.admin import OpHandler, OpsEndpoint
+from ipc_router.application.handover import Handovers
+from ipc_router.application.inflight import InflightTracker
+from ipc_router.application.membership import HeartbeatAnswer, Membership, RegisterInstance
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
 from ipc_router.application.views import (
     AmbiguousInstanceError,
@@ -60,32 +61,13 @@ from ipc_router.application.views import (
     describe_services,
     find_instance,
 )
-from ipc_router.domain import (
-    Health,
-    InstanceRecord,
-    NoHealthyInstanceError,
-    Role,
-    UnknownInstanceError,
-    UnknownServiceError,
-)
+from ipc_router.domain import InstanceRecord, UnknownInstanceError, UnknownServiceError
+from ipc_router.infrastructure.nats_events import instance_state
 
 _log = logging.getLogger("ipc_router.control")
 
 CONTROL_QUEUE = "ipc-router-control"
 """Queue group of the control subscription: one router answers each registration."""
-
-LEASE_FRACTION = 0.8
-"""The instances' lease as a share of the heartbeat timeout. Below 1 so that an instance cut
-off from the router fences itself before the router can promote another in its place."""
-
-MAX_DRAIN = 300.0
-"""The longest a handover waits for the calls in flight to the outgoing instance."""
-
-_DRAIN_LOCK_WAIT = 5.0
-"""Seconds a drain waits for another handover of its service before it is refused."""
-
-_DEREGISTER_LOCK_WAIT = 5.0
-"""Seconds a deregistration waits for a handover of its service before it goes ahead."""
 
 
 class _Deregistration(BaseModel):
@@ -120,7 +102,18 @@ def _invalid(message: str) -> IPCError:
 
 
 class ControlAPI:
-    """Serves registration and heartbeats, and sweeps for silent instances."""
+    """Serves registration, handovers, the operators' views and heartbeats.
+
+    Args:
+        nc: the router's connection.
+        subjects: the subject map.
+        codec: the envelope codec.
+        registry: the routing table (read by the views).
+        membership: the registration and heartbeat use cases.
+        handovers: the deregister, promote and drain use cases.
+        tracker: the calls in flight to each instance (shown by the views).
+        lease: the lease, in seconds, granted to an instance with each answer.
+    """
 
     def __init__(
         self,
@@ -128,20 +121,20 @@ class ControlAPI:
         subjects: Subjects,
         codec: Codec,
         registry: InstanceRegistry,
+        membership: Membership,
+        handovers: Handovers,
         tracker: InflightTracker,
+        lease: float,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._codec = codec
         self._registry = registry
+        self._membership = membership
+        self._handovers = handovers
         self._tracker = tracker
-        self.lease = registry.table.heartbeat_timeout * LEASE_FRACTION
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._reported: dict[tuple[str, str], tuple[float, int, bool]] = {}
-        """(service, instance) -> when its last heartbeat came, its calls running then, and
-        whether it knew it was draining (and so refused direct calls)."""
-        self._handing_over: dict[tuple[str, str], asyncio.Task[None]] = {}
-        ops: dict[str, AdminOp] = {
+        self.lease = lease
+        ops: dict[str, OpHandler] = {
             "register": self._register,
             "deregister": self._deregister,
             "promote": self._promote,
@@ -152,29 +145,16 @@ class ControlAPI:
         }
         self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
         self._heartbeats: Subscription | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the control and heartbeat subscriptions and start the sweep."""
+        """Open the control and heartbeat subscriptions."""
         await self._endpoint.start()
         self._heartbeats = await self._nc.subscribe(
             self._subjects.heartbeat_all, cb=self._on_heartbeat, pending_msgs_limit=100_000
         )
-        self._sweeper = asyncio.create_task(self._sweep(), name="ipc-router-health-sweep")
-        self._flusher = asyncio.create_task(self._flush(), name="ipc-router-flush")
 
     async def stop(self) -> None:
-        """Stop the sweep and both subscriptions."""
-        for task in (self._sweeper, self._flusher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._sweeper = self._flusher = None
-        for handover in list(self._handing_over.values()):
-            handover.cancel()
-        await asyncio.gather(*self._handing_over.values(), return_exceptions=True)
+        """Close both subscriptions."""
         await self._endpoint.stop()
         if self._heartbeats is not None:
             with contextlib.suppress(nats.errors.Error):
@@ -198,21 +178,15 @@ class ControlAPI:
             raise _invalid(str(e)) from e
         if not reg.session:
             raise _invalid("a registration needs a session (this SDK is too old)")
-        now = self._registry.now()
-        outcome = await self._registry.register(
-            InstanceRecord(
+        outcome = await self._membership.register(
+            RegisterInstance(
                 service=reg.service,
                 instance_id=reg.instance_id,
-                role=Role.STANDBY,
-                health=Health.HEALTHY,
-                epoch=1,
-                registered_at=now,
-                last_heartbeat_at=now,
+                session=reg.session,
                 resources=tuple(reg.resources),
                 methods=tuple(reg.methods),
                 direct_methods=tuple(reg.direct_methods),
                 direct=reg.direct,
-                session=reg.session or "",
                 load_balanced=reg.load_balanced,
             )
         )
@@ -230,136 +204,41 @@ class ControlAPI:
 
     async def _deregister(self, args: dict[str, Any]) -> dict[str, Any]:
         req: _Deregistration = self._codec.validate(args, _Deregistration)
-        record = self._registry.table.get(req.service, req.instance_id)
-        if record is None:
-            raise IPCError(
-                f"instance {req.instance_id!r} of {req.service!r} is not registered",
-                code=ErrorCode.NOT_FOUND,
-            )
-        if record.session and req.session and req.session != record.session:
-            raise IPCError(
-                f"instance {req.instance_id!r} is now held by another process",
-                code=ErrorCode.FAILED_PRECONDITION,
-            )
-        async with self._handover(req.service, _DEREGISTER_LOCK_WAIT, required=False):
-            await self._registry.deregister(req.service, req.instance_id)
-        self._reported.pop((req.service, req.instance_id), None)
+        record = await self._handovers.deregister(req.service, req.instance_id, req.session)
         return {"deregistered": record.key}
 
     async def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Hand the roles ``instance_id`` can take over to it: drain the instances that hold
-        them, wait (one deadline for all) until no call is in flight to them, then move the
-        roles. Nothing changes if the calls do not finish in time or the roles moved
-        meanwhile (a failover): two instances never hold one role's calls at once."""
+        """Hand the roles ``instance_id`` can take over to it (``Handovers.promote``)."""
         req: _Promotion = self._codec.validate(args, _Promotion)
-        registry, table = self._registry, self._registry.table
-        if table.get(req.service, req.instance_id) is None:
-            raise IPCError(
-                f"instance {req.instance_id!r} of {req.service!r} is not registered",
-                code=ErrorCode.NOT_FOUND,
-            )
-        drain = min(max(req.drain, 0.0), MAX_DRAIN) if math.isfinite(req.drain) else 0.0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain  # one deadline, the wait for the lock included
-        async with self._handover(req.service, drain):
-            outgoing = table.actives_of(req.service, req.instance_id)
-            already = {i for i in outgoing if (r := table.get(req.service, i)) and r.draining}
-            try:
-                for instance_id in outgoing:
-                    await self._set_draining(req.service, instance_id, True)
-                since = self._registry.monotonic()
-                for instance_id in outgoing:
-                    if not await self._idle(req.service, instance_id, since, deadline):
-                        busy = self._tracker.count(req.service, instance_id)
-                        raise IPCError(
-                            f"instance {instance_id!r} still has {busy} calls in flight after "
-                            f"{drain:g}s; nothing was changed (try a longer drain)",
-                            code=ErrorCode.FAILED_PRECONDITION,
-                        )
-                if set(table.actives_of(req.service, req.instance_id)) - set(outgoing):
-                    raise IPCError(
-                        "the roles changed while the current actives drained (a failover?); "
-                        "nothing was changed: look again and retry",
-                        code=ErrorCode.ABORTED,
-                    )
-                record = await registry.promote(req.service, req.instance_id)
-            except UnknownInstanceError as e:
-                raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
-            except NoHealthyInstanceError as e:
-                raise IPCError(str(e), code=ErrorCode.FAILED_PRECONDITION) from e
-            finally:
-                for instance_id in outgoing:
-                    if instance_id not in already and table.get(req.service, instance_id):
-                        await self._set_draining(req.service, instance_id, False)
+        promoted = await self._handovers.promote(req.service, req.instance_id, req.drain)
+        record = promoted.record
         return {
             "service": record.service,
             "instance_id": record.instance_id,
             "role": record.role.value,
             "epoch": record.epoch,
-            "owned": list(table.owned(record.service, record.instance_id)),
-            "demoted": outgoing,
+            "owned": list(promoted.owned),
+            "demoted": promoted.demoted,
         }
 
-    async def _set_draining(self, service: str, instance_id: str, draining: bool) -> None:
-        """Drain an instance (or stop draining it), and tell it at once: while draining it
-        refuses direct calls, which then go through this router and wait."""
-        if draining:
-            await self._registry.drain(service, instance_id)
-        else:
-            await self._registry.undrain(service, instance_id)
-        record = self._registry.table.get(service, instance_id)
-        if record is not None:
-            owned = self._registry.table.owned(service, instance_id)
-            await tell_instance(self._nc, self._subjects, self._codec, record, owned, self.lease)
+    async def _drain(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Drain an instance, and hand its roles over once idle (``Handovers.drain``)."""
+        req: _Drain = self._codec.validate(args, _Drain)
+        found = self._find(req.instance_id, req.service)
+        drained = await self._handovers.drain(
+            found, req.timeout, cancel=req.cancel, hand_over=req.handover
+        )
+        return DrainResult(
+            service=found.service,
+            instance_id=found.instance_id,
+            draining=drained.record.draining,
+            drained=drained.drained,
+            inflight=drained.inflight,
+            role=drained.record.role.value,
+            owned=list(drained.owned),
+        ).model_dump()
 
-    async def _idle(self, service: str, instance_id: str, since: float, deadline: float) -> bool:
-        """Wait until an instance runs no call: none in flight from this router, and a
-        heartbeat sent after ``since`` says none is running there (a handler outliving its
-        caller's deadline still runs after the router stopped waiting for it) and that it
-        knows it is draining (so it refuses the direct calls callers send it without the
-        router; an instance that takes no direct calls need not say so). False if
-        ``deadline`` (loop time) comes first."""
-        loop = asyncio.get_running_loop()
-        while True:
-            left = deadline - loop.time()
-            if not await self._tracker.quiesce(service, instance_id, max(left, 0.0)):
-                return False
-            if self._registry.table.get(service, instance_id) is None:
-                return True  # it left
-            heard = self._reported.get((service, instance_id))
-            record = self._registry.table.get(service, instance_id)
-            acknowledged = heard is not None and (heard[2] or not (record and record.direct))
-            if heard is not None and heard[0] > since and heard[1] == 0 and acknowledged:
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-
-    @contextlib.asynccontextmanager
-    async def _handover(
-        self, service: str, wait: float, *, required: bool = True
-    ) -> AsyncIterator[None]:
-        """One handover (drain, promote, planned stop) at a time per service: wait at most
-        ``wait`` seconds for the one under way. ``required``: refuse (``ABORTED``) rather
-        than queue behind it, so an operation the operator saw time out never runs later;
-        otherwise go ahead without the lock (a stopping instance leaves either way)."""
-        lock = self._locks.setdefault(service, asyncio.Lock())
-        try:
-            await asyncio.wait_for(lock.acquire(), max(wait, 0.01))
-        except TimeoutError:
-            if required:
-                raise IPCError(
-                    f"another handover of {service!r} is under way; try again when it is done",
-                    code=ErrorCode.ABORTED,
-                ) from None
-            yield
-            return
-        try:
-            yield
-        finally:
-            lock.release()
-
-    # --- operators' views and drain (forwarded here from <prefix>.admin.*) ---------------
+    # --- operators' views (forwarded here from <prefix>.admin.*) -------------------------
     def _find(self, instance_id: str, service: str | None) -> InstanceRecord:
         try:
             return find_instance(self._registry.table, instance_id, service)
@@ -370,63 +249,6 @@ class ControlAPI:
             ) from e
         except AmbiguousInstanceError as e:
             raise IPCError(str(e), code=ErrorCode.INVALID_ARGUMENT) from e
-
-    async def _drain(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Stop routing new calls to an instance; once the calls in flight there are done,
-        hand its roles to standbys. Answers within ``timeout`` whether that happened; if
-        not, the handover still happens when the last call ends (a planned stop cancels its
-        calls and deregisters, which hands over at once)."""
-        req: _Drain = self._codec.validate(args, _Drain)
-        record = self._find(req.instance_id, req.service)
-        service, instance_id = record.service, record.instance_id
-        registry = self._registry
-        drained = True
-        try:
-            if req.cancel:
-                async with self._handover(service, _DRAIN_LOCK_WAIT):
-                    await self._set_draining(service, instance_id, False)
-            else:
-                async with self._handover(service, _DRAIN_LOCK_WAIT):
-                    await self._set_draining(service, instance_id, True)
-                wait = min(max(req.timeout, 0.0), MAX_DRAIN) if math.isfinite(req.timeout) else 0.0
-                if not req.handover:
-                    drained = await self._tracker.quiesce(service, instance_id, wait)
-                else:
-                    key = (service, instance_id)
-                    task = self._handing_over.get(key)
-                    if task is None or task.done():
-                        task = asyncio.create_task(self._hand_over_when_idle(service, instance_id))
-                        self._handing_over[key] = task
-                    done, _ = await asyncio.wait({task}, timeout=wait)
-                    drained = bool(done)
-        except UnknownInstanceError as e:  # it left meanwhile
-            raise IPCError(str(e), code=ErrorCode.NOT_FOUND) from e
-        current = registry.table.get(service, instance_id) or record
-        return DrainResult(
-            service=service,
-            instance_id=instance_id,
-            draining=current.draining,
-            drained=drained,
-            inflight=self._tracker.count(service, instance_id),
-            role=current.role.value,
-            owned=list(registry.table.owned(service, instance_id)),
-        ).model_dump()
-
-    async def _hand_over_when_idle(self, service: str, instance_id: str) -> None:
-        """Wait until no call is in flight to a drained instance, then move its roles."""
-        loop = asyncio.get_running_loop()
-        since = self._registry.monotonic()
-        try:
-            while not await self._idle(service, instance_id, since, loop.time() + MAX_DRAIN):
-                pass
-            async with self._handover(service, MAX_DRAIN, required=False):
-                record = self._registry.table.get(service, instance_id)
-                if record is not None and record.draining:
-                    await self._registry.hand_over(service, instance_id)
-        except Exception:  # a background task: log, never lose it silently
-            _log.exception("handing over %s.%s failed", service, instance_id)
-        finally:
-            self._handing_over.pop((service, instance_id), None)
 
     async def _services(self, args: dict[str, Any]) -> dict[str, Any]:
         views = describe_services(self._registry.table)
@@ -493,42 +315,43 @@ class ControlAPI:
         ]
         return {"routes": rows}
 
+    # --- heartbeats -----------------------------------------------------------------------
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
             beat = self._codec.decode_envelope(msg.data, Heartbeat)
         except CodecError as e:
             _log.debug("ignoring an unreadable heartbeat on %s: %s", msg.subject, e)
             return
-        heard = self._registry.monotonic()
         try:
-            outcome = await self._registry.heartbeat(
-                beat.service, beat.instance_id, beat.session, beat.epoch
+            answer = await self._membership.heartbeat(
+                beat.service,
+                beat.instance_id,
+                session=beat.session,
+                epoch=beat.epoch,
+                running=beat.inflight,
+                draining=beat.draining,
             )
         except Exception:  # the heartbeat subscription must outlive any bug
             _log.exception("heartbeat from %s.%s failed", beat.service, beat.instance_id)
             return
-        if outcome is HeartbeatOutcome.OK:
-            self._reported[(beat.service, beat.instance_id)] = (
-                heard,
-                beat.inflight,
-                beat.draining,
-            )
         if not msg.reply:
             return
-        if outcome is HeartbeatOutcome.OK:
-            record = self._registry.table.get(beat.service, beat.instance_id)
-            if record is None:
-                return
-            # Every answer carries the owned resources (from an index), so an instance
-            # that missed a notice is put right by its next heartbeat.
-            owned = self._registry.table.owned(beat.service, beat.instance_id)
-            state = instance_state(record, owned, lease=self.lease, seq=beat.seq)
-            ack = AdminReply(ok=True, result=state.model_dump())
+        reply = self._heartbeat_reply(beat, answer)
+        if reply is not None:
             with contextlib.suppress(nats.errors.Error):
-                await self._nc.publish(msg.reply, self._codec.encode_envelope(ack))
-            return
+                await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
+
+    def _heartbeat_reply(self, beat: Heartbeat, answer: HeartbeatAnswer) -> AdminReply | None:
+        """The instance's state (with its owned resources, so that an instance that missed
+        a notice is put right), or why it must register again or stop; None when it left
+        meanwhile."""
+        if answer.outcome is HeartbeatOutcome.OK:
+            if answer.record is None:
+                return None
+            state = instance_state(answer.record, answer.owned, lease=self.lease, seq=beat.seq)
+            return AdminReply(ok=True, result=state.model_dump())
         name = f"instance {beat.instance_id!r} of {beat.service!r}"
-        if outcome is HeartbeatOutcome.UNKNOWN:
+        if answer.outcome is HeartbeatOutcome.UNKNOWN:
             error = ErrorInfo(
                 code=ErrorCode.NOT_FOUND, message=f"{name} is not registered; register again"
             )
@@ -537,44 +360,4 @@ class ControlAPI:
                 code=ErrorCode.FAILED_PRECONDITION,
                 message=f"{name} is registered by another process now",
             )
-        reply = AdminReply(ok=False, error=error)
-        with contextlib.suppress(nats.errors.Error):
-            await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
-
-    async def _sweep(self) -> None:
-        """Expire silent instances, unless this router was not listening itself: while its
-        connection is down, and after it (or a stall of its own process) ends, instances
-        get a grace period instead, since silence it could not hear proves nothing."""
-        timeout = self._registry.table.heartbeat_timeout
-        interval = timeout / 10
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        deaf = False
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            stalled, last = now - last > timeout / 2, now
-            try:
-                if not self._nc.is_connected:
-                    deaf = True
-                    continue
-                if deaf or stalled:
-                    deaf = False
-                    self._registry.grace_all()
-                    continue
-                await self._registry.expire()
-            except Exception:  # keep sweeping whatever one pass hit
-                _log.exception("health sweep failed")
-
-    async def _flush(self) -> None:
-        """Save pending changes; back off to 5 s between tries while the store is down."""
-        interval = self._registry.table.heartbeat_timeout / 4
-        delay = interval
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                saved = await self._registry.flush()
-            except Exception:
-                _log.exception("saving the routing table failed")
-                saved = False
-            delay = interval if saved else min(delay * 2, 5.0)
+        return AdminReply(ok=False, error=error)

@@ -105,6 +105,59 @@ class EventSink(Protocol):
         ...
 
 
+class InstanceNotifier(Protocol):
+    """Pushes an instance its current state (roles, epoch, draining) at once, so that it
+    need not wait for the answer to its next heartbeat: a handover tells an instance it is
+    draining before it waits for its calls. A Protocol so handovers run without NATS."""
+
+    async def tell(self, record: InstanceRecord, owned: tuple[str, ...] | None) -> None:
+        """Send ``record``'s state and ``owned`` resources (None: not sent). Never raises;
+        an instance that misses it is put right by its next heartbeat's answer."""
+        ...
+
+
+class Lease(Protocol):
+    """The leadership lease: at most one router holds it at a time (JetStream KV in
+    production). A Protocol so the leadership rules do not depend on the store.
+
+    ``acquire`` and ``renew`` raise ``StoreUnavailableError`` when the store does not
+    answer; ``release`` never raises.
+    """
+
+    @property
+    def holder(self) -> str:
+        """This router's id, as written into the lease."""
+        ...
+
+    async def acquire(self) -> bool:
+        """Take the lease if nobody holds it (or this process still does); whether it did."""
+        ...
+
+    async def renew(self, *, timeout: float | None = None) -> bool:
+        """Extend the lease within ``timeout`` seconds; False when it was lost."""
+        ...
+
+    def forget(self) -> None:
+        """Consider the lease lost without asking the store."""
+        ...
+
+    async def release(self) -> None:
+        """Give the lease up so another router can take it at once."""
+        ...
+
+
+class Duties(Protocol):
+    """What a router runs while it holds the lease (built by the composition root)."""
+
+    async def start(self) -> None:
+        """Begin; raises ``StoreUnavailableError`` when the saved state cannot be read."""
+        ...
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """End; calls in flight get ``grace`` seconds (0: a step-down, left to redelivery)."""
+        ...
+
+
 class DiscardEvents:
     """An ``EventSink`` that drops everything (unit tests of other behaviour)."""
 

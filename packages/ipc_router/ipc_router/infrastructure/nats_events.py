@@ -1,4 +1,4 @@
-"""Announcing changes: router events, and role notices to the instances concerned.
+"""Announcing changes over NATS: router events, and state notices to the instances concerned.
 
 The registry emits events without waiting (it must not block on I/O while it changes the
 table); ``EventPublisher`` queues them and a task publishes them in order:
@@ -8,6 +8,9 @@ table); ``EventPublisher`` queues them and a task publishes them in order:
   not subscribed misses it);
 - for a role change, the instance's new ``InstanceState`` on its control subject, so it
   learns at once rather than from the answer to its next heartbeat.
+
+``EventPublisher`` satisfies the ``EventSink`` port and ``NatsInstanceNotifier`` the
+``InstanceNotifier`` port.
 """
 
 from __future__ import annotations
@@ -41,17 +44,22 @@ class EventPublisher:
         subjects: the subject map.
         codec: the envelope codec.
         state_of: reads an instance's current state when its notice is sent.
-        lease: the lease, in seconds, granted with each notice.
+        notifier: sends an instance its notice.
     """
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, codec: Codec, state_of: StateOf, lease: float
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        codec: Codec,
+        state_of: StateOf,
+        notifier: NatsInstanceNotifier,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self._codec = codec
         self._state_of = state_of
-        self._lease = lease
+        self._notifier = notifier
         self._queue: asyncio.Queue[RoleEvent | InstanceEvent] = asyncio.Queue(_MAX_QUEUED)
         self._task: asyncio.Task[None] | None = None
 
@@ -118,26 +126,37 @@ class EventPublisher:
         if found is None or not found[0].session:
             return
         record, owned = found
-        await tell_instance(self._nc, self._subjects, self._codec, record, owned, self._lease)
+        await self._notifier.tell(record, owned)
 
 
-async def tell_instance(
-    nc: NATS,
-    subjects: Subjects,
-    codec: Codec,
-    record: InstanceRecord,
-    owned: tuple[str, ...] | None,
-    lease: float,
-) -> None:
-    """Push an instance its state (roles, epoch, draining) on its control subject; an
-    instance that misses it is put right by its next heartbeat's answer. Never raises."""
-    if not record.session:
-        return
-    state = instance_state(record, owned, lease=lease)
-    subject = subjects.instance_control(record.service, record.instance_id, record.session)
-    reply = AdminReply(ok=True, result=state.model_dump())
-    with contextlib.suppress(nats.errors.Error):
-        await nc.publish(subject, codec.encode_envelope(reply))
+class NatsInstanceNotifier:
+    """An ``InstanceNotifier`` that publishes on the instance's control subject.
+
+    Args:
+        nc: the router's connection.
+        subjects: the subject map.
+        codec: the envelope codec.
+        lease: the lease, in seconds, granted with each notice.
+    """
+
+    def __init__(self, nc: NATS, subjects: Subjects, codec: Codec, lease: float) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._codec = codec
+        self.lease = lease
+
+    async def tell(self, record: InstanceRecord, owned: tuple[str, ...] | None) -> None:
+        """Push an instance its state (roles, epoch, draining) on its control subject; an
+        instance that misses it is put right by its next heartbeat's answer. Never raises."""
+        if not record.session:
+            return
+        state = instance_state(record, owned, lease=self.lease)
+        subject = self._subjects.instance_control(
+            record.service, record.instance_id, record.session
+        )
+        reply = AdminReply(ok=True, result=state.model_dump())
+        with contextlib.suppress(nats.errors.Error):
+            await self._nc.publish(subject, self._codec.encode_envelope(reply))
 
 
 def instance_state(

@@ -1,15 +1,20 @@
 """Router leadership: one router at a time registers instances and routes calls.
 
-Every router answers the admin subjects. Only the router holding the lease (see
-``infrastructure/kv_lease.py``) runs the *routing duties*: registration, heartbeats, the
-health sweep and the call consumer. The others wait and try to take the lease every second;
-when the leader stops, it releases the lease and a waiting router takes over at once; when
-it dies, the lease expires after its TTL and a waiting router takes over then.
+Every router answers the admin subjects. Only the router holding the lease runs the
+*routing duties*: registration, heartbeats, the health sweep and the call consumer. The
+others wait and try to take the lease every second; when the leader stops, it releases the
+lease and a waiting router takes over at once; when it dies, the lease expires after its TTL
+and a waiting router takes over then.
 
 A leader that cannot renew its lease steps down well before the TTL runs out, so two routers
 never route at once: the new leader can only take the lease after the TTL, and the old one
 has stopped consuming by then. Calls it was handling are not acked and are redelivered to
 the new leader; the serving side answers any that already ran from its record.
+
+This is an application concern: the rules for when to lead, renew and step down, driving
+two ports (``Lease``, ``Duties``). How the lease is kept (a JetStream KV key,
+``infrastructure/kv_lease.py``) and what the duties are made of (the composition root,
+``bootstrap.py``) are decided elsewhere.
 """
 
 from __future__ import annotations
@@ -19,105 +24,10 @@ import contextlib
 import logging
 import time
 
-from nats.aio.client import Client as NATS
-
-from ipc_client_sdk.protocol import Codec, Subjects
-from ipc_router.api.calls import CallConsumer, InflightTracker
-from ipc_router.api.config import RouterConfig
-from ipc_router.api.control import LEASE_FRACTION, ControlAPI
-from ipc_router.api.events import EventPublisher
 from ipc_router.application.errors import StoreUnavailableError
-from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import InstanceRecord, RoutingTable
-from ipc_router.infrastructure.clock import SystemClock
-from ipc_router.infrastructure.jetstream_setup import RouterStores
-from ipc_router.infrastructure.kv_lease import JetStreamLease
-from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
-from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
+from ipc_router.application.ports import Duties, Lease
 
 _log = logging.getLogger("ipc_router.leadership")
-
-
-class RoutingDuties:
-    """What the leader does: keep the registry and route calls."""
-
-    def __init__(
-        self, nc: NATS, subjects: Subjects, codec: Codec, stores: RouterStores, config: RouterConfig
-    ) -> None:
-        self._nc = nc
-        self._subjects = subjects
-        self._codec = codec
-        self._stores = stores
-        self._config = config
-        self._control: ControlAPI | None = None
-        self._calls: CallConsumer | None = None
-        self._registry: InstanceRegistry | None = None
-        self._events: EventPublisher | None = None
-
-    async def start(self) -> None:
-        """Load the saved routing state, then open registration and the call consumer.
-
-        Raises:
-            StoreUnavailableError: the saved state could not be read.
-        """
-        subjects, codec = self._subjects, self._codec
-        table = RoutingTable(self._config.heartbeat_timeout)
-
-        def state_of(
-            service: str, instance_id: str
-        ) -> tuple[InstanceRecord, tuple[str, ...]] | None:
-            record = table.get(service, instance_id)
-            return None if record is None else (record, table.owned(service, instance_id))
-
-        lease = self._config.heartbeat_timeout * LEASE_FRACTION
-        self._events = EventPublisher(self._nc, subjects, codec, state_of, lease)
-        self._events.start()
-        registry = InstanceRegistry(
-            table,
-            JetStreamInstanceRepository(self._stores.registry, subjects.registry_bucket, codec),
-            JetStreamRouteRepository(self._stores.routes, subjects.routes_bucket, codec),
-            SystemClock(),
-            self._events,
-        )
-        restored = await registry.restore()
-        if restored:
-            _log.info(
-                "restored %d instances with their roles; none counts as dead for %.1fs",
-                restored,
-                2 * self._config.heartbeat_timeout,
-            )
-        self._registry = registry
-        tracker = InflightTracker()
-        self._control = ControlAPI(self._nc, subjects, codec, registry, tracker)
-        await self._control.start()
-        self._calls = CallConsumer(
-            self._nc,
-            self._nc.jetstream(),
-            subjects,
-            codec,
-            registry,
-            ack_wait=self._config.call_ack_wait,
-            tracker=tracker,
-        )
-        await self._calls.start()
-
-    async def stop(self, *, grace: float = 5.0) -> None:
-        """Stop registration and heartbeats, then consuming; in-flight calls get ``grace``
-        seconds (calls abandoned after that are redelivered, and the results bucket
-        answers any that already ran)."""
-        if self._control is not None:
-            await self._control.stop()
-            self._control = None
-        if self._calls is not None:
-            await self._calls.stop(grace=grace)
-            self._calls = None
-        if self._registry is not None and grace > 0:
-            # A planned stop: save what is pending, so the next leader starts from it.
-            await self._registry.flush()
-            self._registry = None
-        if self._events is not None:
-            await self._events.stop()
-            self._events = None
 
 
 class Leadership:
@@ -129,7 +39,7 @@ class Leadership:
         lease_ttl: the lease bucket's TTL in seconds.
     """
 
-    def __init__(self, lease: JetStreamLease, duties: RoutingDuties, lease_ttl: float) -> None:
+    def __init__(self, lease: Lease, duties: Duties, lease_ttl: float) -> None:
         self._lease = lease
         self._duties = duties
         self._interval = lease_ttl / 5

@@ -1,0 +1,314 @@
+"""The composition root: the one place where the router's objects are built and wired.
+
+Everything the router is made of is constructed here, for both of its states:
+
+- every router (``build_router``): the admin endpoint with the status query, and the
+  ``Leadership`` that holds (or waits for) the lease;
+- the leading router (``LeaderDuties``, started when the lease is taken): the routing
+  table, the JetStream repositories, ``InstanceRegistry``, the event publisher, the
+  use cases (``Membership``, ``Handovers``, ``RegistryUpkeep``), the control endpoint and
+  the call path.
+
+What can vary is in ``RouterDependencies``: how the connection is opened (credentials go
+there), how the leader's call path is built (a different data path goes there), the clock
+and the codec. A new dependency, such as a metrics sink, becomes a field of it and is
+passed from here to the objects that use it; nothing else constructs an adapter.
+``api/app.py`` (``Router``) runs the process around this: the embedded server, the
+connection's lifetime, provisioning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from nats.aio.client import Client as NATS
+
+from ipc_client_sdk.protocol import Codec, Subjects, open_nats
+from ipc_router import __version__
+from ipc_router.api.admin import OpsEndpoint, admin_endpoint
+from ipc_router.api.calls import CallConsumer
+from ipc_router.api.config import RouterConfig
+from ipc_router.api.control import ControlAPI
+from ipc_router.application.handover import Handovers
+from ipc_router.application.inflight import InflightTracker
+from ipc_router.application.leadership import Leadership
+from ipc_router.application.membership import HeartbeatReports, Membership
+from ipc_router.application.ports import Clock
+from ipc_router.application.registry import InstanceRegistry
+from ipc_router.application.status import GetRouterStatus, RouterIdentity
+from ipc_router.application.upkeep import RegistryUpkeep
+from ipc_router.domain import InstanceRecord, RoutingTable
+from ipc_router.infrastructure.broker_info import NatsBrokerInfo
+from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
+from ipc_router.infrastructure.kv_lease import JetStreamLease
+from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
+from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
+from ipc_router.infrastructure.nats_events import EventPublisher, NatsInstanceNotifier
+from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
+
+_log = logging.getLogger("ipc_router")
+_leader_log = logging.getLogger("ipc_router.leadership")
+
+LEASE_FRACTION = 0.8
+"""The instances' lease as a share of the heartbeat timeout. Below 1 so that an instance cut
+off from the router fences itself before the router can promote another in its place."""
+
+
+class CallPath(Protocol):
+    """The leader's data path: takes accepted calls and relays them to their instances."""
+
+    async def start(self) -> None:
+        """Start taking calls."""
+        ...
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop taking calls; those in hand get ``grace`` seconds."""
+        ...
+
+
+Connect = Callable[[RouterConfig, str, Callable[[], Awaitable[None]]], Awaitable[NATS]]
+"""Opens the router's connection: (config, server URLs, called once it closed for good)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderParts:
+    """What a leader's call path is built from."""
+
+    wiring: Wiring
+    registry: InstanceRegistry
+    tracker: InflightTracker
+
+
+CallPathFactory = Callable[[LeaderParts], CallPath]
+"""Builds the leader's call path each time this router starts to lead."""
+
+
+async def connect_nats(
+    config: RouterConfig, url: str, on_closed: Callable[[], Awaitable[None]]
+) -> NATS:
+    """The default ``Connect``: a bounded connect to ``url`` under the router's name.
+
+    Raises:
+        IPCConnectionError: NATS could not be reached.
+    """
+    return await open_nats(
+        url,
+        name=f"ipc-router {config.router_id}",
+        connect_timeout=config.connect_timeout,
+        logger=_log,
+        on_closed=on_closed,
+    )
+
+
+def durable_call_path(parts: LeaderParts) -> CallPath:
+    """The default ``CallPathFactory``: the consumer of the durable calls stream."""
+    w = parts.wiring
+    return CallConsumer(
+        w.nc,
+        w.nc.jetstream(),
+        w.subjects,
+        w.codec,
+        parts.registry,
+        ack_wait=w.config.call_ack_wait,
+        tracker=parts.tracker,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RouterDependencies:
+    """What the router is built with beyond its configuration; each field has a default.
+
+    The one place where a dependency is plugged in: a field here, read by the builders in
+    this module (and by ``Router`` for ``connect``).
+    """
+
+    connect: Connect = connect_nats
+    """Opens the connection (where credentials are applied)."""
+    call_path: CallPathFactory = durable_call_path
+    """Builds the leader's call path (where another data path plugs in)."""
+    clock: Clock = field(default_factory=SystemClock)
+    codec: Codec = field(default_factory=Codec)
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """One router's connection, stores and settings: what every builder here reads."""
+
+    nc: NATS
+    stores: RouterStores
+    config: RouterConfig
+    subjects: Subjects
+    storage: StorageSettings
+    deps: RouterDependencies
+
+    @property
+    def codec(self) -> Codec:
+        """The envelope codec."""
+        return self.deps.codec
+
+    @property
+    def instance_lease(self) -> float:
+        """The lease, in seconds, granted to an instance with each answer and notice."""
+        return self.config.heartbeat_timeout * LEASE_FRACTION
+
+    def instance_repository(self) -> JetStreamInstanceRepository:
+        """The registered instances in their KV bucket."""
+        return JetStreamInstanceRepository(
+            self.stores.registry, self.subjects.registry_bucket, self.codec
+        )
+
+
+def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
+    """The bundled nats-server a router runs when no NATS URL is configured."""
+    return NatsServerProcess(
+        NatsServerConfig(
+            store_dir=store,
+            host=config.embedded_host,
+            port=config.embedded_port,
+            server_name=f"ipc-embedded-{config.router_id}",
+        )
+    )
+
+
+class RouterServices:
+    """What every router serves on its connection: the admin endpoint, and the
+    leadership that runs the leader's duties while it holds the lease."""
+
+    def __init__(self, admin: OpsEndpoint, leadership: Leadership) -> None:
+        self._admin = admin
+        self._leadership = leadership
+
+    @property
+    def leading(self) -> bool:
+        """Whether this router leads now."""
+        return self._leadership.leading
+
+    async def start(self) -> None:
+        """Answer the admin subjects, then try for the lease."""
+        await self._admin.start()
+        await self._leadership.start()
+
+    async def stop(self) -> None:
+        """Stop leading (releasing the lease); the admin endpoint ends with the connection."""
+        await self._leadership.stop()
+
+
+def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServices:
+    """Wire what every router serves, leading or not.
+
+    Args:
+        w: the connection and settings.
+        embedded: whether the router runs its own nats-server (shown by ``status``).
+        started_at: when the process started (Unix time).
+    """
+    identity = RouterIdentity(
+        router_id=w.config.router_id,
+        version=__version__,
+        subject_prefix=w.subjects.prefix,
+        started_at=started_at,
+    )
+    lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
+    leadership = Leadership(lease, LeaderDuties(w), w.storage.lease_ttl_s)
+    get_status = GetRouterStatus(
+        identity,
+        w.instance_repository(),
+        NatsBrokerInfo(w.nc, embedded=embedded),
+        w.deps.clock,
+        leading=lambda: leadership.leading,
+    )
+    admin = admin_endpoint(w.nc, w.subjects, w.codec, get_status)
+    return RouterServices(admin, leadership)
+
+
+class LeaderDuties:
+    """The leading router's duties (a ``Duties``), built anew each time it starts to lead:
+    registration, heartbeats, handovers, the health sweep, and the call path."""
+
+    def __init__(self, w: Wiring) -> None:
+        self._w = w
+        self._events: EventPublisher | None = None
+        self._registry: InstanceRegistry | None = None
+        self._handovers: Handovers | None = None
+        self._upkeep: RegistryUpkeep | None = None
+        self._control: ControlAPI | None = None
+        self._calls: CallPath | None = None
+
+    async def start(self) -> None:
+        """Load the saved routing state, then open registration and the call path.
+
+        Raises:
+            StoreUnavailableError: the saved state could not be read.
+        """
+        w = self._w
+        table = RoutingTable(w.config.heartbeat_timeout)
+
+        def state_of(
+            service: str, instance_id: str
+        ) -> tuple[InstanceRecord, tuple[str, ...]] | None:
+            record = table.get(service, instance_id)
+            return None if record is None else (record, table.owned(service, instance_id))
+
+        notifier = NatsInstanceNotifier(w.nc, w.subjects, w.codec, w.instance_lease)
+        self._events = EventPublisher(w.nc, w.subjects, w.codec, state_of, notifier)
+        self._events.start()
+        registry = InstanceRegistry(
+            table,
+            w.instance_repository(),
+            JetStreamRouteRepository(w.stores.routes, w.subjects.routes_bucket, w.codec),
+            w.deps.clock,
+            self._events,
+        )
+        restored = await registry.restore()
+        if restored:
+            _leader_log.info(
+                "restored %d instances with their roles; none counts as dead for %.1fs",
+                restored,
+                2 * w.config.heartbeat_timeout,
+            )
+        self._registry = registry
+        tracker, reports = InflightTracker(), HeartbeatReports()
+        self._handovers = Handovers(registry, tracker, reports, notifier)
+        self._control = ControlAPI(
+            w.nc,
+            w.subjects,
+            w.codec,
+            registry,
+            Membership(registry, reports),
+            self._handovers,
+            tracker,
+            w.instance_lease,
+        )
+        self._upkeep = RegistryUpkeep(registry, lambda: w.nc.is_connected)
+        await self._control.start()
+        self._upkeep.start()
+        self._calls = w.deps.call_path(LeaderParts(w, registry, tracker))
+        await self._calls.start()
+
+    async def stop(self, *, grace: float = 5.0) -> None:
+        """Stop the sweep, handovers, registration and heartbeats, then the call path; calls
+        in flight get ``grace`` seconds (calls abandoned after that are redelivered, and the
+        results bucket answers any that already ran)."""
+        if self._upkeep is not None:
+            await self._upkeep.stop()
+            self._upkeep = None
+        if self._handovers is not None:
+            await self._handovers.close()
+            self._handovers = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+        if self._calls is not None:
+            await self._calls.stop(grace=grace)
+            self._calls = None
+        if self._registry is not None and grace > 0:
+            # A planned stop: save what is pending, so the next leader starts from it.
+            await self._registry.flush()
+            self._registry = None
+        if self._events is not None:
+            await self._events.stop()
+            self._events = None
