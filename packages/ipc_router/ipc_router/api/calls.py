@@ -4,7 +4,8 @@ For each message of the durable pull consumer the router
 
 1. reads the ``CallRequest`` (a body it cannot read is answered on the ``Ipc-Reply-To``
    header when there is one, and terminated either way, so it is never redelivered);
-2. answers ``DEADLINE_EXCEEDED`` at once when the caller's deadline has passed;
+2. answers ``DEADLINE_EXCEEDED`` at once when the caller's deadline has passed (steps 2 to
+   4 are ``CallRelay`` in ``api/relay.py``);
 3. asks the registry for the instance (claims, then sticky assignment, then round robin);
 4. sends the request, with the epoch and delivery count, to the instance's inbox as a core
    NATS request, bounded by the caller's deadline. An instance that is not listening is
@@ -28,7 +29,6 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import re
 import time
 from typing import TypeGuard
@@ -43,7 +43,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 
 from ipc_client_sdk import CodecError
 from ipc_client_sdk.protocol import (
-    REFUSED_HEADER,
     REPLY_TO_HEADER,
     CallReply,
     CallRequest,
@@ -52,20 +51,13 @@ from ipc_client_sdk.protocol import (
     ErrorInfo,
     ReplyInbox,
     Subjects,
-    validate_call_id,
-    validate_token,
 )
+from ipc_router.api.relay import RETRY_LATER, Awaiting, CallRelay, Later, Refused
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import FailoverPendingError, Health, RoutingError, UnknownMethodError
+from ipc_router.domain import Health
 
 _log = logging.getLogger("ipc_router.calls")
-
-DEFAULT_CALL_TIMEOUT = 30.0
-"""Seconds a call without a deadline may take (the SDK always sends a deadline)."""
-
-MAX_CALL_TIME = 3600.0
-"""The longest the router waits for one call, whatever its deadline says."""
 
 # A reply address is one NATS subject: printable, no white space, no wildcards, no empty
 # token. Anything else would corrupt the router's protocol stream, so it is refused.
@@ -102,25 +94,6 @@ _EXPIRED = "408"
 _DONE = "409"
 _DONE_BECAUSE = ("Message Size Exceeds MaxBytes", "Batch Completed")
 """A 409 that only says the request got what it could (its bytes): ask again at once."""
-
-_RETRY_LATER = 1.0
-"""Seconds before a redelivered call that cannot be routed yet is delivered again."""
-
-_ROUTE_ATTEMPTS = 3
-"""Instances tried for one delivery when the chosen one is not listening."""
-
-
-class _Later(Exception):
-    """The call cannot be routed yet: leave it for redelivery (nak with a delay)."""
-
-
-class _Refused(Exception):
-    """The call gets a terminal error reply; the message is acked."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
 
 
 class CallConsumer:
@@ -168,9 +141,11 @@ class CallConsumer:
         self._pull_ids = itertools.count(1)
         self._wake = asyncio.Event()  # room for calls: ask for more
         self._refused = False  # the server refused a pull request: wait, then re-bind
-        self._awaiting: dict[asyncio.Future[Msg], tuple[str, str, str]] = {}
-        self._tracker = tracker or InflightTracker()
+        self._awaiting: Awaiting = {}
         self._replies = ReplyInbox(nc)
+        self._relay = CallRelay(
+            subjects, codec, registry, tracker or InflightTracker(), self._replies, self._awaiting
+        )
 
     async def start(self) -> None:
         """Bind the durable consumer (creating it when missing) and start pulling calls.
@@ -351,7 +326,7 @@ class CallConsumer:
     async def _watch_instances(self) -> None:
         """Stop waiting on instances that failed (or were replaced) while holding a call.
 
-        The call is routed again at once (see ``_relay``): to the standby that takes over,
+        The call is routed again at once (see ``CallRelay``): to the standby that takes over,
         or to the same instance if it comes back. A deregistered instance is not given up
         on: it is finishing its in-flight calls on its way out.
         """
@@ -399,12 +374,12 @@ class CallConsumer:
             await msg.term()
             return
         try:
-            reply = await self._relay(msg, request)
-        except _Later:
+            reply = await self._relay.relay(msg, request)
+        except Later:
             with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=_RETRY_LATER)
+                await msg.nak(delay=RETRY_LATER)
             return
-        except _Refused as e:
+        except Refused as e:
             reply = self._refusal(request, e.code, e.message)
         except nats.errors.Error as e:
             # Lost the connection mid-call: leave the message un-acked for redelivery.
@@ -420,137 +395,6 @@ class CallConsumer:
         except nats.errors.Error as e:
             _log.warning("call %s: reply not sent (%s); left for redelivery", request.call_id, e)
 
-    async def _relay(self, msg: Msg, request: CallRequest) -> bytes:
-        """Route the call and return the instance's reply bytes.
-
-        Raises:
-            _Refused: a terminal error for the caller.
-            nats.errors.Error: the router's own connection failed.
-        """
-        try:
-            expected = self._subjects.call(request.service, request.method)
-            validate_call_id(request.call_id)
-            if request.resource_id is not None:
-                validate_token(request.resource_id, "resource_id")
-        except ValueError as e:
-            raise _Refused(ErrorCode.INVALID_ARGUMENT, str(e)) from e
-        if msg.subject != expected:
-            raise _Refused(
-                ErrorCode.INVALID_ARGUMENT,
-                f"call for {request.service}.{request.method} was published on {msg.subject}",
-            )
-        now = time.time()
-        deadline = request.deadline if request.deadline is not None else now + DEFAULT_CALL_TIMEOUT
-        if not math.isfinite(deadline):
-            raise _Refused(ErrorCode.INVALID_ARGUMENT, f"deadline {deadline} is not a time")
-        deadline = min(deadline, now + MAX_CALL_TIME)
-        delivery = msg.metadata.num_delivered
-        if delivery > 1:
-            _log.info("call %s delivered again (delivery %d)", request.call_id, delivery)
-        abandoned: str | None = None  # an instance that failed while holding the call
-        abandoned_at = 0.0
-        unreachable = 0
-        refusals = 0
-        grace = self._registry.table.heartbeat_timeout
-        while True:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                if abandoned is not None:
-                    raise _Refused(ErrorCode.UNKNOWN, _unknown(abandoned))
-                raise _Refused(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    "the call's deadline passed before it could be delivered",
-                )
-            try:
-                route = await self._registry.route(
-                    request.service, request.method, request.resource_id
-                )
-            except UnknownMethodError as e:
-                raise _Refused(ErrorCode.NOT_FOUND, str(e)) from e
-            except FailoverPendingError:
-                # A standby is about to take over (or a handover is under way): wait.
-                await self._registry.wait_changed(min(remaining, 0.25))
-                continue
-            except RoutingError as e:
-                if abandoned is not None:
-                    # Nobody can take over: give the instance its grace to come back.
-                    if time.monotonic() - abandoned_at < grace:
-                        await self._registry.wait_changed(min(remaining, 0.25))
-                        continue
-                    raise _Refused(ErrorCode.UNKNOWN, _unknown(abandoned)) from e
-                if delivery > 1 and remaining > _RETRY_LATER:
-                    # A redelivered call may already have run: a caller told "unavailable,
-                    # retry" might retry under a new call_id. Wait for an instance instead
-                    # (a new leader hears heartbeats within a second).
-                    raise _Later from e
-                raise _Refused(ErrorCode.UNAVAILABLE, str(e)) from e
-            forwarded = request.model_copy(
-                update={
-                    "epoch": route.epoch,
-                    "delivery": delivery,
-                    "deadline": deadline,
-                    "abandoned": abandoned,
-                }
-            )
-            try:
-                inbox = self._subjects.instance_inbox(
-                    request.service, route.instance_id, route.session
-                )
-            except ValueError:  # a record from an SDK without sessions: cannot be reached
-                await self._registry.mark_unreachable(request.service, route.instance_id)
-                continue
-            self._tracker.add(request.service, route.instance_id)
-            try:
-                answer = await self._replies.request(
-                    inbox,
-                    self._codec.encode_envelope(forwarded),
-                    timeout=remaining,
-                    pending=self._awaiting,
-                    tag=(request.service, route.instance_id, route.session),
-                )
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the router is stopping: leave the call for redelivery
-                # The watchdog saw the instance fail while it held the call: route it again
-                # (see _watch_instances). Whoever gets it must not run it if the failed
-                # instance had started it, so it is told which instance that was.
-                abandoned, abandoned_at = route.instance_id, time.monotonic()
-                _log.info(
-                    "call %s: instance %s failed while holding it; routing it again",
-                    request.call_id,
-                    route.instance_id,
-                )
-                continue
-            except nats.errors.NoRespondersError:
-                await self._registry.mark_unreachable(request.service, route.instance_id)
-                unreachable += 1
-                if unreachable >= _ROUTE_ATTEMPTS:
-                    raise _Refused(
-                        ErrorCode.UNAVAILABLE,
-                        f"no instance of {request.service!r} took the call after "
-                        f"{_ROUTE_ATTEMPTS} tries",
-                    ) from None
-                continue
-            except nats.errors.TimeoutError as e:
-                raise _Refused(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"instance {route.instance_id!r} did not answer before the deadline",
-                ) from e
-            finally:
-                self._tracker.done(request.service, route.instance_id)
-            refused = (answer.headers or {}).get(REFUSED_HEADER)
-            if refused:
-                # Fenced (its lease ran out) or routed before its roles changed: the call did
-                # not run there. Route it again once the table (or the lease) has moved on.
-                refusals += 1
-                _log.debug(
-                    "call %s refused by %s (%s)", request.call_id, route.instance_id, refused
-                )
-                await self._registry.wait_changed(min(remaining, 0.02 * 2 ** min(refusals, 5)))
-                continue
-            return answer.data
-
     def _refusal(self, request: CallRequest, code: ErrorCode, message: str) -> bytes:
         return self._codec.encode_envelope(
             CallReply(call_id=request.call_id, service=request.service, error=_info(code, message))
@@ -559,13 +403,6 @@ class CallConsumer:
     async def _answer(self, reply_to: str, reply: CallReply) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(reply_to, self._codec.encode_envelope(reply))
-
-
-def _unknown(instance_id: str) -> str:
-    return (
-        f"instance {instance_id!r} failed while it held the call and no other instance could "
-        "take it; whether it ran is unknown (check downstream by call_id)"
-    )
 
 
 def _usable(reply_to: str | None) -> TypeGuard[str]:
