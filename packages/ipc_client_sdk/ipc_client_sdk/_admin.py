@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import nats.errors
 
@@ -18,20 +19,25 @@ from ipc_client_sdk._contracts import (
     ServiceInfo,
 )
 from ipc_client_sdk._errors import InvalidArgumentError, RemoteError, RouterUnavailableError
+from ipc_client_sdk._events import (
+    DEFAULT_MAX_OUTAGE,
+    DEFAULT_MAX_PENDING,
+    RouterEvents,
+    check_event_arguments,
+)
+from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._subjects import validate_token
-
-if TYPE_CHECKING:
-    from ipc_client_sdk._client import IPCClient
 
 ROUTER = "ipc-router"
 
 
 class AdminClient:
-    """Admin operations, reached as ``client.admin``. Any running router answers."""
+    """Admin operations, reached as ``client.admin``. Any running router answers; the
+    leading router publishes the events."""
 
-    def __init__(self, client: IPCClient) -> None:
-        self._client = client
+    def __init__(self, link: Link) -> None:
+        self._link = link
 
     async def status(self, *, timeout: float | None = None) -> RouterStatus:
         """The answering router's identity, uptime, NATS server and counts.
@@ -41,7 +47,7 @@ class AdminClient:
             IPCConnectionError: the NATS connection is gone.
         """
         result = await self.request("status", timeout=timeout)
-        status: RouterStatus = self._client.codec.validate(result, RouterStatus)
+        status: RouterStatus = self._link.codec.validate(result, RouterStatus)
         return status
 
     async def services(self, *, timeout: float | None = None) -> list[ServiceInfo]:
@@ -52,7 +58,7 @@ class AdminClient:
                 no router leads right now.
         """
         result = await self.request("services", timeout=timeout)
-        return [self._client.codec.validate(s, ServiceInfo) for s in result.get("services", [])]
+        return [self._link.codec.validate(s, ServiceInfo) for s in result.get("services", [])]
 
     async def instances(
         self, service: str | None = None, *, timeout: float | None = None
@@ -66,7 +72,7 @@ class AdminClient:
         """
         args = {"service": _token(service, "service")} if service is not None else {}
         result = await self.request("instances", args, timeout=timeout)
-        codec = self._client.codec
+        codec = self._link.codec
         return [codec.validate(i, InstanceInfo) for i in result.get("instances", [])]
 
     async def routes(
@@ -88,7 +94,7 @@ class AdminClient:
         if resource is not None:
             args["resource"] = _token(resource, "resource")
         result = await self.request("routes", args, timeout=timeout)
-        return [self._client.codec.validate(r, RouteInfo) for r in result.get("routes", [])]
+        return [self._link.codec.validate(r, RouteInfo) for r in result.get("routes", [])]
 
     async def drain(
         self,
@@ -120,7 +126,7 @@ class AdminClient:
         answer = await self.request(
             "drain", args, timeout=wait + 10.0 if timeout is None else timeout
         )
-        result: DrainResult = self._client.codec.validate(answer, DrainResult)
+        result: DrainResult = self._link.codec.validate(answer, DrainResult)
         return result
 
     async def promote(
@@ -149,8 +155,38 @@ class AdminClient:
         args = {"service": service, "instance_id": instance_id, "drain": float(drain)}
         wait = drain + 10.0 if timeout is None else timeout
         result = await self.request("promote", args, timeout=wait)
-        promotion: Promotion = self._client.codec.validate(result, Promotion)
+        promotion: Promotion = self._link.codec.validate(result, Promotion)
         return promotion
+
+    def events(
+        self,
+        kinds: Iterable[str] | None = None,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_outage: float | None = DEFAULT_MAX_OUTAGE,
+    ) -> RouterEvents:
+        """The leading router's events as they happen: role, health and registry changes.
+
+        ``async with client.admin.events(kinds={"role"}) as events: async for event in
+        events: ...`` (live once inside ``async with``), or simply ``async for event in
+        client.admin.events(): ...``. Events are not stored: those published before the
+        stream is live, or while the connection is down, are not seen.
+
+        Args:
+            kinds: the kinds to receive (``EventKind`` values: ``role``, ``health``,
+                ``registry``); None for every kind.
+            max_pending: events held for a consumer that falls behind; beyond that new
+                events are dropped (``RouterEvents.dropped`` counts them, and a warning is
+                logged).
+            max_outage: seconds the connection may be down (events missed meanwhile are
+                lost) before iterating raises ``IPCConnectionError``; None rides out every
+                outage.
+
+        Raises:
+            InvalidArgumentError: an unknown kind, or a bad bound, before anything is sent.
+        """
+        chosen = check_event_arguments(kinds, max_pending, max_outage)
+        return RouterEvents(self._link, chosen, max_pending=max_pending, max_outage=max_outage)
 
     async def request(
         self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -163,8 +199,8 @@ class AdminClient:
             CodecError: the answer could not be decoded.
             IPCConnectionError: the NATS connection is gone.
         """
-        subject = self._client.subjects.admin(op)
-        return await request_op(self._client, subject, op, args, timeout=timeout)
+        subject = self._link.subjects.admin(op)
+        return await request_op(self._link, subject, op, args, timeout=timeout)
 
 
 def _token(value: str, what: str) -> str:
@@ -175,7 +211,7 @@ def _token(value: str, what: str) -> str:
 
 
 async def request_op(
-    client: IPCClient,
+    link: Link,
     subject: str,
     op: str,
     args: dict[str, Any] | None,
@@ -193,10 +229,10 @@ async def request_op(
         CodecError: the answer could not be decoded.
         IPCConnectionError: the NATS connection is gone.
     """
-    timeout = client.request_timeout if timeout is None else timeout
-    data = client.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
+    timeout = link.request_timeout if timeout is None else timeout
+    data = link.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
     try:
-        msg = await client.nats.request(subject, data, timeout=timeout)
+        msg = await link.nats.request(subject, data, timeout=timeout)
     except nats.errors.NoRespondersError as e:
         raise RouterUnavailableError(
             f"no router is running (nobody answers on {subject})", service=ROUTER
@@ -206,8 +242,8 @@ async def request_op(
             f"no router answered {subject} within {timeout:g}s", service=ROUTER
         ) from e
     except nats.errors.Error as e:
-        raise connection_error(client.servers, e) from e
-    reply = client.codec.decode_envelope(msg.data, AdminReply)
+        raise connection_error(link.servers, e) from e
+    reply = link.codec.decode_envelope(msg.data, AdminReply)
     if not reply.ok:
         info = reply.error
         if info is None:

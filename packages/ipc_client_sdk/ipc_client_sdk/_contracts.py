@@ -34,6 +34,14 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 """JetStream's de-duplication header; the SDK sets it to the call_id."""
 
 
+class EventKind(StrEnum):
+    """The kinds of ``RouterEvent``, one subject each: ``<prefix>.events.<kind>``."""
+
+    ROLE = "role"
+    HEALTH = "health"
+    REGISTRY = "registry"
+
+
 class ErrorCode(StrEnum):
     """Closed set of status codes, in the spirit of gRPC's."""
 
