@@ -37,7 +37,7 @@ from ipc_client_sdk import (
     RouterStatus,
     RouterUnavailableError,
 )
-from ipc_client_sdk.protocol import DEFAULT_PREFIX, DEFAULT_SERVERS, Subjects
+from ipc_client_sdk.protocol import DEFAULT_PREFIX, DEFAULT_SERVERS, validate_prefix
 
 EVENT_KINDS = tuple(kind.value for kind in EventKind)
 
@@ -68,10 +68,9 @@ def _positive(value: float) -> float:
 
 def _prefix(value: str) -> str:
     try:
-        Subjects(value)
+        return validate_prefix(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    return value
 
 
 @app.callback()

@@ -8,6 +8,7 @@ from typing import Any
 import nats.errors
 
 from ipc_client_sdk._contracts import (
+    AdminOp,
     AdminReply,
     AdminRequest,
     DrainResult,
@@ -46,7 +47,7 @@ class AdminClient:
             RouterUnavailableError: no router answered within the timeout.
             IPCConnectionError: the NATS connection is gone.
         """
-        result = await self.request("status", timeout=timeout)
+        result = await self.request(AdminOp.STATUS, timeout=timeout)
         status: RouterStatus = self._link.codec.validate(result, RouterStatus)
         return status
 
@@ -57,7 +58,7 @@ class AdminClient:
             RouterUnavailableError: no router answered. RemoteError: ``UNAVAILABLE`` when
                 no router leads right now.
         """
-        result = await self.request("services", timeout=timeout)
+        result = await self.request(AdminOp.SERVICES, timeout=timeout)
         return [self._link.codec.validate(s, ServiceInfo) for s in result.get("services", [])]
 
     async def instances(
@@ -71,7 +72,7 @@ class AdminClient:
                 service that is not registered. RouterUnavailableError: no router answered.
         """
         args = {"service": _token(service, "service")} if service is not None else {}
-        result = await self.request("instances", args, timeout=timeout)
+        result = await self.request(AdminOp.INSTANCES, args, timeout=timeout)
         codec = self._link.codec
         return [codec.validate(i, InstanceInfo) for i in result.get("instances", [])]
 
@@ -93,7 +94,7 @@ class AdminClient:
             args["service"] = _token(service, "service")
         if resource is not None:
             args["resource"] = _token(resource, "resource")
-        result = await self.request("routes", args, timeout=timeout)
+        result = await self.request(AdminOp.ROUTES, args, timeout=timeout)
         return [self._link.codec.validate(r, RouteInfo) for r in result.get("routes", [])]
 
     async def drain(
@@ -124,7 +125,7 @@ class AdminClient:
         if service is not None:
             args["service"] = _token(service, "service")
         answer = await self.request(
-            "drain", args, timeout=wait + 10.0 if timeout is None else timeout
+            AdminOp.DRAIN, args, timeout=wait + 10.0 if timeout is None else timeout
         )
         result: DrainResult = self._link.codec.validate(answer, DrainResult)
         return result
@@ -154,7 +155,7 @@ class AdminClient:
             raise InvalidArgumentError(f"drain must be between 0 and 300 seconds, got {drain!r}")
         args = {"service": service, "instance_id": instance_id, "drain": float(drain)}
         wait = drain + 10.0 if timeout is None else timeout
-        result = await self.request("promote", args, timeout=wait)
+        result = await self.request(AdminOp.PROMOTE, args, timeout=wait)
         promotion: Promotion = self._link.codec.validate(result, Promotion)
         return promotion
 

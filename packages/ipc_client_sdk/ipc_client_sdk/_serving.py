@@ -38,7 +38,9 @@ from nats.aio.subscription import Subscription
 
 from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
+    LEASE_FRACTION,
     REFUSED_HEADER,
+    AdminOp,
     AdminReply,
     CallRequest,
     ErrorCode,
@@ -61,10 +63,6 @@ from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
 
 _log = logging.getLogger("ipc_client_sdk.serving")
-
-_LEASE_FRACTION = 0.8
-"""Without a lease from the router (an older router), the share of its heartbeat timeout
-used as one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +296,8 @@ class ServiceInstance:
         try:
             await request_op(
                 self._link,
-                self._link.subjects.control("drain"),
-                "drain",
+                self._link.subjects.control(AdminOp.DRAIN),
+                AdminOp.DRAIN,
                 args,
                 timeout=wait + 2.0,
             )
@@ -316,8 +314,8 @@ class ServiceInstance:
         try:
             await request_op(
                 self._link,
-                self._link.subjects.control("deregister"),
-                "deregister",
+                self._link.subjects.control(AdminOp.DEREGISTER),
+                AdminOp.DEREGISTER,
                 args,
                 timeout=timeout,
             )
@@ -346,12 +344,12 @@ class ServiceInstance:
         sent = time.monotonic()
         result = await request_op(
             self._link,
-            self._link.subjects.control("register"),
-            "register",
+            self._link.subjects.control(AdminOp.REGISTER),
+            AdminOp.REGISTER,
             registration.model_dump(exclude={"v"}),
         )
         reg = self._link.codec.validate(result, RegistrationResult)
-        self._lease = reg.lease or reg.heartbeat_timeout * _LEASE_FRACTION
+        self._lease = reg.lease or reg.heartbeat_timeout * LEASE_FRACTION
         if self._lease and self._heartbeat_interval > self._lease / 2:
             # A lost heartbeat must not fence the instance, whatever was asked for.
             _log.warning(
