@@ -166,7 +166,7 @@ class RouterEvents:
 
     async def __anext__(self) -> RouterEvent:
         await self.start()
-        while self._nc is not None:
+        while self._nc is not None and not self._feed.closed:
             msg = await self._next(self._nc)
             if msg is None:
                 break

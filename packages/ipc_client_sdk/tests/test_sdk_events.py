@@ -85,8 +85,12 @@ async def test_a_stream_survives_a_timed_out_wait_and_ends_when_closed(
             await next_event(events, within=0.2)
         await server.serve(CountingService().service, instance_id="b1")
         assert (await next_event(events)).instance_id == "b1"  # still live after the timeout
+        async with caller.admin.events(kinds={"registry"}) as witness:
+            await server.serve(CountingService().service, instance_id="b2")
+            # Seen here, so waiting unread in ``events`` too (one connection, one message).
+            assert (await next_event(witness)).instance_id == "b2"
     assert await event_subscriptions(nats_server, "svc_a") == []
-    assert [e async for e in events] == []  # closed: it ends at once
+    assert [e async for e in events] == []  # closed: it ends at once, unread events too
     await events.aclose()  # a second close is harmless
 
 
