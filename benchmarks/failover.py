@@ -41,10 +41,7 @@ from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
-from nats.aio.msg import Msg
-
-from ipc_client_sdk import IPCClient, IPCError, RemoteError
-from ipc_client_sdk.protocol import RouterEvent
+from ipc_client_sdk import IPCClient, IPCError, RemoteError, RouterEvent, RouterEvents
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
 from ipc_testing.instance import InstanceProcess, read_runs
 from ipc_testing.router import RouterProcess
@@ -151,13 +148,12 @@ async def _rounds(
     url: str, procs: list[InstanceProcess], workdir: Path, rounds: int, concurrency: int
 ) -> list[Round]:
     results: list[Round] = []
-    async with IPCClient(url, name="bench-caller") as caller:
+    async with (
+        IPCClient(url, name="bench-caller") as caller,
+        caller.admin.events(kinds={"health", "role"}) as stream,
+    ):
         events: list[tuple[float, RouterEvent]] = []
-
-        async def on_event(msg: Msg) -> None:
-            events.append((time.monotonic(), caller.codec.decode_envelope(msg.data, RouterEvent)))
-
-        sub = await caller.nats.subscribe(caller.subjects.events_all, cb=on_event)
+        recording = asyncio.create_task(record(stream, events))
         load = Load(caller, concurrency)
         running = asyncio.create_task(load.run())
         try:
@@ -226,8 +222,15 @@ async def _rounds(
         finally:
             load.running = False
             await running
-            await sub.unsubscribe()
+            recording.cancel()
+            await asyncio.gather(recording, return_exceptions=True)
     return results
+
+
+async def record(stream: RouterEvents, into: list[tuple[float, RouterEvent]]) -> None:
+    """Append each event with the time it arrived (monotonic), until cancelled."""
+    async for event in stream:
+        into.append((time.monotonic(), event))
 
 
 def main() -> None:

@@ -27,17 +27,19 @@ from rich.table import Table
 
 from ipc_cli._exit import ExitCode
 from ipc_client_sdk import (
+    EventKind,
     InvalidArgumentError,
     IPCClient,
     IPCConnectionError,
     IPCError,
     RouterEvent,
+    RouterEvents,
     RouterStatus,
     RouterUnavailableError,
 )
-from ipc_client_sdk.protocol import DEFAULT_PREFIX, DEFAULT_SERVERS, Subjects
+from ipc_client_sdk.protocol import DEFAULT_PREFIX, DEFAULT_SERVERS, validate_prefix
 
-EVENT_KINDS = ("role", "health", "registry")
+EVENT_KINDS = tuple(kind.value for kind in EventKind)
 
 app = typer.Typer(
     name="ipc",
@@ -66,10 +68,9 @@ def _positive(value: float) -> float:
 
 def _prefix(value: str) -> str:
     try:
-        Subjects(value)
+        return validate_prefix(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    return value
 
 
 @app.callback()
@@ -435,7 +436,7 @@ def publish(
 def watch(
     ctx: typer.Context,
     kind: str = typer.Option(
-        ",".join(EVENT_KINDS), "--kind", help="Comma-separated: role, health, registry."
+        ",".join(EVENT_KINDS), "--kind", help=f"Comma-separated: {', '.join(EVENT_KINDS)}."
     ),
     as_json: bool = _json_option(),
 ) -> None:
@@ -466,39 +467,37 @@ def watch(
                 loop.add_signal_handler(sig, stop.set)  # main thread only
         try:
             await client.admin.status(timeout=settings.timeout)  # a router is there
-            nc = client.nats
-
-            async def on_event(msg: Any) -> None:
-                try:
-                    event = client.codec.decode_envelope(msg.data, RouterEvent)
-                except IPCError:
-                    return
-                typer.echo(_event_line(event, settings.json))
-                sys.stdout.flush()
-
-            for k in kinds:
-                await nc.subscribe(client.subjects.events(k), cb=on_event)
-            await nc.flush()
-            # On stderr, so that stdout stays pure events (JSON lines with --json).
-            typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
-            lost_since: float | None = None
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                if nc.is_connected:
-                    lost_since = None
-                    continue
-                lost_since = lost_since or loop.time()
-                if nc.is_closed or loop.time() - lost_since > max(settings.timeout, 5.0):
-                    # A supervisor must see it: events missed meanwhile are not replayed.
-                    raise IPCConnectionError(
-                        settings.nats_url,
-                        "lost the connection; events are not replayed, so watch stops",
-                    )
+            # A supervisor must see a lost connection: events missed meanwhile are not
+            # replayed, so the stream raises after an outage and watch exits 3.
+            outage = max(settings.timeout, 5.0)
+            async with client.admin.events(kinds=kinds, max_outage=outage) as events:
+                # On stderr, so that stdout stays pure events (JSON lines with --json).
+                typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
+                await _until(stop, _print_events(events, settings.json))
         finally:
             await client.close(timeout=0.5)
 
     _guarded(go)
+
+
+async def _print_events(events: RouterEvents, as_json: bool) -> None:
+    async for event in events:
+        typer.echo(_event_line(event, as_json))
+        sys.stdout.flush()
+
+
+async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends (its error is raised) or ``stop`` is set."""
+    working = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (working, stopping):
+            task.cancel()
+        await asyncio.gather(working, stopping, return_exceptions=True)
+    if not working.cancelled():
+        working.result()
 
 
 def _event_line(event: RouterEvent, as_json: bool) -> str:

@@ -5,13 +5,14 @@ tools that speak the wire protocol itself import ``ipc_client_sdk.protocol``.
 """
 
 from ipc_client_sdk._admin import AdminClient
-from ipc_client_sdk._client import ClientState, IPCClient
+from ipc_client_sdk._client import IPCClient
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._contracts import (
     PROTOCOL_VERSION,
     DeadLetter,
     ErrorCode,
     ErrorInfo,
+    EventKind,
     Promotion,
     Published,
     RouterEvent,
@@ -30,6 +31,8 @@ from ipc_client_sdk._errors import (
     RouterUnavailableError,
     ServiceUnavailableError,
 )
+from ipc_client_sdk._events import RouterEvents
+from ipc_client_sdk._link import ClientState
 from ipc_client_sdk._pubsub import EventContext, Subscription
 from ipc_client_sdk._service import CallContext, Service
 from ipc_client_sdk._serving import RoleChange, ServiceInstance
@@ -51,6 +54,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "EventContext",
+    "EventKind",
     "IPCClient",
     "IPCConnectionError",
     "IPCError",
@@ -61,6 +65,7 @@ __all__ = [
     "RemoteError",
     "RoleChange",
     "RouterEvent",
+    "RouterEvents",
     "RouterStatus",
     "RouterUnavailableError",
     "Service",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import nats.errors
 
 from ipc_client_sdk._contracts import (
+    AdminOp,
     AdminReply,
     AdminRequest,
     DrainResult,
@@ -18,20 +20,25 @@ from ipc_client_sdk._contracts import (
     ServiceInfo,
 )
 from ipc_client_sdk._errors import InvalidArgumentError, RemoteError, RouterUnavailableError
+from ipc_client_sdk._events import (
+    DEFAULT_MAX_OUTAGE,
+    DEFAULT_MAX_PENDING,
+    RouterEvents,
+    check_event_arguments,
+)
+from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._subjects import validate_token
-
-if TYPE_CHECKING:
-    from ipc_client_sdk._client import IPCClient
 
 ROUTER = "ipc-router"
 
 
 class AdminClient:
-    """Admin operations, reached as ``client.admin``. Any running router answers."""
+    """Admin operations, reached as ``client.admin``. Any running router answers; the
+    leading router publishes the events."""
 
-    def __init__(self, client: IPCClient) -> None:
-        self._client = client
+    def __init__(self, link: Link) -> None:
+        self._link = link
 
     async def status(self, *, timeout: float | None = None) -> RouterStatus:
         """The answering router's identity, uptime, NATS server and counts.
@@ -40,8 +47,8 @@ class AdminClient:
             RouterUnavailableError: no router answered within the timeout.
             IPCConnectionError: the NATS connection is gone.
         """
-        result = await self.request("status", timeout=timeout)
-        status: RouterStatus = self._client.codec.validate(result, RouterStatus)
+        result = await self.request(AdminOp.STATUS, timeout=timeout)
+        status: RouterStatus = self._link.codec.validate(result, RouterStatus)
         return status
 
     async def services(self, *, timeout: float | None = None) -> list[ServiceInfo]:
@@ -51,8 +58,8 @@ class AdminClient:
             RouterUnavailableError: no router answered. RemoteError: ``UNAVAILABLE`` when
                 no router leads right now.
         """
-        result = await self.request("services", timeout=timeout)
-        return [self._client.codec.validate(s, ServiceInfo) for s in result.get("services", [])]
+        result = await self.request(AdminOp.SERVICES, timeout=timeout)
+        return [self._link.codec.validate(s, ServiceInfo) for s in result.get("services", [])]
 
     async def instances(
         self, service: str | None = None, *, timeout: float | None = None
@@ -65,8 +72,8 @@ class AdminClient:
                 service that is not registered. RouterUnavailableError: no router answered.
         """
         args = {"service": _token(service, "service")} if service is not None else {}
-        result = await self.request("instances", args, timeout=timeout)
-        codec = self._client.codec
+        result = await self.request(AdminOp.INSTANCES, args, timeout=timeout)
+        codec = self._link.codec
         return [codec.validate(i, InstanceInfo) for i in result.get("instances", [])]
 
     async def routes(
@@ -87,8 +94,8 @@ class AdminClient:
             args["service"] = _token(service, "service")
         if resource is not None:
             args["resource"] = _token(resource, "resource")
-        result = await self.request("routes", args, timeout=timeout)
-        return [self._client.codec.validate(r, RouteInfo) for r in result.get("routes", [])]
+        result = await self.request(AdminOp.ROUTES, args, timeout=timeout)
+        return [self._link.codec.validate(r, RouteInfo) for r in result.get("routes", [])]
 
     async def drain(
         self,
@@ -118,9 +125,9 @@ class AdminClient:
         if service is not None:
             args["service"] = _token(service, "service")
         answer = await self.request(
-            "drain", args, timeout=wait + 10.0 if timeout is None else timeout
+            AdminOp.DRAIN, args, timeout=wait + 10.0 if timeout is None else timeout
         )
-        result: DrainResult = self._client.codec.validate(answer, DrainResult)
+        result: DrainResult = self._link.codec.validate(answer, DrainResult)
         return result
 
     async def promote(
@@ -148,9 +155,39 @@ class AdminClient:
             raise InvalidArgumentError(f"drain must be between 0 and 300 seconds, got {drain!r}")
         args = {"service": service, "instance_id": instance_id, "drain": float(drain)}
         wait = drain + 10.0 if timeout is None else timeout
-        result = await self.request("promote", args, timeout=wait)
-        promotion: Promotion = self._client.codec.validate(result, Promotion)
+        result = await self.request(AdminOp.PROMOTE, args, timeout=wait)
+        promotion: Promotion = self._link.codec.validate(result, Promotion)
         return promotion
+
+    def events(
+        self,
+        kinds: Iterable[str] | None = None,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_outage: float | None = DEFAULT_MAX_OUTAGE,
+    ) -> RouterEvents:
+        """The leading router's events as they happen: role, health and registry changes.
+
+        ``async with client.admin.events(kinds={"role"}) as events: async for event in
+        events: ...`` (live once inside ``async with``), or simply ``async for event in
+        client.admin.events(): ...``. Events are not stored: those published before the
+        stream is live, or while the connection is down, are not seen.
+
+        Args:
+            kinds: the kinds to receive (``EventKind`` values: ``role``, ``health``,
+                ``registry``); None for every kind.
+            max_pending: events held for a consumer that falls behind; beyond that new
+                events are dropped (``RouterEvents.dropped`` counts them, and a warning is
+                logged).
+            max_outage: seconds the connection may be down (events missed meanwhile are
+                lost) before iterating raises ``IPCConnectionError``; None rides out every
+                outage.
+
+        Raises:
+            InvalidArgumentError: an unknown kind, or a bad bound, before anything is sent.
+        """
+        chosen = check_event_arguments(kinds, max_pending, max_outage)
+        return RouterEvents(self._link, chosen, max_pending=max_pending, max_outage=max_outage)
 
     async def request(
         self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
@@ -163,8 +200,8 @@ class AdminClient:
             CodecError: the answer could not be decoded.
             IPCConnectionError: the NATS connection is gone.
         """
-        subject = self._client.subjects.admin(op)
-        return await request_op(self._client, subject, op, args, timeout=timeout)
+        subject = self._link.subjects.admin(op)
+        return await request_op(self._link, subject, op, args, timeout=timeout)
 
 
 def _token(value: str, what: str) -> str:
@@ -175,7 +212,7 @@ def _token(value: str, what: str) -> str:
 
 
 async def request_op(
-    client: IPCClient,
+    link: Link,
     subject: str,
     op: str,
     args: dict[str, Any] | None,
@@ -193,10 +230,10 @@ async def request_op(
         CodecError: the answer could not be decoded.
         IPCConnectionError: the NATS connection is gone.
     """
-    timeout = client.request_timeout if timeout is None else timeout
-    data = client.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
+    timeout = link.request_timeout if timeout is None else timeout
+    data = link.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
     try:
-        msg = await client.nats.request(subject, data, timeout=timeout)
+        msg = await link.nats.request(subject, data, timeout=timeout)
     except nats.errors.NoRespondersError as e:
         raise RouterUnavailableError(
             f"no router is running (nobody answers on {subject})", service=ROUTER
@@ -206,8 +243,8 @@ async def request_op(
             f"no router answered {subject} within {timeout:g}s", service=ROUTER
         ) from e
     except nats.errors.Error as e:
-        raise connection_error(client.servers, e) from e
-    reply = client.codec.decode_envelope(msg.data, AdminReply)
+        raise connection_error(link.servers, e) from e
+    reply = link.codec.decode_envelope(msg.data, AdminReply)
     if not reply.ok:
         info = reply.error
         if info is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -39,13 +39,11 @@ from ipc_client_sdk._errors import (
     RouterUnavailableError,
     ServiceUnavailableError,
 )
+from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._replies import stream_publish
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
-
-if TYPE_CHECKING:
-    from ipc_client_sdk._client import IPCClient
 
 _PUBLISH_ATTEMPT_TIMEOUT = 2.0
 """Seconds one publish attempt waits for JetStream's ack before it is repeated."""
@@ -80,8 +78,8 @@ def parse_target(target: str) -> tuple[str, str]:
 class Caller:
     """Sends calls and matches their replies; one per client."""
 
-    def __init__(self, client: IPCClient) -> None:
-        self._client = client
+    def __init__(self, link: Link) -> None:
+        self._link = link
         self._route_cache: RouteCache | None = None
 
     async def call(
@@ -96,10 +94,10 @@ class Caller:
         durable: bool | None = None,
     ) -> Any:
         """See ``IPCClient.call``."""
-        client = self._client
+        link = self._link
         service, method = parse_target(target)
-        client.nats  # noqa: B018  # raises ClientStateError unless the client is open
-        timeout = client.request_timeout if timeout is None else timeout
+        link.nats  # noqa: B018  # raises ClientStateError unless the client is open
+        timeout = link.request_timeout if timeout is None else timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
             raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
         if durable is not None and not isinstance(durable, bool):
@@ -126,10 +124,10 @@ class Caller:
             "call_id": call_id,
             "service": service,
             "method": method,
-            "payload": client.codec.encode(payload),
+            "payload": link.codec.encode(payload),
             "resource_id": resource_id,
             "deadline": deadline,
-            "caller": client.name,
+            "caller": link.name,
         }
         if may_go_direct:
             routes = self._routes
@@ -143,16 +141,16 @@ class Caller:
                 if raw is not None:
                     return self._result(raw, call_id, service, returns)
                 # Refused unrun, or nobody there: the router routes it, exactly once.
-        replies = client.replies
+        replies = link.replies
         try:
             reply_to, future = await replies.expect()
         except nats.errors.Error as e:
-            raise connection_error(client.servers, e) from e
+            raise connection_error(link.servers, e) from e
         request = CallRequest(**fields, reply_to=reply_to)
         token = reply_to.rsplit(".", 1)[-1]
         try:
             await self._publish(
-                client.subjects.call(service, method), request, reply_to, token, deadline
+                link.subjects.call(service, method), request, reply_to, token, deadline
             )
             try:
                 async with asyncio.timeout_at(_loop_time_at(deadline)):
@@ -175,9 +173,9 @@ class Caller:
         (the serving side runs the handler at most once per call_id).
         """
         await publish_acked(
-            self._client,
+            self._link,
             subject,
-            self._client.codec.encode_envelope(request),
+            self._link.codec.encode_envelope(request),
             msg_id=request.call_id,
             deadline=deadline,
             headers={REPLY_TO_HEADER: reply_to},
@@ -190,7 +188,7 @@ class Caller:
     @property
     def _routes(self) -> RouteCache:
         if self._route_cache is None:
-            self._route_cache = RouteCache(self._client)
+            self._route_cache = RouteCache(self._link)
         return self._route_cache
 
     async def _call_direct(
@@ -198,13 +196,13 @@ class Caller:
     ) -> bytes | None:
         """Send a call straight to the instance the cache names (at most once); its reply,
         or None when it was not run there (refused unrun, or nobody listens)."""
-        client = self._client
+        link = self._link
         service, call_id = target.service, request.call_id
         deadline = request.deadline or time.time() + timeout
-        inbox = client.subjects.instance_inbox(service, target.instance_id, target.session)
+        inbox = link.subjects.instance_inbox(service, target.instance_id, target.session)
         try:
-            msg = await client.replies.request(
-                inbox, client.codec.encode_envelope(request), timeout=deadline - time.time()
+            msg = await link.replies.request(
+                inbox, link.codec.encode_envelope(request), timeout=deadline - time.time()
             )
         except nats.errors.NoRespondersError:
             return None  # the process is gone: the router knows what to do
@@ -217,9 +215,9 @@ class Caller:
                 instance=target.instance_id,
             ) from None
         except nats.errors.Error as e:
-            if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
+            if isinstance(e, nats.errors.ConnectionClosedError) and link.closing:
                 raise ClientStateError("the client closed during the call") from e
-            raise connection_error(client.servers, e) from e
+            raise connection_error(link.servers, e) from e
         if msg.headers and msg.headers.get(REFUSED_HEADER):
             return None
         return msg.data
@@ -230,7 +228,7 @@ class Caller:
             await self._route_cache.close()
 
     def _result(self, raw: bytes, call_id: str, service: str, returns: Any) -> Any:
-        codec = self._client.codec
+        codec = self._link.codec
         reply = codec.decode_envelope(raw, CallReply)
         if reply.error is not None:
             raise error_from_reply(reply, call_id, service)
@@ -244,7 +242,7 @@ class Caller:
 
 
 async def publish_acked(
-    client: IPCClient,
+    link: Link,
     subject: str,
     data: bytes,
     *,
@@ -281,7 +279,7 @@ async def publish_acked(
             )
         try:
             ack = await stream_publish(
-                client.replies,
+                link.replies,
                 subject,
                 data,
                 timeout=min(remaining, _PUBLISH_ATTEMPT_TIMEOUT),
@@ -293,7 +291,7 @@ async def publish_acked(
             if now - no_stream_since >= _NO_STREAM_GRACE:
                 raise RouterUnavailableError(
                     f"nothing accepts messages on {subject}: no router has set up this "
-                    f"deployment (prefix {client.subjects.prefix!r}) on this NATS",
+                    f"deployment (prefix {link.subjects.prefix!r}) on this NATS",
                     call_id=call_id,
                     service=service,
                 ) from e
@@ -309,9 +307,9 @@ async def publish_acked(
                 service=service,
             ) from e
         except nats.errors.Error as e:
-            if isinstance(e, nats.errors.ConnectionClosedError) and client.closing:
+            if isinstance(e, nats.errors.ConnectionClosedError) and link.closing:
                 raise ClientStateError(f"the client closed while sending {what}") from e
-            raise connection_error(client.servers, e) from e
+            raise connection_error(link.servers, e) from e
         if ack.duplicate and first and fresh_id is not None:
             msg_id, first = fresh_id, False
             continue

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
-from nats.aio.client import Client as NATS
-
 from ipc_client_sdk._admin import AdminClient
 from ipc_client_sdk._calling import Caller
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._errors import ClientStateError, InvalidArgumentError
+from ipc_client_sdk._link import ClientState, Link
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
 from ipc_client_sdk._pubsub import (
     EventHandler,
@@ -21,7 +19,6 @@ from ipc_client_sdk._pubsub import (
     check_subscribe_arguments,
     publish,
 )
-from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
@@ -29,14 +26,6 @@ from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
 _log = logging.getLogger("ipc_client_sdk")
 
 T = TypeVar("T")
-
-
-class ClientState(enum.Enum):
-    """Lifecycle of an ``IPCClient``: it opens once and closes once."""
-
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 class IPCClient:
@@ -68,57 +57,59 @@ class IPCClient:
     ) -> None:
         if connect_timeout <= 0 or request_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        self.servers: list[str] = parse_servers(servers)
-        self.name = name
-        self.subjects = Subjects(prefix)
-        self.codec = Codec(max_payload)
         self.connect_timeout = connect_timeout
-        self.request_timeout = request_timeout
-        self._state = ClientState.UNOPENED
-        self._nc: NATS | None = None
-        self._admin = AdminClient(self)
-        self._caller = Caller(self)
-        self._replies: ReplyInbox | None = None
+        self._link = Link(
+            servers=parse_servers(servers),
+            name=name,
+            subjects=Subjects(prefix),
+            codec=Codec(max_payload),
+            request_timeout=request_timeout,
+        )
+        self._admin = AdminClient(self._link)
+        self._caller = Caller(self._link)
         self._instances: list[ServiceInstance] = []
         self._subscriptions: list[Subscription] = []
 
     @property
+    def servers(self) -> list[str]:
+        """The NATS URLs this client connects to."""
+        return self._link.servers
+
+    @property
+    def name(self) -> str | None:
+        """The connection's name, shown in NATS monitoring and router logs."""
+        return self._link.name
+
+    @property
+    def subjects(self) -> Subjects:
+        """The deployment's subject map (its prefix)."""
+        return self._link.subjects
+
+    @property
+    def codec(self) -> Codec:
+        """The codec this client encodes and decodes with (its payload limit)."""
+        return self._link.codec
+
+    @property
+    def request_timeout(self) -> float:
+        """Default seconds to wait for an answer (calls and admin)."""
+        return self._link.request_timeout
+
+    @property
     def state(self) -> ClientState:
         """Where the client is in its lifecycle."""
-        return self._state
+        return self._link.state
 
     @property
     def closing(self) -> bool:
         """True once ``close()`` has begun."""
-        return self._state is ClientState.CLOSED
+        return self._link.closing
 
     @property
     def admin(self) -> AdminClient:
-        """Operator operations on the router (status, and more as the router grows)."""
+        """Operator operations on the router: status, services, instances, routes,
+        promote, drain, and its events."""
         return self._admin
-
-    @property
-    def nats(self) -> NATS:
-        """The underlying NATS connection (for the SDK's own modules).
-
-        Raises:
-            ClientStateError: the client is not open.
-        """
-        if self._state is not ClientState.OPEN or self._nc is None:
-            raise ClientStateError(f"the client is {self._state.value}; use it while it is open")
-        return self._nc
-
-    @property
-    def replies(self) -> ReplyInbox:
-        """The client's reply inbox: one subscription for every reply it awaits (for the
-        SDK's own modules).
-
-        Raises:
-            ClientStateError: the client is not open.
-        """
-        if self._replies is None:
-            self._replies = ReplyInbox(self.nats)
-        return self._replies
 
     async def connect(self) -> Self:
         """Connect to NATS.
@@ -127,12 +118,12 @@ class IPCClient:
             IPCConnectionError: NATS could not be reached within ``connect_timeout``.
             ClientStateError: the client was already opened (clients do not reopen).
         """
-        if self._state is not ClientState.UNOPENED:
-            raise ClientStateError(f"the client is {self._state.value}; create a new IPCClient")
-        self._nc = await open_nats(
+        if self.state is not ClientState.UNOPENED:
+            raise ClientStateError(f"the client is {self.state.value}; create a new IPCClient")
+        nc = await open_nats(
             self.servers, name=self.name, connect_timeout=self.connect_timeout, logger=_log
         )
-        self._state = ClientState.OPEN
+        self._link.opened(nc)
         return self
 
     @overload
@@ -248,7 +239,7 @@ class IPCClient:
                 same ``event_id`` to be safe).
             RouterUnavailableError: no router has set up this deployment's events stream.
         """
-        return await publish(self, topic, event, event_id=event_id, timeout=timeout)
+        return await publish(self._link, topic, event, event_id=event_id, timeout=timeout)
 
     async def subscribe(
         self,
@@ -292,7 +283,7 @@ class IPCClient:
                 f"backoff must be seconds between 0 and 3600, got {backoff!r}"
             )
         sub = Subscription(
-            self,
+            self._link,
             topic,
             handler,
             model=model,
@@ -337,7 +328,7 @@ class IPCClient:
         """
         check_serve_arguments(service, instance_id, resources, concurrency, heartbeat_interval)
         instance = ServiceInstance(
-            self,
+            self._link,
             service,
             instance_id,
             resources,
@@ -355,19 +346,17 @@ class IPCClient:
         Args:
             timeout: seconds the in-flight calls and the drain may take.
         """
-        if self._state is ClientState.CLOSED:
+        if self.state is ClientState.CLOSED:
             return
-        if self._state is ClientState.OPEN:
+        if self.state is ClientState.OPEN:
             for sub in self._subscriptions:
                 await sub.stop(timeout=timeout)
             for instance in self._instances:
                 await instance.stop(timeout=timeout)
-        self._state = ClientState.CLOSED
-        if self._replies is not None:
-            self._replies.fail_all(ClientStateError("the client closed during the call"))
+        nc = self._link.closed()
         await self._caller.close()
-        if self._nc is not None:
-            await close_nats(self._nc, timeout=timeout)
+        if nc is not None:
+            await close_nats(nc, timeout=timeout)
 
     async def __aenter__(self) -> Self:
         return await self.connect()

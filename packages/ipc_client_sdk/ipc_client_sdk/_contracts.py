@@ -33,6 +33,38 @@ instead of relaying the refusal."""
 MSG_ID_HEADER = "Nats-Msg-Id"
 """JetStream's de-duplication header; the SDK sets it to the call_id."""
 
+LEASE_FRACTION = 0.8
+"""The instances' lease as a share of the router's heartbeat timeout. Below 1 so that an
+instance cut off from the router fences itself before the router can promote another in its
+place."""
+
+
+class AdminOp(StrEnum):
+    """The names of the request/reply operations the routers answer.
+
+    On ``<prefix>.admin.<op>`` any router answers the operator operations (``status`` itself,
+    the rest by asking the leader). On ``<prefix>.ctl.<op>`` the leading router answers the
+    instances' own operations (``register``, ``deregister``, and ``drain`` for an instance
+    that is stopping) and the operator operations forwarded to it.
+    """
+
+    STATUS = "status"
+    SERVICES = "services"
+    INSTANCES = "instances"
+    ROUTES = "routes"
+    PROMOTE = "promote"
+    DRAIN = "drain"
+    REGISTER = "register"
+    DEREGISTER = "deregister"
+
+
+class EventKind(StrEnum):
+    """The kinds of ``RouterEvent``, one subject each: ``<prefix>.events.<kind>``."""
+
+    ROLE = "role"
+    HEALTH = "health"
+    REGISTRY = "registry"
+
 
 class ErrorCode(StrEnum):
     """Closed set of status codes, in the spirit of gRPC's."""

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -47,11 +47,9 @@ from ipc_client_sdk._errors import (
     IPCError,
     RouterUnavailableError,
 )
+from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._subjects import validate_call_id, validate_token, validate_topic
-
-if TYPE_CHECKING:
-    from ipc_client_sdk._client import IPCClient
 
 _log = logging.getLogger("ipc_client_sdk.pubsub")
 
@@ -99,7 +97,7 @@ class Subscription:
 
     def __init__(
         self,
-        client: IPCClient,
+        link: Link,
         pattern: str,
         handler: EventHandler,
         *,
@@ -109,7 +107,7 @@ class Subscription:
         max_deliveries: int,
         backoff: tuple[float, ...],
     ) -> None:
-        self._client = client
+        self._link = link
         self.pattern = pattern
         self.queue = queue
         self.durable = durable
@@ -126,7 +124,7 @@ class Subscription:
         self._stopping = False
         self._stopped = False
         self._pulled_all = asyncio.Event()  # stopping: no fetch can bring events any more
-        self.name = durable or f"{client.name or 'client'}/{pattern}"
+        self.name = durable or f"{link.name or 'client'}/{pattern}"
 
     @property
     def active(self) -> bool:
@@ -142,8 +140,8 @@ class Subscription:
                 pattern.
             IPCConnectionError: the connection failed.
         """
-        nc = self._client.nats
-        subject = self._client.subjects.topic_pattern(self.pattern)
+        nc = self._link.nats
+        subject = self._link.subjects.topic_pattern(self.pattern)
         try:
             if self.durable is None:
                 self._core = await nc.subscribe(
@@ -154,7 +152,7 @@ class Subscription:
             self._pull = await nc.jetstream().pull_subscribe(
                 subject,
                 durable=self.durable,
-                stream=self._client.subjects.events_stream,
+                stream=self._link.subjects.events_stream,
                 config=ConsumerConfig(
                     ack_policy=AckPolicy.EXPLICIT,
                     deliver_policy=DeliverPolicy.ALL,
@@ -168,7 +166,7 @@ class Subscription:
             found = (await self._pull.consumer_info()).config
         except nats.js.errors.NotFoundError as e:
             raise RouterUnavailableError(
-                f"the events stream {self._client.subjects.events_stream} does not exist: "
+                f"the events stream {self._link.subjects.events_stream} does not exist: "
                 "start ipc-router on this NATS first"
             ) from e
         except nats.js.errors.APIError as e:
@@ -177,11 +175,11 @@ class Subscription:
                 f"{e.description or e}"
             ) from e
         except nats.errors.Error as e:
-            raise connection_error(self._client.servers, e) from e
+            raise connection_error(self._link.servers, e) from e
         if found.filter_subject != subject or found.ack_policy != AckPolicy.EXPLICIT:
             with contextlib.suppress(nats.errors.Error):
                 await self._pull.unsubscribe()
-            taken = self._client.subjects.topic_of(found.filter_subject or "")
+            taken = self._link.subjects.topic_of(found.filter_subject or "")
             raise InvalidArgumentError(
                 f"durable name {self.durable!r} already follows {taken!r}, not "
                 f"{self.pattern!r}: use another name (a durable name keeps its pattern)"
@@ -361,11 +359,11 @@ class Subscription:
     def _read(self, msg: Msg) -> tuple[Published, Any]:
         """The event and its value, or the event (a stand-in when unreadable) and why it
         does not fit (an ``_Unfit`` as the value)."""
-        codec = self._client.codec
+        codec = self._link.codec
         try:
             published = codec.decode_envelope(msg.data, Published)
         except CodecError as e:
-            unreadable = _unreadable(msg, self._client)
+            unreadable = _unreadable(msg, self._link)
             return unreadable, _Unfit(ErrorInfo(code=e.code, message=e.message))
         try:
             return published, codec.decode(published.payload, self._model)
@@ -403,7 +401,7 @@ class Subscription:
 
     async def _dead_letter(self, event: Published, error: ErrorInfo, deliveries: int) -> bool:
         """Publish the event to the dead-letter subject; whether JetStream stored it."""
-        client = self._client
+        link = self._link
         letter = DeadLetter(
             event=event,
             error=error,
@@ -420,14 +418,14 @@ class Subscription:
             error.message,
         )
         try:
-            subject = client.subjects.dead_letter(event.topic)
+            subject = link.subjects.dead_letter(event.topic)
         except ValueError:
-            subject = client.subjects.dead_letter("unreadable")
+            subject = link.subjects.dead_letter("unreadable")
         try:
             await publish_acked(
-                client,
+                link,
                 subject,
-                client.codec.encode_envelope(letter),
+                link.codec.encode_envelope(letter),
                 msg_id=f"dlq-{event.event_id}-{os.urandom(4).hex()}",
                 deadline=time.time() + _DEAD_LETTER_TIMEOUT,
                 what="the dead letter",
@@ -439,7 +437,7 @@ class Subscription:
 
 
 async def publish(
-    client: IPCClient, topic: str, payload: Any, *, event_id: str | None, timeout: float | None
+    link: Link, topic: str, payload: Any, *, event_id: str | None, timeout: float | None
 ) -> int:
     """See ``IPCClient.publish``."""
     try:
@@ -447,20 +445,20 @@ async def publish(
         event_id = validate_call_id(event_id) if event_id is not None else os.urandom(12).hex()
     except ValueError as e:
         raise InvalidArgumentError(str(e)) from e
-    timeout = client.request_timeout if timeout is None else timeout
+    timeout = link.request_timeout if timeout is None else timeout
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise InvalidArgumentError(f"timeout must be a positive number, got {timeout!r}")
-    codec = client.codec
+    codec = link.codec
     event = Published(
         topic=topic,
         payload=codec.encode(payload),
         event_id=event_id,
         published_at=time.time(),
-        publisher=client.name,
+        publisher=link.name,
     )
     ack = await publish_acked(
-        client,
-        client.subjects.topic(topic),
+        link,
+        link.subjects.topic(topic),
         codec.encode_envelope(event),
         msg_id=event_id,
         deadline=time.time() + timeout,
@@ -554,7 +552,7 @@ async def _keep_alive(msg: Msg) -> AsyncIterator[None]:
             await pinger
 
 
-def _unreadable(msg: Msg, client: IPCClient) -> Published:
+def _unreadable(msg: Msg, link: Link) -> Published:
     """A stand-in for an event that could not be read, carrying its raw bytes."""
-    topic = client.subjects.topic_of(msg.subject)
+    topic = link.subjects.topic_of(msg.subject)
     return Published(topic=topic, payload=msg.data, event_id="unreadable", published_at=0.0)

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -27,9 +27,7 @@ from nats.js.kv import KeyValue
 
 from ipc_client_sdk._errors import CodecError
 from ipc_client_sdk._kv import is_deletion, watch_bucket
-
-if TYPE_CHECKING:
-    from ipc_client_sdk._client import IPCClient
+from ipc_client_sdk._link import Link
 
 _log = logging.getLogger("ipc_client_sdk.routes")
 
@@ -95,8 +93,8 @@ def _instance(data: Any) -> _Instance:
 class RouteCache:
     """Watches the router's routing table; started by the client's first call."""
 
-    def __init__(self, client: IPCClient) -> None:
-        self._client = client
+    def __init__(self, link: Link) -> None:
+        self._link = link
         self._services: dict[str, dict[str, _Instance]] = {}
         self._owners: dict[tuple[str, str], str] = {}
         self._assigned: dict[tuple[str, str], str] = {}
@@ -163,10 +161,10 @@ class RouteCache:
 
     # --- watching ----------------------------------------------------------------------
     async def _run(self) -> None:
-        subjects = self._client.subjects
+        subjects = self._link.subjects
         while True:
             try:
-                js = self._client.nats.jetstream()
+                js = self._link.nats.jetstream()
                 registry = await js.key_value(subjects.registry_bucket)
                 routes = await js.key_value(subjects.routes_bucket)
                 # Start from nothing: what was deleted while no watch ran must not linger.
@@ -203,9 +201,7 @@ class RouteCache:
                 self._caught_up(first)
                 continue
             try:
-                value = (
-                    None if is_deletion(entry) else self._client.codec.decode(entry.value or b"")
-                )
+                value = None if is_deletion(entry) else self._link.codec.decode(entry.value or b"")
                 apply(entry.key, value)
             except (CodecError, KeyError, TypeError, ValueError) as e:
                 _log.debug("routing cache skips entry %s: %s", entry.key, e)

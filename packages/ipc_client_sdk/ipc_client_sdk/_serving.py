@@ -30,7 +30,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import nats.errors
 import nats.js.errors
@@ -39,7 +38,9 @@ from nats.aio.subscription import Subscription
 
 from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
+    LEASE_FRACTION,
     REFUSED_HEADER,
+    AdminOp,
     AdminReply,
     CallRequest,
     ErrorCode,
@@ -55,19 +56,13 @@ from ipc_client_sdk._errors import (
     RouterUnavailableError,
 )
 from ipc_client_sdk._ledger import FastResults, ResultLedger
+from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._runner import CallRunner
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
 
-if TYPE_CHECKING:
-    from ipc_client_sdk._client import IPCClient
-
 _log = logging.getLogger("ipc_client_sdk.serving")
-
-_LEASE_FRACTION = 0.8
-"""Without a lease from the router (an older router), the share of its heartbeat timeout
-used as one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +96,7 @@ class ServiceInstance:
 
     def __init__(
         self,
-        client: IPCClient,
+        link: Link,
         service: Service,
         instance_id: str,
         resources: Sequence[str],
@@ -110,7 +105,7 @@ class ServiceInstance:
         heartbeat_interval: float,
         on_role_change: RoleListener | None = None,
     ) -> None:
-        self._client = client
+        self._link = link
         self._service = service
         self.service = service.name
         self.instance_id = instance_id
@@ -194,13 +189,13 @@ class ServiceInstance:
             RemoteError: the router refused the registration (``ALREADY_EXISTS``: another
                 live process holds this instance_id).
         """
-        client = self._client
-        nc = client.nats
+        link = self._link
+        nc = link.nats
         try:
-            results = await nc.jetstream().key_value(client.subjects.results_bucket)
+            results = await nc.jetstream().key_value(link.subjects.results_bucket)
         except nats.js.errors.BucketNotFoundError as e:
             raise RouterUnavailableError(
-                f"the results bucket {client.subjects.results_bucket} does not exist: "
+                f"the results bucket {link.subjects.results_bucket} does not exist: "
                 "start ipc-router on this NATS first",
                 service=self.service,
             ) from e
@@ -209,16 +204,16 @@ class ServiceInstance:
                 f"JetStream did not answer: {e or type(e).__name__}", service=self.service
             ) from e
         self._runner = CallRunner(
-            client.codec,
+            link.codec,
             self._service,
             self.instance_id,
             ResultLedger(
-                FastResults(results, client.subjects.results_bucket, client.replies),
+                FastResults(results, link.subjects.results_bucket, link.replies),
                 self.instance_id,
             ),
             admit=self._admit,
         )
-        subjects = client.subjects
+        subjects = link.subjects
         inbox = subjects.instance_inbox(self.service, self.instance_id, self._session)
         control = subjects.instance_control(self.service, self.instance_id, self._session)
         try:
@@ -228,7 +223,7 @@ class ServiceInstance:
             await self._register()
         except nats.errors.Error as e:
             await self._unsubscribe()
-            raise connection_error(client.servers, e) from e
+            raise connection_error(link.servers, e) from e
         except IPCError:
             # The router may have registered us and only the answer was lost: undo it, so
             # a phantom instance does not hold our claims until it is reaped.
@@ -276,7 +271,7 @@ class ServiceInstance:
             for task in late:
                 task.cancel()  # answered ABORTED, and recorded
             await asyncio.gather(*late, return_exceptions=True)
-        await self._deregister(timeout=min(left(), self._client.request_timeout))
+        await self._deregister(timeout=min(left(), self._link.request_timeout))
         for background in (self._heartbeat, self._reregister, self._cleanup):
             if background is not None:
                 background.cancel()
@@ -300,9 +295,9 @@ class ServiceInstance:
         }
         try:
             await request_op(
-                self._client,
-                self._client.subjects.control("drain"),
-                "drain",
+                self._link,
+                self._link.subjects.control(AdminOp.DRAIN),
+                AdminOp.DRAIN,
                 args,
                 timeout=wait + 2.0,
             )
@@ -318,9 +313,9 @@ class ServiceInstance:
         }
         try:
             await request_op(
-                self._client,
-                self._client.subjects.control("deregister"),
-                "deregister",
+                self._link,
+                self._link.subjects.control(AdminOp.DEREGISTER),
+                AdminOp.DEREGISTER,
                 args,
                 timeout=timeout,
             )
@@ -348,13 +343,13 @@ class ServiceInstance:
         )
         sent = time.monotonic()
         result = await request_op(
-            self._client,
-            self._client.subjects.control("register"),
-            "register",
+            self._link,
+            self._link.subjects.control(AdminOp.REGISTER),
+            AdminOp.REGISTER,
             registration.model_dump(exclude={"v"}),
         )
-        reg = self._client.codec.validate(result, RegistrationResult)
-        self._lease = reg.lease or reg.heartbeat_timeout * _LEASE_FRACTION
+        reg = self._link.codec.validate(result, RegistrationResult)
+        self._lease = reg.lease or reg.heartbeat_timeout * LEASE_FRACTION
         if self._lease and self._heartbeat_interval > self._lease / 2:
             # A lost heartbeat must not fence the instance, whatever was asked for.
             _log.warning(
@@ -376,8 +371,8 @@ class ServiceInstance:
         self._apply(state, force=True, announce=self._epoch != 0)
 
     async def _heartbeats(self) -> None:
-        nc = self._client.nats
-        subject = self._client.subjects.heartbeat(self.service, self.instance_id)
+        nc = self._link.nats
+        subject = self._link.subjects.heartbeat(self.service, self.instance_id)
         reply = self._beats.subject if self._beats else ""
         beats = 1
         while True:
@@ -396,7 +391,7 @@ class ServiceInstance:
                 draining=self._refuses_direct,
             )
             with contextlib.suppress(nats.errors.Error):
-                await nc.publish(subject, self._client.codec.encode_envelope(beat), reply=reply)
+                await nc.publish(subject, self._link.codec.encode_envelope(beat), reply=reply)
             if self._runner is not None and beats % 10 == 0:
                 if self._cleanup is None or self._cleanup.done():  # off the heartbeat path
                     self._cleanup = asyncio.create_task(self._runner.ledger.clean_up())
@@ -405,9 +400,9 @@ class ServiceInstance:
 
     async def _on_control(self, msg: Msg) -> None:
         try:
-            answer = self._client.codec.decode_envelope(msg.data, AdminReply)
+            answer = self._link.codec.decode_envelope(msg.data, AdminReply)
             state = (
-                self._client.codec.validate(answer.result, InstanceState)
+                self._link.codec.validate(answer.result, InstanceState)
                 if answer.ok and answer.result is not None
                 else None
             )
@@ -543,7 +538,7 @@ class ServiceInstance:
         if msg.reply:
             headers = {REFUSED_HEADER: refused} if refused else None
             with contextlib.suppress(nats.errors.Error, IPCError):  # closed: nobody to tell
-                await self._client.nats.publish(msg.reply, reply, headers=headers)
+                await self._link.nats.publish(msg.reply, reply, headers=headers)
 
 
 def check_serve_arguments(

@@ -81,6 +81,21 @@ def validate_topic(topic: str, *, wildcards: bool = False) -> str:
     return topic
 
 
+def validate_prefix(text: str) -> str:
+    """Return ``text`` if it can be a deployment's subject prefix, else raise ``ValueError``.
+
+    A prefix is one or more tokens of lowercase letters and digits joined by dots (``ipc``,
+    ``desk1.ipc``).
+    """
+    for token in text.split("."):
+        if not _PREFIX_TOKEN.fullmatch(token):
+            raise ValueError(
+                f"subject prefix {text!r} must be dot-separated tokens of lowercase "
+                "letters and digits, like 'ipc' or 'desk1.ipc'"
+            )
+    return text
+
+
 _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
@@ -108,12 +123,7 @@ class Subjects:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        for token in self.prefix.split("."):
-            if not _PREFIX_TOKEN.fullmatch(token):
-                raise ValueError(
-                    f"subject prefix {self.prefix!r} must be dot-separated tokens of lowercase "
-                    "letters and digits, like 'ipc' or 'desk1.ipc'"
-                )
+        validate_prefix(self.prefix)
 
     @property
     def _name(self) -> str:

@@ -5,10 +5,12 @@ Application code should not need this module: ``IPCClient`` does all of it.
 
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
 from ipc_client_sdk._contracts import (
+    LEASE_FRACTION,
     MSG_ID_HEADER,
     PROTOCOL_VERSION,
     REFUSED_HEADER,
     REPLY_TO_HEADER,
+    AdminOp,
     AdminReply,
     AdminRequest,
     CallReply,
@@ -17,6 +19,7 @@ from ipc_client_sdk._contracts import (
     Envelope,
     ErrorCode,
     ErrorInfo,
+    EventKind,
     Heartbeat,
     InstanceInfo,
     InstanceState,
@@ -44,6 +47,7 @@ from ipc_client_sdk._subjects import (
     Subjects,
     new_call_id,
     validate_call_id,
+    validate_prefix,
     validate_token,
 )
 
@@ -52,10 +56,12 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_SERVERS",
     "ENVELOPE_OVERHEAD",
+    "LEASE_FRACTION",
     "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",
     "REPLY_TO_HEADER",
+    "AdminOp",
     "AdminReply",
     "AdminRequest",
     "CallReply",
@@ -64,6 +70,7 @@ __all__ = [
     "Envelope",
     "ErrorCode",
     "ErrorInfo",
+    "EventKind",
     "DrainResult",
     "Heartbeat",
     "InstanceInfo",
@@ -87,5 +94,6 @@ __all__ = [
     "redact_url",
     "servers_label",
     "validate_call_id",
+    "validate_prefix",
     "validate_token",
 ]

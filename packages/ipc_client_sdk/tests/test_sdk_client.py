@@ -24,7 +24,7 @@ async def test_lifecycle_opens_once_and_closes_idempotently(
     seen = [client.state]
     async with client:
         seen.append(client.state)
-        assert client.nats.is_connected
+        assert client.state is ClientState.OPEN
     seen.append(client.state)
     assert seen == [ClientState.UNOPENED, ClientState.OPEN, ClientState.CLOSED]
     await client.close()  # second close: no error

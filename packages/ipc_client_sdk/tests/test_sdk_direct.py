@@ -11,6 +11,7 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+from nats.aio.client import Client as NATS
 
 from ipc_client_sdk import (
     CallContext,
@@ -24,8 +25,10 @@ from ipc_client_sdk.protocol import (
     REFUSED_HEADER,
     CallReply,
     CallRequest,
+    Codec,
     ErrorCode,
     Registration,
+    Subjects,
 )
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
@@ -41,9 +44,9 @@ async def until(predicate: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.01)
 
 
-async def recorded(client: IPCClient, key: str) -> bool:
+async def recorded(nc: NATS, key: str) -> bool:
     """Whether the results bucket holds a claim or an outcome for ``key``."""
-    kv = await client.nats.jetstream().key_value(client.subjects.results_bucket)
+    kv = await nc.jetstream().key_value(Subjects().results_bucket)
     try:
         await kv.get(key)
     except nats.js.errors.KeyNotFoundError:
@@ -52,29 +55,30 @@ async def recorded(client: IPCClient, key: str) -> bool:
 
 
 async def send(
-    caller: IPCClient, instance: object, epoch: int, resource: str | None
+    nc: NATS, instance: object, epoch: int, resource: str | None
 ) -> tuple[str, CallReply]:
     """A raw direct call to the instance; the refusal reason (empty: run) and the reply."""
+    codec = Codec()
     session = instance._session  # type: ignore[attr-defined]
     instance_id = instance.instance_id  # type: ignore[attr-defined]
     request = CallRequest(
         call_id=f"raw-{epoch}-{resource}-{instance_id}",
         service="service_b",
         method="do_work",
-        payload=caller.codec.encode(work()),
+        payload=codec.encode(work()),
         resource_id=resource,
         deadline=time.time() + 5,
         epoch=epoch,
         direct=True,
     )
-    subject = caller.subjects.instance_inbox("service_b", instance_id, session)
-    msg = await caller.nats.request(subject, caller.codec.encode_envelope(request), timeout=5)
-    reply = caller.codec.decode_envelope(msg.data, CallReply)
+    subject = Subjects().instance_inbox("service_b", instance_id, session)
+    msg = await nc.request(subject, codec.encode_envelope(request), timeout=5)
+    reply = codec.decode_envelope(msg.data, CallReply)
     return (msg.headers or {}).get(REFUSED_HEADER, ""), reply
 
 
 async def test_direct_call_is_answered_by_the_owner_and_not_recorded(
-    clients: tuple[IPCClient, IPCClient],
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS
 ) -> None:
     caller, server = clients
     svc = CountingService()
@@ -83,16 +87,16 @@ async def test_direct_call_is_answered_by_the_owner_and_not_recorded(
         "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
     )
     assert (direct.instance_id, direct.amount) == ("b1", Decimal("0.10"))
-    assert not await recorded(caller, f"service_b.do_work.{direct.call_id}")
+    assert not await recorded(raw_nats, f"service_b.do_work.{direct.call_id}")
     durable = await caller.call(
         "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=True
     )
-    assert await recorded(caller, f"service_b.do_work.{durable.call_id}")
+    assert await recorded(raw_nats, f"service_b.do_work.{durable.call_id}")
     assert svc.runs[direct.call_id] == svc.runs[durable.call_id] == 1
 
 
 async def test_a_method_declared_not_durable_goes_direct_unless_asked(
-    clients: tuple[IPCClient, IPCClient],
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS
 ) -> None:
     caller, server = clients
     svc = Service("quotes")
@@ -105,11 +109,11 @@ async def test_a_method_declared_not_durable_goes_direct_unless_asked(
     # The first call may go through the router while the cache loads; later ones go direct.
     await caller.call("quotes.quote", "AAPL", returns=str)
     direct_id = await caller.call("quotes.quote", "AAPL", returns=str)
-    assert not await recorded(caller, f"quotes.quote.{direct_id}")
+    assert not await recorded(raw_nats, f"quotes.quote.{direct_id}")
     durable_id = await caller.call("quotes.quote", "AAPL", returns=str, durable=True)
-    assert await recorded(caller, f"quotes.quote.{durable_id}")
+    assert await recorded(raw_nats, f"quotes.quote.{durable_id}")
     own = await caller.call("quotes.quote", "AAPL", returns=str, call_id="mine-1")
-    assert own == "mine-1" and await recorded(caller, "quotes.quote.mine-1")
+    assert own == "mine-1" and await recorded(raw_nats, "quotes.quote.mine-1")
 
 
 async def test_a_call_id_with_durable_false_is_refused(
@@ -123,7 +127,7 @@ async def test_a_call_id_with_durable_false_is_refused(
 
 
 async def test_the_instance_refuses_direct_calls_it_must_not_run(
-    clients: tuple[IPCClient, IPCClient],
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS
 ) -> None:
     """A caller's cache may be behind the router: the instance is the judge."""
     caller, server = clients
@@ -131,13 +135,13 @@ async def test_the_instance_refuses_direct_calls_it_must_not_run(
     b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
     b2 = await server.serve(svc.service, instance_id="b2", resources=["acc_1"])
 
-    assert (await send(caller, b1, b1.epoch - 1, "acc_1"))[0] == "stale-epoch"
-    assert (await send(caller, b2, b2.epoch, "acc_1"))[0] == "not-owner"  # b2 is acc_1's standby
-    assert (await send(caller, b2, b2.epoch, None))[0] == "not-owner"  # nor the service's active
-    refused, reply = await send(caller, b1, b1.epoch + 1, "acc_1")  # an epoch it has not heard of
+    assert (await send(raw_nats, b1, b1.epoch - 1, "acc_1"))[0] == "stale-epoch"
+    assert (await send(raw_nats, b2, b2.epoch, "acc_1"))[0] == "not-owner"  # b2 is acc_1's standby
+    assert (await send(raw_nats, b2, b2.epoch, None))[0] == "not-owner"  # nor the service's active
+    refused, reply = await send(raw_nats, b1, b1.epoch + 1, "acc_1")  # an epoch it has not heard of
     assert refused == "stale-epoch" and reply.error is not None
     assert reply.error.code is ErrorCode.FAILED_PRECONDITION
-    ok, reply = await send(caller, b1, b1.epoch, "acc_1")
+    ok, reply = await send(raw_nats, b1, b1.epoch, "acc_1")
     assert ok == "" and reply.error is None
     assert sum(svc.runs.values()) == 1  # only the admitted call ran
 
@@ -183,7 +187,7 @@ async def test_direct_calls_follow_a_promotion_and_never_run_twice(
 
 
 async def test_a_draining_instance_refuses_direct_calls(
-    clients: tuple[IPCClient, IPCClient],
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS
 ) -> None:
     """While an instance drains, a direct call is refused and goes through the router,
     which answers as it does for any call to a draining instance without a standby."""
@@ -195,7 +199,7 @@ async def test_a_draining_instance_refuses_direct_calls(
     assert result.draining
     await until(lambda: b1._draining, 2)
     before = sum(svc.runs.values())
-    assert (await send(caller, b1, b1.epoch, "acc_1"))[0] == "draining"
+    assert (await send(raw_nats, b1, b1.epoch, "acc_1"))[0] == "draining"
     with pytest.raises(ServiceUnavailableError, match="draining"):
         await caller.call(
             "service_b.do_work", work(), resource_id="acc_1", durable=False, timeout=5
@@ -207,12 +211,12 @@ async def test_a_draining_instance_refuses_direct_calls(
         "service_b.do_work", work(), resource_id="acc_1", durable=False, returns=WorkResult
     )
     assert answer.instance_id == "b1" and not await recorded(
-        caller, f"service_b.do_work.{answer.call_id}"
+        raw_nats, f"service_b.do_work.{answer.call_id}"
     )
 
 
 async def test_instances_of_an_older_sdk_get_no_direct_calls_and_still_hand_over(
-    clients: tuple[IPCClient, IPCClient], monkeypatch: pytest.MonkeyPatch
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An instance that does not say it takes direct calls (an SDK from before them) never
     gets one, and a promotion does not wait for a drain acknowledgement it cannot send."""
@@ -234,7 +238,7 @@ async def test_instances_of_an_older_sdk_get_no_direct_calls_and_still_hand_over
             "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
         )
         assert result.instance_id == "b1"
-        assert await recorded(caller, f"service_b.do_work.{result.call_id}")  # routed
+        assert await recorded(raw_nats, f"service_b.do_work.{result.call_id}")  # routed
         async with IPCClient(server.servers, name="new") as new:
             b2 = await new.serve(svc.service, instance_id="b2", resources=["acc_1"])  # old too
             promotion = await asyncio.wait_for(caller.admin.promote("service_b", "b2"), 10)

@@ -10,6 +10,7 @@ from collections.abc import Sized
 from decimal import Decimal
 
 import pytest
+from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
 from ipc_client_sdk import (
@@ -120,7 +121,7 @@ async def test_a_durable_subscriber_replays_what_it_missed_after_a_restart(
 
 
 async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
-    nats_server: NatsServerProcess, router: RouterProcess
+    nats_server: NatsServerProcess, router: RouterProcess, raw_nats: NATS
 ) -> None:
     attempts: list[tuple[int, int]] = []
     letters: list[DeadLetter] = []
@@ -137,7 +138,8 @@ async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
 
     async with IPCClient(nats_server.url, name="app") as client:
         await client.subscribe("dlq.>", on_letter, model=DeadLetter)  # see the raw letters
-        dlq = await client.nats.subscribe(client.subjects.dead_letter_all)
+        dlq = await raw_nats.subscribe(client.subjects.dead_letter_all)
+        await raw_nats.flush()
         await client.subscribe(
             "md.ticks.AAPL",
             on_tick,
@@ -161,7 +163,7 @@ async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
 
 
 async def test_an_event_that_does_not_fit_the_model_is_dead_lettered_at_once(
-    nats_server: NatsServerProcess, router: RouterProcess
+    nats_server: NatsServerProcess, router: RouterProcess, raw_nats: NATS
 ) -> None:
     good: list[int] = []
 
@@ -169,11 +171,13 @@ async def test_an_event_that_does_not_fit_the_model_is_dead_lettered_at_once(
         good.append(t.n)
 
     async with IPCClient(nats_server.url, name="app") as client:
-        dlq = await client.nats.subscribe(client.subjects.dead_letter_all)
+        dlq = await raw_nats.subscribe(client.subjects.dead_letter_all)
+        await raw_nats.flush()
         await client.subscribe("md.ticks.*", on_tick, model=Tick)  # plain
         await client.subscribe("md.ticks.*", on_tick, model=Tick, durable="strict")
         await client.publish("md.ticks.AAPL", {"symbol": "AAPL", "price": "not a price"})
-        await client.nats.publish(client.subjects.topic("md.ticks.AAPL"), b"\xc1garbage")
+        await raw_nats.publish(client.subjects.topic("md.ticks.AAPL"), b"\xc1garbage")
+        await raw_nats.flush()
         await client.publish("md.ticks.AAPL", tick(7))
         await eventually(lambda: has(good, 2), within=10)
         letters = [client.codec.decode_envelope((await dlq.next_msg(timeout=5)).data, DeadLetter)]
@@ -268,7 +272,7 @@ async def test_a_durable_name_keeps_its_pattern(
 
 
 async def test_an_event_that_keeps_killing_its_subscriber_is_dead_lettered_unhandled(
-    nats_server: NatsServerProcess, router: RouterProcess
+    nats_server: NatsServerProcess, router: RouterProcess, raw_nats: NATS
 ) -> None:
     handled: list[int] = []
 
@@ -280,7 +284,7 @@ async def test_an_event_that_keeps_killing_its_subscriber_is_dead_lettered_unhan
         sub = await client.subscribe("md.ticks.AAPL", on_tick, model=Tick, durable="victim")
         await sub.stop()
         # Three deliveries that were never acked: as if the handler crashed the process.
-        raw = await client.nats.jetstream().pull_subscribe(
+        raw = await raw_nats.jetstream().pull_subscribe(
             client.subjects.topic_pattern("md.ticks.AAPL"),
             durable="victim",
             stream=client.subjects.events_stream,
@@ -289,7 +293,8 @@ async def test_an_event_that_keeps_killing_its_subscriber_is_dead_lettered_unhan
             (msg,) = await raw.fetch(1, timeout=5)
             await msg.nak()
         await raw.unsubscribe()
-        dlq = await client.nats.subscribe(client.subjects.dead_letter_all)
+        dlq = await raw_nats.subscribe(client.subjects.dead_letter_all)
+        await raw_nats.flush()
         await client.subscribe(
             "md.ticks.AAPL", on_tick, model=Tick, durable="victim", max_deliveries=3
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipc_client_sdk.protocol import Subjects, validate_token
+from ipc_client_sdk.protocol import Subjects, validate_prefix, validate_token
 
 
 def test_default_prefix_names() -> None:
@@ -37,8 +37,17 @@ def test_distinct_prefixes_map_to_distinct_names(pair: tuple[str, str]) -> None:
     ["", "ipc.", "a b", "ipc.*", "ipc.>", ".ipc", "ipc..x", "desk1_ipc", "a-b", "IPC"],
 )
 def test_bad_prefix_is_refused(prefix: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as by_rule:
+        validate_prefix(prefix)
+    with pytest.raises(ValueError) as by_subjects:
         Subjects(prefix)
+    assert str(by_rule.value) == str(by_subjects.value)
+    assert "lowercase letters and digits" in str(by_rule.value)
+
+
+def test_good_prefixes_pass_the_rule() -> None:
+    assert validate_prefix("ipc") == "ipc"
+    assert validate_prefix("desk1.ipc") == "desk1.ipc"
 
 
 @pytest.mark.parametrize("token", ["", "a.b", "a*", ">", "a b", "tab\t"])

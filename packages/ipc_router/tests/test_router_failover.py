@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from nats.aio.msg import Msg
 
-from ipc_client_sdk import IPCClient, IPCError, RemoteError
-from ipc_client_sdk.protocol import ErrorCode, RouterEvent
+from ipc_client_sdk import IPCClient, IPCError, RemoteError, RouterEvent, RouterEvents
+from ipc_client_sdk.protocol import ErrorCode
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_testing import RouterProcess, eventually
 from ipc_testing.instance import InstanceProcess
@@ -185,13 +184,12 @@ async def test_a_router_restart_changes_no_role(
 ) -> None:
     b1, b2 = instance_pair
     offsets = (b1.log_size(), b2.log_size())
-    async with IPCClient(nats_server.url, name="caller") as caller:
+    async with (
+        IPCClient(nats_server.url, name="caller") as caller,
+        caller.admin.events(kinds={"role"}) as stream,
+    ):
         events: list[RouterEvent] = []
-
-        async def on_event(msg: Msg) -> None:
-            events.append(caller.codec.decode_envelope(msg.data, RouterEvent))
-
-        sub = await caller.nats.subscribe(caller.subjects.events("role"), cb=on_event)
+        recording = asyncio.create_task(record(stream, events))
         router.kill()
         assert await router.wait_exit(5)
         await asyncio.sleep(2.5)  # past the instances' lease: they fence themselves meanwhile
@@ -204,7 +202,8 @@ async def test_a_router_restart_changes_no_role(
         await asyncio.sleep(4)  # past the restore grace, with both heartbeating
         result = await caller.call(TARGET, work(99), resource_id="acc_1", returns=WorkResult)
         assert result.instance_id == "b1"
-        await sub.unsubscribe()
+        recording.cancel()
+        await asyncio.gather(recording, return_exceptions=True)
     assert events == []
     assert "role" not in b1.log_since(offsets[0]).decode()
     assert "role" not in b2.log_since(offsets[1]).decode()
@@ -214,13 +213,12 @@ async def test_a_manual_promotion_hands_the_roles_over_and_announces_them(
     nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
 ) -> None:
     b1, b2 = instance_pair
-    async with IPCClient(nats_server.url, name="operator") as operator:
+    async with (
+        IPCClient(nats_server.url, name="operator") as operator,
+        operator.admin.events() as stream,
+    ):
         events: list[RouterEvent] = []
-
-        async def on_event(msg: Msg) -> None:
-            events.append(operator.codec.decode_envelope(msg.data, RouterEvent))
-
-        sub = await operator.nats.subscribe(operator.subjects.events_all, cb=on_event)
+        recording = asyncio.create_task(record(stream, events))
         load = Load(operator)
         running = asyncio.create_task(load.run())
         await until(lambda: load.served_by("b1"), 10, within=20)
@@ -238,10 +236,17 @@ async def test_a_manual_promotion_hands_the_roles_over_and_announces_them(
         with pytest.raises(RemoteError) as unknown:
             await operator.admin.promote("service_b", "nobody")
         assert unknown.value.code is ErrorCode.NOT_FOUND
-        await sub.unsubscribe()
+        recording.cancel()
+        await asyncio.gather(recording, return_exceptions=True)
     roles = {(e.instance_id, e.role, e.resource) for e in events if e.kind == "role"}
     assert roles >= {("b2", "active", None), ("b1", "standby", None), ("b2", "active", "acc_1")}
     assert_no_call_ran_twice(b1, b2)
+
+
+async def record(stream: RouterEvents, into: list[RouterEvent]) -> None:
+    """Append each event as it arrives, until cancelled."""
+    async for event in stream:
+        into.append(event)
 
 
 async def until(count: Callable[[], int], minimum: int, within: float) -> None:

@@ -10,7 +10,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from ipc_client_sdk import IPCClient, IPCConnectionError
+from ipc_client_sdk import ClientState, IPCClient, IPCConnectionError
 from ipc_testing import (
     NatsCluster,
     NatsServerConfig,
@@ -58,7 +58,7 @@ async def test_pause_and_resume(tmp_path: Path) -> None:
             await IPCClient(server.url, connect_timeout=1.0).connect()
         server.resume()
         async with IPCClient(server.url, connect_timeout=5.0) as client:
-            assert client.nats.is_connected
+            assert client.state is ClientState.OPEN
     finally:
         await server.stop()
 
