@@ -27,7 +27,7 @@ from typing import Protocol
 
 from nats.aio.client import Client as NATS
 
-from ipc_client_sdk.protocol import Codec, Subjects, open_nats
+from ipc_client_sdk.protocol import LEASE_FRACTION, Codec, Subjects, open_nats
 from ipc_router import __version__
 from ipc_router.api.admin import OpsEndpoint, admin_endpoint
 from ipc_router.api.calls import CallConsumer
@@ -53,10 +53,6 @@ from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerPr
 
 _log = logging.getLogger("ipc_router")
 _leader_log = logging.getLogger("ipc_router.leadership")
-
-LEASE_FRACTION = 0.8
-"""The instances' lease as a share of the heartbeat timeout. Below 1 so that an instance cut
-off from the router fences itself before the router can promote another in its place."""
 
 
 class CallPath(Protocol):

@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from ipc_client_sdk import CodecError, IPCError
 from ipc_client_sdk.protocol import (
     PROTOCOL_VERSION,
+    AdminOp,
     AdminReply,
     AdminRequest,
     Codec,
@@ -208,12 +209,12 @@ def admin_endpoint(
         return forward
 
     ops: dict[str, OpHandler] = {
-        "status": status,
-        "promote": forwarded("promote", "drain"),
-        "drain": forwarded("drain", "timeout"),
-        "services": forwarded("services"),
-        "instances": forwarded("instances"),
-        "routes": forwarded("routes"),
+        AdminOp.STATUS: status,
+        AdminOp.PROMOTE: forwarded(AdminOp.PROMOTE, "drain"),
+        AdminOp.DRAIN: forwarded(AdminOp.DRAIN, "timeout"),
+        AdminOp.SERVICES: forwarded(AdminOp.SERVICES),
+        AdminOp.INSTANCES: forwarded(AdminOp.INSTANCES),
+        AdminOp.ROUTES: forwarded(AdminOp.ROUTES),
     }
     return OpsEndpoint(nc, subjects.admin_all, ADMIN_QUEUE, codec, ops)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipc_client_sdk.protocol import DEFAULT_PREFIX, Subjects
+from ipc_client_sdk.protocol import DEFAULT_PREFIX, validate_prefix
 
 DEFAULT_DATA_DIR = Path(".ipc")
 DEFAULT_EMBEDDED_PORT = 4222
@@ -76,10 +76,9 @@ def _heartbeat_timeout(text: str) -> float:
 
 def _prefix(text: str) -> str:
     try:
-        Subjects(text)
+        return validate_prefix(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from ipc_client_sdk import CodecError, IPCError
 from ipc_client_sdk.protocol import (
+    AdminOp,
     AdminReply,
     Codec,
     DrainResult,
@@ -135,13 +136,13 @@ class ControlAPI:
         self._tracker = tracker
         self.lease = lease
         ops: dict[str, OpHandler] = {
-            "register": self._register,
-            "deregister": self._deregister,
-            "promote": self._promote,
-            "drain": self._drain,
-            "services": self._services,
-            "instances": self._instances,
-            "routes": self._routes,
+            AdminOp.REGISTER: self._register,
+            AdminOp.DEREGISTER: self._deregister,
+            AdminOp.PROMOTE: self._promote,
+            AdminOp.DRAIN: self._drain,
+            AdminOp.SERVICES: self._services,
+            AdminOp.INSTANCES: self._instances,
+            AdminOp.ROUTES: self._routes,
         }
         self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
         self._heartbeats: Subscription | None = None
