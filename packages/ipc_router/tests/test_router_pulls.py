@@ -23,6 +23,8 @@ from ipc_router.infrastructure.nats_server import NatsServerProcess
 SUBJECTS = Subjects()
 MAX_INFLIGHT = 256
 
+pytestmark = pytest.mark.slow  # the tests wait for pull requests to expire
+
 
 class HoldingConsumer(calls.CallConsumer):
     """The real pull machinery; each call is held ``hold`` seconds, then acked."""
