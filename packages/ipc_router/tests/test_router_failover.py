@@ -194,14 +194,16 @@ async def test_a_router_restart_changes_no_role(
         sub = await caller.nats.subscribe(caller.subjects.events("role"), cb=on_event)
         router.kill()
         assert await router.wait_exit(5)
-        await asyncio.sleep(2.5)  # past the instances' lease: they fence themselves meanwhile
+        killed = (b1.log_size(), b2.log_size())
+        for proc, since in zip((b1, b2), killed, strict=True):  # no answer: their leases run out
+            assert await proc.wait_for_output("fenced", since=since, timeout=10), proc.log_tail()
         await router.start()
         for i in range(20):
             result = await caller.call(
                 TARGET, work(i), resource_id="acc_1", timeout=30, returns=WorkResult
             )
             assert result.instance_id == "b1"
-        await asyncio.sleep(4)  # past the restore grace, with both heartbeating
+        await asyncio.sleep(4)  # the scenario: no role changes past the restore grace (3 s)
         result = await caller.call(TARGET, work(99), resource_id="acc_1", returns=WorkResult)
         assert result.instance_id == "b1"
         await sub.unsubscribe()
@@ -272,6 +274,9 @@ async def test_a_stalled_router_or_a_nats_outage_changes_no_role(
 ) -> None:
     b1, b2 = instance_pair
     offsets = (b1.log_size(), b2.log_size())
+    # Each sleep is the scenario, not a wait for something to happen: a stall longer than
+    # the heartbeat timeout (1.5 s), then watching that no role changes until well past the
+    # grace (3 s) the router gives after a stall and after a lost connection.
     router.pause()  # the router hears nothing for longer than the heartbeat timeout
     await asyncio.sleep(2.0)
     router.resume()
