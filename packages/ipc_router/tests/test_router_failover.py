@@ -62,7 +62,7 @@ class Load:
                     self.failed.append(e)
                 else:
                     self.served.append((time.monotonic(), result.instance_id))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # a steady stream of calls, not a flood
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
 

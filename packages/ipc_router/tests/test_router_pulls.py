@@ -99,7 +99,7 @@ async def test_pull_requests_and_calls_in_hand_stay_within_bounds(
         assert len(pulls._pulls) <= calls._PULLS
     pulls.hold, pulls.peak = 2.0, 0
     await publish(nc, 2000)  # a backlog of slow calls
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the scenario: the bounds hold while the backlog waits
     assert pulls.peak <= MAX_INFLIGHT
     assert len(pulls._inflight) <= MAX_INFLIGHT
     assert await waiting_pulls(nc) <= calls._PULLS
