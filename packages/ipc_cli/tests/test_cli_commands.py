@@ -266,6 +266,7 @@ async def test_watch_exits_3_when_nats_goes_away(
     assert "lost the connection" in err.decode() and "Traceback" not in err.decode()
 
 
+@pytest.mark.slow  # the CLI as a subprocess, four times
 async def test_usage_errors_are_one_line_from_the_real_command() -> None:
     for argv in (["--timeout", "0", "status"], ["status", "--bogus"], ["nope"], ["drain"]):
         proc = await asyncio.create_subprocess_exec(

@@ -65,6 +65,7 @@ async def test_environment_variable_names_the_server(
     assert json.loads(out)["router_id"] == "test-router"
 
 
+@pytest.mark.slow  # the CLI as a subprocess
 async def test_no_router_exits_3_promptly(nats_server: NatsServerProcess) -> None:
     started = time.monotonic()
     code, out, err = await ipc("--nats-url", nats_server.url, "--timeout", "3", "status")

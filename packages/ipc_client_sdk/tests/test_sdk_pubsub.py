@@ -87,7 +87,7 @@ async def test_a_queue_group_shares_the_events_between_its_members(
             for n in range(60):
                 await pub.publish("orders.new", tick(n))
             await eventually(lambda: has(list(seen.elements()), 60), within=10)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # nothing more arrives: no event goes to two members
         finally:
             for member in members:
                 await member.close()
@@ -115,7 +115,7 @@ async def test_a_durable_subscriber_replays_what_it_missed_after_a_restart(
         async with IPCClient(nats_server.url, name="risk-restarted") as second:
             sub = await second.subscribe("md.ticks.AAPL", on_tick, model=Tick, durable="risk")
             await eventually(lambda: has(got, 12), within=10)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # nothing more arrives: nothing is replayed twice
             await sub.stop()
     assert got == list(range(12))  # the missed ones, once each, in order; nothing replayed twice
 
@@ -338,9 +338,11 @@ async def test_stop_waits_for_a_running_handler_and_may_be_called_from_one(
 ) -> None:
     done: list[str] = []
     subs: list[Subscription] = []
+    running = asyncio.Event()
 
     async def plain(t: Tick) -> None:
-        await asyncio.sleep(0.3)
+        running.set()
+        await asyncio.sleep(0.3)  # still running when stop() is called
         done.append("plain")
 
     async def quits(t: Tick) -> None:
@@ -352,7 +354,7 @@ async def test_stop_waits_for_a_running_handler_and_may_be_called_from_one(
         sub = await client.subscribe("md.slow", plain, model=Tick)
         await client.publish("md.slow", tick(1))
         await client.publish("md.quit", tick(2))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(running.wait(), 10)
         await sub.stop(timeout=5)
         await eventually(lambda: has(done, 2), within=5)
     assert sorted(done) == ["durable", "plain"]

@@ -23,7 +23,7 @@ from ipc_client_sdk import (
 )
 from ipc_client_sdk.protocol import ErrorCode
 from ipc_router.infrastructure.nats_server import NatsServerProcess
-from ipc_testing import RouterProcess, eventually
+from ipc_testing import RouterProcess, eventually, until
 from ipc_testing.scripts import run_example
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
@@ -149,11 +149,12 @@ async def test_a_late_answer_is_recorded_and_a_retry_gets_it_without_running_aga
 ) -> None:
     caller, server = clients
     svc = CountingService()
-    await server.serve(svc.service, instance_id="b1")
+    instance = await server.serve(svc.service, instance_id="b1")
     with pytest.raises(CallTimeoutError) as info:
         await caller.call("service_b.do_work", work(delay_s=1.0), call_id="slow-1", timeout=0.5)
     assert info.value.call_id == "slow-1"
-    await asyncio.sleep(1.0)  # the handler finishes and records its result
+    # The handler finishes and records its result (a call leaves ``inflight`` once answered).
+    await until(lambda: svc.runs["slow-1"] == 1 and instance.inflight == 0)
     result = await caller.call(
         "service_b.do_work", work(delay_s=1.0), call_id="slow-1", timeout=5, returns=WorkResult
     )
@@ -481,7 +482,7 @@ async def test_stop_that_runs_out_of_time_serves_nothing_after_it_returns(
     await instance.stop(timeout=0.5)
     stopped_at = time.monotonic()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.5)  # the scenario: nothing starts for a while after stop() returned
     assert all(t <= stopped_at for t in started), "a handler started after stop() returned"
     refused = [o for o in outcomes if isinstance(o, IPCError)]
     assert refused and all(

@@ -215,6 +215,7 @@ async def test_a_caller_learns_at_once_that_its_instance_died_mid_call(
         assert ran == [1]
 
 
+@pytest.mark.slow  # two router processes, several lease renewals
 async def test_two_routers_given_the_same_id_never_both_lead(
     nats_server: NatsServerProcess, tmp_path: Path
 ) -> None:

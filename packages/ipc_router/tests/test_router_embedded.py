@@ -18,6 +18,8 @@ from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
 from ipc_testing import ChildProcess, NatsServerConfig, NatsServerProcess, free_port, pid_alive
 from ipc_testing.fakes import make_instance
 
+pytestmark = pytest.mark.slow  # every test starts router processes
+
 
 def embedded_router(
     tmp_path: Path, port: int, router_id: str = "emb", log_name: str = "router.log"

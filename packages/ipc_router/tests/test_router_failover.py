@@ -61,7 +61,7 @@ class Load:
                     self.failed.append(e)
                 else:
                     self.served.append((time.monotonic(), result.instance_id))
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # a steady stream of calls, not a flood
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
 
@@ -192,14 +192,16 @@ async def test_a_router_restart_changes_no_role(
         recording = asyncio.create_task(record(stream, events))
         router.kill()
         assert await router.wait_exit(5)
-        await asyncio.sleep(2.5)  # past the instances' lease: they fence themselves meanwhile
+        killed = (b1.log_size(), b2.log_size())
+        for proc, since in zip((b1, b2), killed, strict=True):  # no answer: their leases run out
+            assert await proc.wait_for_output("fenced", since=since, timeout=10), proc.log_tail()
         await router.start()
         for i in range(20):
             result = await caller.call(
                 TARGET, work(i), resource_id="acc_1", timeout=30, returns=WorkResult
             )
             assert result.instance_id == "b1"
-        await asyncio.sleep(4)  # past the restore grace, with both heartbeating
+        await asyncio.sleep(4)  # the scenario: no role changes past the restore grace (3 s)
         result = await caller.call(TARGET, work(99), resource_id="acc_1", returns=WorkResult)
         assert result.instance_id == "b1"
         recording.cancel()
@@ -277,6 +279,9 @@ async def test_a_stalled_router_or_a_nats_outage_changes_no_role(
 ) -> None:
     b1, b2 = instance_pair
     offsets = (b1.log_size(), b2.log_size())
+    # Each sleep is the scenario, not a wait for something to happen: a stall longer than
+    # the heartbeat timeout (1.5 s), then watching that no role changes until well past the
+    # grace (3 s) the router gives after a stall and after a lost connection.
     router.pause()  # the router hears nothing for longer than the heartbeat timeout
     await asyncio.sleep(2.0)
     router.resume()

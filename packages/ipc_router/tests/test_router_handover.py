@@ -15,7 +15,7 @@ from ipc_client_sdk.protocol import ErrorCode
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import RoutingTable
 from ipc_router.infrastructure.nats_server import NatsServerProcess
-from ipc_testing import RouterProcess
+from ipc_testing import RouterProcess, eventually, until
 from ipc_testing.fakes import InMemoryInstanceRepository, InMemoryRouteRepository, make_instance
 
 Run = tuple[str, str, float, float, str]  # instance, call_id, started, ended, role
@@ -45,6 +45,12 @@ def timed_service(log: list[Run]) -> Service:
     return svc
 
 
+async def draining(caller: IPCClient, instance_id: str) -> None:
+    """Passes once the router routes nothing new to ``instance_id``: it drains, or has left."""
+    infos = await caller.admin.instances("svc")
+    assert all(i.draining for i in infos if i.instance_id == instance_id), infos
+
+
 def overlapping(log: list[Run]) -> list[tuple[Run, Run]]:
     """Runs of one role (the service's, or one resource's) on two different instances
     that were going at the same time."""
@@ -69,7 +75,7 @@ async def test_a_promote_whose_drain_runs_out_changes_nothing(
         a = await ca.serve(svc, instance_id="a")
         b = await cb.serve(svc, instance_id="b")
         long = asyncio.create_task(caller.call("svc.work", Req(delay=2.0), timeout=10, returns=Res))
-        await asyncio.sleep(0.3)
+        await until(lambda: a.inflight == 1)
         with pytest.raises(RemoteError) as refused:
             await caller.admin.promote("svc", "b", drain=0.5)
         assert refused.value.code is ErrorCode.FAILED_PRECONDITION
@@ -96,9 +102,9 @@ async def test_a_stop_that_runs_out_of_time_hands_over_only_after_cancelling(
         a = await ca.serve(svc, instance_id="a")
         await cb.serve(svc, instance_id="b")
         long = asyncio.create_task(caller.call("svc.work", Req(delay=3.0), timeout=10))
-        await asyncio.sleep(0.3)
+        await until(lambda: a.inflight == 1)
         stopping = asyncio.create_task(a.stop(timeout=1.5))
-        await asyncio.sleep(0.5)
+        await eventually(lambda: draining(caller, "a"), interval=0.02)
         second = await caller.call("svc.work", Req(delay=0.3), timeout=10, returns=Res)
         await stopping
         with pytest.raises(RemoteError) as aborted:
@@ -120,17 +126,17 @@ async def test_concurrent_promotes_are_serialised(
         IPCClient(nats_server.url, name="d") as cd,
         IPCClient(nats_server.url, name="caller") as caller,
     ):
-        await ca.serve(svc, instance_id="a")
+        a = await ca.serve(svc, instance_id="a")
         await cb.serve(svc, instance_id="b")
-        await cd.serve(svc, instance_id="d", resources=["R"])
+        d = await cd.serve(svc, instance_id="d", resources=["R"])
         await cc.serve(svc, instance_id="c", resources=["R"])
         long_a = asyncio.create_task(caller.call("svc.work", Req(delay=1.0), timeout=10))
         long_d = asyncio.create_task(
             caller.call("svc.work", Req(delay=2.0), resource_id="R", timeout=10)
         )
-        await asyncio.sleep(0.3)
+        await until(lambda: a.inflight == 1 and d.inflight == 1)
         to_c = asyncio.create_task(caller.admin.promote("svc", "c", drain=10))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: draining(caller, "a"), interval=0.02)  # to_c is under way
         to_b = asyncio.create_task(caller.admin.promote("svc", "b", drain=10))
         calls = [
             asyncio.create_task(caller.call("svc.work", Req(delay=0.5), timeout=15))
@@ -182,13 +188,13 @@ async def test_a_promote_behind_another_handover_is_refused_and_never_runs_later
         IPCClient(nats_server.url, name="c") as cc,
         IPCClient(nats_server.url, name="caller") as caller,
     ):
-        await ca.serve(svc, instance_id="a")
+        a = await ca.serve(svc, instance_id="a")
         b = await cb.serve(svc, instance_id="b")
         c = await cc.serve(svc, instance_id="c")
         long = asyncio.create_task(caller.call("svc.work", Req(delay=1.5), timeout=10))
-        await asyncio.sleep(0.3)
+        await until(lambda: a.inflight == 1)
         first = asyncio.create_task(caller.admin.promote("svc", "b", drain=10))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: draining(caller, "a"), interval=0.02)  # first holds the lock
         with pytest.raises(RemoteError) as refused:
             await caller.admin.promote("svc", "c", drain=0.5)
         assert refused.value.code is ErrorCode.ABORTED

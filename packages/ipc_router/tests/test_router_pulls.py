@@ -23,6 +23,8 @@ from ipc_router.infrastructure.nats_server import NatsServerProcess
 SUBJECTS = Subjects()
 MAX_INFLIGHT = 256
 
+pytestmark = pytest.mark.slow  # the tests wait for pull requests to expire
+
 
 class HoldingConsumer(calls.CallConsumer):
     """The real pull machinery; each call is held ``hold`` seconds, then acked."""
@@ -97,7 +99,7 @@ async def test_pull_requests_and_calls_in_hand_stay_within_bounds(
         assert len(pulls._pulls) <= calls._PULLS
     pulls.hold, pulls.peak = 2.0, 0
     await publish(nc, 2000)  # a backlog of slow calls
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the scenario: the bounds hold while the backlog waits
     assert pulls.peak <= MAX_INFLIGHT
     assert len(pulls._inflight) <= MAX_INFLIGHT
     assert await waiting_pulls(nc) <= calls._PULLS

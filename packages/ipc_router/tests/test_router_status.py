@@ -117,6 +117,7 @@ async def test_bad_admin_request_gets_an_error_and_the_router_keeps_serving(
         assert (await client.admin.status()).router_id == "test-router"
 
 
+@pytest.mark.slow  # a router process of its own
 async def test_custom_prefix_isolates_deployments(
     nats_server: NatsServerProcess, tmp_path: Path
 ) -> None:
@@ -149,6 +150,7 @@ async def test_router_on_a_three_node_cluster_with_replicas(
             await nc.close()
 
 
+@pytest.mark.slow  # a router process of its own
 async def test_router_exits_3_when_nats_is_unreachable(tmp_path: Path) -> None:
     proc = RouterProcess("nats://127.0.0.1:1", tmp_path / "r.log", args=("--connect-timeout", "1"))
     proc.spawn(proc.command())
@@ -173,6 +175,7 @@ async def test_router_rides_out_a_nats_restart(
     assert router.running
 
 
+@pytest.mark.slow  # a router process of its own
 @pytest.mark.parametrize(
     ("name", "subjects", "said"),
     [

@@ -13,7 +13,7 @@ from ipc_router.infrastructure.nats_server import (
 from ipc_router.infrastructure.process import ChildProcess, pid_alive
 from ipc_testing.cluster import NatsCluster
 from ipc_testing.router import RouterProcess, RouterProcessError
-from ipc_testing.waiting import eventually
+from ipc_testing.waiting import eventually, until
 
 __all__ = [
     "ChildProcess",
@@ -26,4 +26,5 @@ __all__ = [
     "eventually",
     "free_port",
     "pid_alive",
+    "until",
 ]

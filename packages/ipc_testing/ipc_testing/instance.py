@@ -5,8 +5,10 @@
 handler run appends ``<call_id> <instance_id>`` to ``RUNS_FILE`` with one unbuffered
 ``write`` as it starts, so the record survives a kill -9 of the process: the
 parent counts runs across processes from it. Role changes are printed as
-``role <role> epoch <n>``; ``serving`` once registered. SIGTERM stops it the planned way
-(``instance.stop()``, which hands its roles over) and it prints ``stopped``.
+``role <role> epoch <n>``; ``serving`` once registered; ``fenced`` when its lease runs out
+(no router answered its heartbeats) and ``lease renewed`` when one answers again. SIGTERM
+stops it the planned way (``instance.stop()``, which hands its roles over) and it prints
+``stopped``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ipc_client_sdk import CallContext, IPCClient, RoleChange, Service
+from ipc_client_sdk import CallContext, IPCClient, RoleChange, Service, ServiceInstance
 from ipc_router.infrastructure.process import ChildProcess
 from ipc_testing.workload import WorkRequest, WorkResult
 
@@ -92,11 +94,24 @@ async def _serve(url: str, instance_id: str, runs: Path, resources: list[str]) -
             on_role_change=on_role_change,
         )
         _say(f"serving as {instance.role} epoch {instance.epoch}")
+        fencing = asyncio.create_task(_report_fencing(instance))
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()  # SIGTERM: a planned stop (hand over, then leave)
+        fencing.cancel()
         await instance.stop()
         _say("stopped")
+
+
+async def _report_fencing(instance: ServiceInstance) -> None:
+    """Say when the instance's lease runs out and when it is renewed (the SDK has no event
+    for it), so that a test can wait for the fence instead of sleeping past the lease."""
+    fenced = instance.fenced
+    while True:
+        await asyncio.sleep(0.05)
+        if instance.fenced != fenced:
+            fenced = not fenced
+            _say("fenced" if fenced else "lease renewed")
 
 
 def _say(line: str) -> None:

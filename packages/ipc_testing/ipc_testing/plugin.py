@@ -9,6 +9,10 @@
   acc_1), each in a process of its own, registered with ``router``.
 
 Every fixture stops its processes in ``finally``, so a failing test leaves none behind.
+
+A test that uses a fixture of ``PROCESS_FIXTURES`` (directly or through another fixture) is
+marked ``slow``: ``pytest -m "not slow"`` is the fast lane. Tests that start processes
+themselves, or wait on the system's timers, carry the mark explicitly.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ from ipc_testing.router import RouterProcess
 # checks behaviour, benchmarks/ checks speed.
 settings.register_profile("ipc", deadline=None)
 settings.load_profile("ipc")
+
+PROCESS_FIXTURES = frozenset({"nats_cluster", "router", "instance_pair"})
+"""Fixtures that start processes beyond one nats-server: a test using one is ``slow``."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test whose fixtures (their closure) start extra processes."""
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

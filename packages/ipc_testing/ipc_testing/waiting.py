@@ -27,3 +27,22 @@ async def eventually[T](
             if time.monotonic() >= deadline:
                 raise
         await asyncio.sleep(interval)
+
+
+async def until(
+    condition: Callable[[], bool], within: float = 10.0, *, interval: float = 0.02
+) -> None:
+    """Wait until ``condition()`` is true, for at most ``within`` seconds.
+
+    For a state the test reads directly (a counter, a flag, an instance's calls in flight),
+    instead of sleeping for the time it usually takes.
+
+    Raises:
+        AssertionError: still false after ``within`` seconds.
+    """
+
+    async def check() -> None:
+        if not condition():
+            raise AssertionError(f"condition not met within {within:g}s")
+
+    await eventually(check, within=within, retry_on=(AssertionError,), interval=interval)

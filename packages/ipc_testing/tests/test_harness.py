@@ -120,6 +120,7 @@ async def test_cluster_replicates_and_survives_a_node_kill(nats_cluster: NatsClu
         await nc.close()
 
 
+@pytest.mark.slow  # a 3-node cluster
 async def test_cluster_teardown_leaves_no_process(tmp_path: Path) -> None:
     cluster = NatsCluster(tmp_path / "c", size=3)
     async with cluster:
