@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -30,18 +29,12 @@ from ipc_client_sdk.protocol import (
     Registration,
     Subjects,
 )
+from ipc_testing.waiting import until
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 
 def work(account: str = "acc_1") -> WorkRequest:
     return WorkRequest(account=account, amount=Decimal("0.10"), placed_at=datetime.now(UTC))
-
-
-async def until(predicate: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def recorded(nc: NATS, key: str) -> bool:

@@ -5,7 +5,6 @@ the server refuses to deliver."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -19,6 +18,7 @@ from ipc_router.api import calls
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.infrastructure.jetstream_setup import StorageSettings, provision
 from ipc_router.infrastructure.nats_server import NatsServerProcess
+from ipc_testing.waiting import until
 
 SUBJECTS = Subjects()
 MAX_INFLIGHT = 256
@@ -74,13 +74,6 @@ async def publish(nc: NATS, count: int) -> None:
 async def waiting_pulls(nc: NATS) -> int:
     info = await nc.jetstream().consumer_info(SUBJECTS.calls_stream, SUBJECTS.calls_consumer)
     return int(info.num_waiting or 0)
-
-
-async def until(predicate: Any, within: float) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_pull_requests_and_calls_in_hand_stay_within_bounds(
