@@ -23,6 +23,10 @@ from ipc_testing.workload import CountingService, WorkRequest
 STATUS_REQUESTS = 300
 
 
+def sample() -> WorkRequest:
+    return WorkRequest(account="acc_1", amount=Decimal("1.5"), placed_at=datetime.now(UTC))
+
+
 async def consumers(nc: NATS) -> int:
     """The consumers the server holds in the account, all streams together."""
     return (await nc.jetstream().account_info()).consumers
@@ -87,7 +91,7 @@ async def test_a_standby_router_takes_the_lease_after_a_status_soak(
         await eventually(second_leads, within=30)
         await caller.call(
             "service_b.do_work",
-            WorkRequest(account="acc_1", amount=Decimal("1.5"), placed_at=datetime.now(UTC)),
+            sample(),
             timeout=10,
         )
     assert set(svc.runs.values()) == {1}
@@ -112,5 +116,21 @@ async def test_an_abandoned_watch_consumer_expires_within_seconds(
             assert await consumers(nc) == before
 
         await eventually(expired, within=15)
+    finally:
+        await nc.close()
+
+
+async def test_the_routing_cache_deletes_its_watches_when_the_client_closes(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        async with IPCClient(nats_server.url, name="svc_b") as server:
+            await server.serve(CountingService().service, instance_id="b1")
+            before = await consumers(nc)
+            async with IPCClient(nats_server.url, name="svc_a") as caller:
+                await caller.call("service_b.do_work", sample(), timeout=10)  # starts the cache
+                assert await consumers(nc) == before + 2  # the registry and the routes
+            assert await consumers(nc) == before
     finally:
         await nc.close()
