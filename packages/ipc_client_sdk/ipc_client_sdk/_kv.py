@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import nats.errors
 from nats.js.kv import KeyValue
@@ -34,7 +34,7 @@ _DELETE_TIMEOUT = 2.0
 threshold removes it anyway)."""
 
 
-async def watch_bucket(kv: KeyValue) -> AsyncIterator[KeyValue.Entry | None]:
+async def watch_bucket(kv: KeyValue) -> AsyncGenerator[KeyValue.Entry | None]:
     """Yield every entry of the bucket (deletions included), then every change; yield
     ``None`` once, right after the entries the bucket held when the watch began.
 
