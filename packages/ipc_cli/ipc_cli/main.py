@@ -359,21 +359,19 @@ def drain(
         lambda client, _: client.admin.drain(instance, service=service, wait=wait, cancel=cancel),
         extra=wait + 10.0,
     )
+    name = f"{result.service}/{result.instance_id}"
     if settings.json:
         _print_json(result)
-    else:
-        name = f"{result.service}/{result.instance_id}"
-        if cancel:
-            typer.echo(f"{name} takes calls again (as {result.role})")
-        elif result.drained:
-            kept = f"; still owns {', '.join(result.owned)} (no standby)" if result.owned else ""
-            typer.echo(f"{name} is drained: no call in flight, now {result.role}{kept}")
-        else:
-            typer.echo(
-                f"{name} gets no new calls; {result.inflight} still in flight after {wait:g}s"
-            )
+    elif cancel:
+        typer.echo(f"{name} takes calls again (as {result.role})")
+    elif result.drained:
+        typer.echo(f"{name} is drained: no call in flight, now {result.role}")
     if not cancel and not result.drained:
-        raise typer.Exit(int(ExitCode.FAILED))
+        # The reason on one line, for the operator and for scripts reading stderr.
+        _fail(
+            f"{name} gets no new calls but is not drained: {result.reason or 'unknown'}",
+            ExitCode.FAILED,
+        )
 
 
 @app.command()

@@ -173,6 +173,26 @@ async def test_promote_and_drain_move_the_roles(
     fails(await ipc(url, "drain", "nobody"), ExitCode.FAILED, "not registered")
 
 
+async def test_drain_with_nowhere_to_hand_over_says_why_and_exits_1(
+    nats_server: NatsServerProcess, instance_pair: tuple[InstanceProcess, InstanceProcess]
+) -> None:
+    url = nats_server.url
+    standby = await ipc_json(url, "drain", "b2", "--wait", "5")  # holds no role: drained
+    assert (standby["drained"], standby["reason"]) == (True, None)
+
+    table = await ipc(url, "drain", "b1", "--wait", "5")
+    fails(table, ExitCode.FAILED, "service_b/b1", "not drained", "no healthy standby")
+    as_json = await ipc(url, "drain", "b1", "--wait", "5", "--json")
+    assert as_json.exit_code == ExitCode.FAILED
+    result = json.loads(as_json.stdout)
+    assert (result["drained"], result["role"], result["owned"]) == (False, "active", ["acc_1"])
+    assert "no healthy standby" in result["reason"]
+    assert "no healthy standby" in as_json.stderr and as_json.stderr.count("\n") == 1
+
+    rows = {r["instance_id"]: r for r in await ipc_json(url, "instances")}
+    assert rows["b1"]["role"] == "active"  # it keeps its roles: nothing took them
+
+
 async def start_watch(url: str, *extra: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,

@@ -19,6 +19,7 @@ from ipc_client_sdk._pubsub import (
     check_subscribe_arguments,
     publish,
 )
+from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, check_ready_timeout
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
@@ -251,6 +252,7 @@ class IPCClient:
         durable: str | None = None,
         max_deliveries: int = 5,
         backoff: Sequence[float] = (0.1, 0.5, 1.0, 2.0, 5.0),
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> Subscription:
         """Call ``handler`` for every event published on a topic matching ``topic``.
 
@@ -271,10 +273,14 @@ class IPCClient:
             max_deliveries: durable only: tries (with ``backoff`` seconds between them)
                 before a failing event goes to the dead-letter subject.
             backoff: seconds to wait before the 2nd, 3rd, ... try (the last repeats).
+            ready_timeout: durable only: seconds to wait for a router that has not set up
+                the events stream yet, retrying with backoff and logging what it waits for;
+                0 fails at once.
 
         Raises:
             InvalidArgumentError: a bad argument, before anything is sent.
-            RouterUnavailableError: durable, and no router has set up the events stream.
+            RouterUnavailableError: durable, and no router has set up the events stream
+                within ``ready_timeout``.
         """
         check_subscribe_arguments(topic, handler, model, queue, durable, max_deliveries)
         delays = tuple(backoff)
@@ -291,6 +297,7 @@ class IPCClient:
             durable=durable,
             max_deliveries=max_deliveries,
             backoff=delays,
+            ready_timeout=check_ready_timeout(ready_timeout),
         )
         await sub.start()
         self._subscriptions.append(sub)
@@ -305,6 +312,7 @@ class IPCClient:
         concurrency: int = 64,
         heartbeat_interval: float = 0.5,
         on_role_change: RoleListener | None = None,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> ServiceInstance:
         """Serve ``service`` as instance ``instance_id``: register, heartbeat, take calls.
 
@@ -319,14 +327,19 @@ class IPCClient:
             on_role_change: called (plain or ``async``) with a ``RoleChange`` each time
                 the router changes this instance's roles; ``instance.role_changes()`` is
                 the async-iterator form.
+            ready_timeout: seconds to wait for a router that is not up yet (its results
+                bucket missing, nothing answering the registration), retrying with backoff
+                and logging what it waits for; 0 fails at once.
 
         Raises:
             InvalidArgumentError: a bad argument, before anything is sent.
-            RouterUnavailableError: no router answered the registration.
+            RouterUnavailableError: no router answered the registration within
+                ``ready_timeout``.
             RemoteError: the router refused it (``ALREADY_EXISTS``: another live process
                 serves this instance_id).
         """
         check_serve_arguments(service, instance_id, resources, concurrency, heartbeat_interval)
+        ready_timeout = check_ready_timeout(ready_timeout)
         instance = ServiceInstance(
             self._link,
             service,
@@ -335,6 +348,7 @@ class IPCClient:
             concurrency=concurrency,
             heartbeat_interval=heartbeat_interval,
             on_role_change=on_role_change,
+            ready_timeout=ready_timeout,
         )
         await instance.start()
         self._instances.append(instance)

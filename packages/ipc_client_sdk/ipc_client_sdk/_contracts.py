@@ -276,11 +276,14 @@ class DrainResult(BaseModel):
     instance_id: str
     draining: bool
     drained: bool
-    """True when no call was in flight to it any more before the timeout."""
+    """True when no call was in flight to it any more before the timeout and every role it
+    held has passed to a standby."""
     inflight: int
     role: str
     owned: list[str] = Field(default_factory=list)
     """Resources it still owns (no healthy standby could take them)."""
+    reason: str | None = None
+    """Why it is not drained: calls still in flight, or roles no standby can take."""
 
 
 class Promotion(BaseModel):

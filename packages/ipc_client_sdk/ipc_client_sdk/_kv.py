@@ -1,25 +1,45 @@
 """Reading a JetStream KV bucket whole, then following it: the one place that knows when a
-watch has caught up.
+watch has caught up, and that cleans up after it.
 
 nats-py's watcher marks "caught up" with a ``None`` decided from a consumer info that races
 the deliveries, so the marker can come before entries the server has already sent: a
 reader that trusted it could take a full bucket for an empty one. Here the end of the
 snapshot is the entry delivered with nothing pending after it (or the start, for an empty
 bucket).
+
+Every watch is a JetStream consumer, and the server holds a bounded number of them. nats-py
+creates each with a five-minute inactive threshold and its ``stop()`` only unsubscribes, so
+a one-off read (a status count, a scan) would leave a consumer behind for five minutes:
+about a thousand reads in that time exhaust the server. Here each watch's consumer is
+deleted when the watch ends, and is created with an inactive threshold of
+``WATCH_INACTIVE_THRESHOLD`` seconds, so that one abandoned (its process died, the delete
+was lost) goes away within seconds too. A consumer with a subscriber listening never
+counts as inactive: a long watch (the routing cache) lives as long as it listens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import nats.errors
 from nats.js.kv import KeyValue
 
+WATCH_INACTIVE_THRESHOLD = 5.0
+"""Seconds the server keeps a watch's consumer once nothing listens to it."""
 
-async def watch_bucket(kv: KeyValue) -> AsyncIterator[KeyValue.Entry | None]:
+_DELETE_TIMEOUT = 2.0
+"""Seconds a watch's end waits for the server to delete its consumer (the inactive
+threshold removes it anyway)."""
+
+
+async def watch_bucket(kv: KeyValue) -> AsyncGenerator[KeyValue.Entry | None]:
     """Yield every entry of the bucket (deletions included), then every change; yield
     ``None`` once, right after the entries the bucket held when the watch began.
+
+    Close the generator when done (``contextlib.aclosing``): that deletes the watch's
+    consumer at once rather than when the generator is collected.
 
     Raises:
         nats.errors.Error: JetStream did not answer.
@@ -27,7 +47,7 @@ async def watch_bucket(kv: KeyValue) -> AsyncIterator[KeyValue.Entry | None]:
     caught_up = (await kv.status()).values == 0
     if caught_up:
         yield None
-    watcher = await kv.watchall()
+    watcher = await kv.watchall(inactive_threshold=WATCH_INACTIVE_THRESHOLD)
     received = 0
     try:
         async for entry in watcher:
@@ -43,8 +63,24 @@ async def watch_bucket(kv: KeyValue) -> AsyncIterator[KeyValue.Entry | None]:
                 caught_up = True
                 yield None
     finally:
-        with contextlib.suppress(nats.errors.Error):
-            await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
+        await _end(watcher)
+
+
+async def _end(watcher: KeyValue.KeyWatcher) -> None:
+    """Unsubscribe the watch and delete its consumer; never raises."""
+    with contextlib.suppress(nats.errors.Error):
+        await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
+    # nats-py keeps the subscription private, and with it the consumer's current name (an
+    # ordered consumer is re-created under a new name after a gap in deliveries).
+    sub = getattr(watcher, "_sub", None)
+    js = getattr(sub, "_js", None)
+    stream = getattr(sub, "_stream", None)
+    consumer = getattr(sub, "_consumer", None)
+    if js is None or not isinstance(stream, str) or not isinstance(consumer, str):
+        return  # left to the inactive threshold
+    with contextlib.suppress(nats.errors.Error, TimeoutError):
+        async with asyncio.timeout(_DELETE_TIMEOUT):
+            await js.delete_consumer(stream, consumer)
 
 
 def is_deletion(entry: KeyValue.Entry) -> bool:

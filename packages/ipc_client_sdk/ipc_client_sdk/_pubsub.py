@@ -49,6 +49,7 @@ from ipc_client_sdk._errors import (
 )
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._subjects import validate_call_id, validate_token, validate_topic
 
 _log = logging.getLogger("ipc_client_sdk.pubsub")
@@ -106,8 +107,10 @@ class Subscription:
         durable: str | None,
         max_deliveries: int,
         backoff: tuple[float, ...],
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> None:
         self._link = link
+        self._ready_timeout = ready_timeout
         self.pattern = pattern
         self.queue = queue
         self.durable = durable
@@ -132,10 +135,12 @@ class Subscription:
         return not self._stopped
 
     async def start(self) -> None:
-        """Subscribe; the subscription is live when this returns.
+        """Subscribe; the subscription is live when this returns. A durable one waits
+        (``ready_timeout`` seconds at most) for a router to set up the events stream.
 
         Raises:
-            RouterUnavailableError: durable, and no router has set up the events stream.
+            RouterUnavailableError: durable, and no router has set up the events stream
+                within ``ready_timeout``.
             InvalidArgumentError: durable, and the name belongs to a subscription to another
                 pattern.
             IPCConnectionError: the connection failed.
@@ -149,25 +154,30 @@ class Subscription:
                 )
                 await nc.flush()  # the server has the subscription: no event is missed after
                 return
-            self._pull = await nc.jetstream().pull_subscribe(
-                subject,
-                durable=self.durable,
-                stream=self._link.subjects.events_stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=_ACK_WAIT,
-                    max_deliver=-1,
-                    max_ack_pending=10_000,
+            stream = self._link.subjects.events_stream
+            self._pull = await ReadyWait(self._ready_timeout, f"durable {self.durable!r}").retry(
+                lambda: nc.jetstream().pull_subscribe(
+                    subject,
+                    durable=self.durable,
+                    stream=stream,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_wait=_ACK_WAIT,
+                        max_deliver=-1,
+                        max_ack_pending=10_000,
+                    ),
                 ),
+                waiting_for=f"the events stream {stream}",
+                missing=lambda e: isinstance(e, nats.js.errors.NotFoundError),
             )
             # nats-py binds to an existing consumer as it is: a durable name created for
             # another pattern would hand this subscriber someone else's events.
             found = (await self._pull.consumer_info()).config
         except nats.js.errors.NotFoundError as e:
             raise RouterUnavailableError(
-                f"the events stream {self._link.subjects.events_stream} does not exist: "
-                "start ipc-router on this NATS first"
+                f"the events stream {self._link.subjects.events_stream} does not exist after "
+                f"{self._ready_timeout:g}s: start ipc-router on this NATS first"
             ) from e
         except nats.js.errors.APIError as e:
             raise InvalidArgumentError(

@@ -195,16 +195,20 @@ class RouteCache:
             await asyncio.sleep(1.0)
 
     async def _watch(self, kv: KeyValue, apply: Any, first: asyncio.Event) -> None:
-        """Apply every entry of the bucket, then every change."""
-        async for entry in watch_bucket(kv):
-            if entry is None:
-                self._caught_up(first)
-                continue
-            try:
-                value = None if is_deletion(entry) else self._link.codec.decode(entry.value or b"")
-                apply(entry.key, value)
-            except (CodecError, KeyError, TypeError, ValueError) as e:
-                _log.debug("routing cache skips entry %s: %s", entry.key, e)
+        """Apply every entry of the bucket, then every change. The watch's consumer is
+        deleted when this ends (a restart of the cache, or its close)."""
+        async with contextlib.aclosing(watch_bucket(kv)) as entries:
+            async for entry in entries:
+                if entry is None:
+                    self._caught_up(first)
+                    continue
+                try:
+                    value = (
+                        None if is_deletion(entry) else self._link.codec.decode(entry.value or b"")
+                    )
+                    apply(entry.key, value)
+                except (CodecError, KeyError, TypeError, ValueError) as e:
+                    _log.debug("routing cache skips entry %s: %s", entry.key, e)
 
     def _caught_up(self, first: asyncio.Event) -> None:
         """One of the two watches has read its whole bucket; with both, the cache is ready."""

@@ -53,11 +53,13 @@ from ipc_client_sdk._errors import (
     CodecError,
     InvalidArgumentError,
     IPCError,
+    RemoteError,
     RouterUnavailableError,
 )
 from ipc_client_sdk._ledger import FastResults, ResultLedger
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._runner import CallRunner
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
@@ -104,8 +106,10 @@ class ServiceInstance:
         concurrency: int,
         heartbeat_interval: float,
         on_role_change: RoleListener | None = None,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> None:
         self._link = link
+        self._ready_timeout = ready_timeout
         self._service = service
         self.service = service.name
         self.instance_id = instance_id
@@ -182,20 +186,28 @@ class ServiceInstance:
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the inbox, register, start heartbeating.
+        """Open the inbox, register, start heartbeating. Waits (up to ``ready_timeout``
+        seconds in all) for a router to have set up JetStream and to answer.
 
         Raises:
-            RouterUnavailableError: no router answered, or none has set up JetStream.
+            RouterUnavailableError: no router answered, or none has set up JetStream, within
+                ``ready_timeout``.
             RemoteError: the router refused the registration (``ALREADY_EXISTS``: another
                 live process holds this instance_id).
         """
         link = self._link
         nc = link.nats
+        bucket = link.subjects.results_bucket
+        ready = ReadyWait(self._ready_timeout, f"{self.service}.{self.instance_id}")
         try:
-            results = await nc.jetstream().key_value(link.subjects.results_bucket)
+            results = await ready.retry(
+                lambda: nc.jetstream().key_value(bucket),
+                waiting_for=f"the results bucket {bucket}",
+                missing=lambda e: isinstance(e, nats.js.errors.BucketNotFoundError),
+            )
         except nats.js.errors.BucketNotFoundError as e:
             raise RouterUnavailableError(
-                f"the results bucket {link.subjects.results_bucket} does not exist: "
+                f"the results bucket {bucket} does not exist after {self._ready_timeout:g}s: "
                 "start ipc-router on this NATS first",
                 service=self.service,
             ) from e
@@ -220,7 +232,9 @@ class ServiceInstance:
             self._inbox = await nc.subscribe(inbox, cb=self._on_call, pending_msgs_limit=1_000_000)
             self._beats = await nc.subscribe(control, cb=self._on_control)
             await nc.flush()  # the inbox must be live before the router routes here
-            await self._register()
+            await ready.retry(
+                self._register, waiting_for="a router to register with", missing=_no_router_yet
+            )
         except nats.errors.Error as e:
             await self._unsubscribe()
             raise connection_error(link.servers, e) from e
@@ -539,6 +553,17 @@ class ServiceInstance:
             headers = {REFUSED_HEADER: refused} if refused else None
             with contextlib.suppress(nats.errors.Error, IPCError):  # closed: nobody to tell
                 await self._link.nats.publish(msg.reply, reply, headers=headers)
+
+
+def _no_router_yet(error: Exception) -> bool:
+    """Whether a registration failed only because no router runs yet (nothing answers on
+    the control subject, or no router leads yet): nothing was registered, so it may be
+    sent again."""
+    if isinstance(error, RemoteError):
+        return error.code is ErrorCode.UNAVAILABLE
+    return isinstance(error, RouterUnavailableError) and isinstance(
+        error.__cause__, nats.errors.NoRespondersError
+    )
 
 
 def check_serve_arguments(

@@ -251,8 +251,8 @@ async def test_without_a_router_durable_subscribe_and_publish_say_so(
     async def ok(t: Tick) -> None: ...
 
     async with IPCClient(nats_server.url) as client:
-        with pytest.raises(RouterUnavailableError):
-            await client.subscribe("md.x", ok, durable="d")
+        with pytest.raises(RouterUnavailableError, match="does not exist after 0.3s"):
+            await client.subscribe("md.x", ok, durable="d", ready_timeout=0.3)
         with pytest.raises(RouterUnavailableError):
             await client.publish("md.x", tick(1), timeout=3)
 

@@ -156,3 +156,40 @@ async def test_a_drain_runs_out_while_the_instance_still_runs_a_call(f: Fixture)
         await promote
     assert (f.role("svc", "b1"), f.role("svc", "b2")) == ("active", "standby")
     assert not f.record("svc", "b1").draining
+
+
+async def drain_when_idle(f: Fixture, service: str, instance_id: str) -> handover.Drained:
+    """Drain an instance that runs no call, and hand its roles over."""
+    drain = asyncio.create_task(f.handovers.drain(f.record(service, instance_id), timeout=2.0))
+    await draining(f, service, instance_id)
+    while not drain.done():  # idle once a heartbeat after the handover began says so
+        await f.beat(service, instance_id)
+        await asyncio.sleep(handover._POLL)
+    return drain.result()
+
+
+async def test_a_drain_hands_the_roles_to_a_standby(f: Fixture) -> None:
+    drained = await drain_when_idle(f, "svc", "b1")
+    assert (drained.drained, drained.reason) == (True, None)
+    assert (f.role("svc", "b1"), f.role("svc", "b2")) == ("standby", "active")
+
+
+async def test_a_drain_with_only_a_draining_standby_is_not_drained_and_says_why(
+    f: Fixture,
+) -> None:
+    standby = await drain_when_idle(f, "svc", "b2")  # a standby holds no role to hand over
+    assert standby.drained is True
+    drained = await drain_when_idle(f, "svc", "b1")
+    assert drained.drained is False
+    assert drained.reason == (
+        "no healthy standby that is not draining can take over: b1 is still the active of svc"
+    )
+    assert drained.record.role.value == "active" and f.role("svc", "b1") == "active"
+
+
+async def test_a_drain_whose_calls_outlast_the_wait_says_so(f: Fixture) -> None:
+    f.tracker.add("svc", "b1")
+    drained = await f.handovers.drain(f.record("svc", "b1"), timeout=0.2)
+    assert drained.drained is False
+    assert drained.reason == "1 call(s) still in flight after 0.2s"
+    await f.handovers.close()

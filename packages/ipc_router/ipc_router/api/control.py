@@ -237,6 +237,7 @@ class ControlAPI:
             inflight=drained.inflight,
             role=drained.record.role.value,
             owned=list(drained.owned),
+            reason=drained.reason,
         ).model_dump()
 
     # --- operators' views (forwarded here from <prefix>.admin.*) -------------------------

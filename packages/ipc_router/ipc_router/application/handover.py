@@ -39,7 +39,7 @@ from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.membership import HeartbeatReports
 from ipc_router.application.ports import InstanceNotifier
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import InstanceRecord, UnknownInstanceError
+from ipc_router.domain import InstanceRecord, Role, UnknownInstanceError
 
 _log = logging.getLogger("ipc_router.control")
 
@@ -80,11 +80,14 @@ class Drained:
     record: InstanceRecord
     """The instance as it is now (as it was found, if it left meanwhile)."""
     drained: bool
-    """Whether it went idle (and, unless it is stopping, handed over) within the wait."""
+    """Whether it went idle and, unless it is stopping, handed every role over within the
+    wait."""
     inflight: int
     """Calls still in flight to it from this router."""
     owned: tuple[str, ...]
     """The resources it still owns."""
+    reason: str | None = None
+    """Why it is not drained (None when it is)."""
 
 
 class Handovers:
@@ -164,7 +167,9 @@ class Handovers:
     ) -> Drained:
         """Stop routing new calls to an instance; once the calls in flight there are done,
         hand its roles to standbys. Answers within ``timeout`` whether that happened; if
-        not, the handover still happens when the last call ends.
+        its calls were still running, the handover still happens when the last one ends. A
+        role no healthy standby can take (every standby is draining, unhealthy, or there is
+        none) stays with it, and the answer is not drained, with the reason.
 
         Args:
             record: the instance, as found.
@@ -178,27 +183,32 @@ class Handovers:
             HandoverBusyError: another handover of the service is under way.
         """
         service, instance_id = record.service, record.instance_id
-        drained = True
+        idle = True
+        wait = bounded_drain(timeout)
         if cancel:
             async with self.one_at_a_time(service, DRAIN_LOCK_WAIT):
                 await self._set_draining(service, instance_id, False)
         else:
             async with self.one_at_a_time(service, DRAIN_LOCK_WAIT):
                 await self._set_draining(service, instance_id, True)
-            wait = bounded_drain(timeout)
             if hand_over:
                 task = self._hand_over_task(service, instance_id)
                 done, _ = await asyncio.wait({task}, timeout=wait)
-                drained = bool(done)
+                idle = bool(done)
             else:
-                drained = await self._tracker.quiesce(service, instance_id, wait)
+                idle = await self._tracker.quiesce(service, instance_id, wait)
         table = self._registry.table
-        return Drained(
-            record=table.get(service, instance_id) or record,
-            drained=drained,
-            inflight=self._tracker.count(service, instance_id),
-            owned=table.owned(service, instance_id),
-        )
+        now = table.get(service, instance_id) or record
+        owned = table.owned(service, instance_id)
+        inflight = self._tracker.count(service, instance_id)
+        reason: str | None = None
+        if not idle and inflight:
+            reason = f"{inflight} call(s) still in flight after {wait:g}s"
+        elif not idle:  # its heartbeats still say a handler runs, or none came
+            reason = f"it did not report itself idle within {wait:g}s"
+        elif hand_over and not cancel:
+            reason = _kept_roles(now, owned)
+        return Drained(now, reason is None, inflight, owned, reason)
 
     async def deregister(
         self, service: str, instance_id: str, session: str | None
@@ -300,3 +310,16 @@ class Handovers:
             _log.exception("handing over %s.%s failed", service, instance_id)
         finally:
             self._handing_over.pop((service, instance_id), None)
+
+
+def _kept_roles(record: InstanceRecord, owned: tuple[str, ...]) -> str | None:
+    """Why a drained instance still holds roles after its handover, or None if it holds
+    none."""
+    kept = [f"the active of {record.service}"] if record.role is Role.ACTIVE else []
+    kept += [f"the owner of {resource}" for resource in owned]
+    if not kept:
+        return None
+    return (
+        f"no healthy standby that is not draining can take over: "
+        f"{record.instance_id} is still {', '.join(kept)}"
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 import nats.errors
 from nats.js.kv import KeyValue
@@ -35,13 +35,15 @@ async def guarded(name: str, timeout: float) -> AsyncIterator[None]:
 
 async def scan(kv: KeyValue) -> list[tuple[str, bytes]]:
     """Every live key and value in the bucket, read in one pass of a watcher (see
-    ``watch_bucket`` for how the end of the pass is found)."""
+    ``watch_bucket`` for how the end of the pass is found, and why the watch's consumer is
+    gone when this returns)."""
     found: dict[str, bytes] = {}
-    async for entry in watch_bucket(kv):
-        if entry is None:
-            break  # the snapshot is complete
-        if is_deletion(entry) or not entry.value:
-            found.pop(entry.key, None)
-        else:
-            found[entry.key] = entry.value
+    async with aclosing(watch_bucket(kv)) as entries:
+        async for entry in entries:
+            if entry is None:
+                break  # the snapshot is complete
+            if is_deletion(entry) or not entry.value:
+                found.pop(entry.key, None)
+            else:
+                found[entry.key] = entry.value
     return list(found.items())
