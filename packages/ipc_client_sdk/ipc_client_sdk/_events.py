@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, Iterable
 from types import TracebackType
 from typing import Self
@@ -28,6 +27,7 @@ from nats.aio.msg import Msg
 from ipc_client_sdk._contracts import EventKind, RouterEvent
 from ipc_client_sdk._errors import InvalidArgumentError, IPCConnectionError, IPCError
 from ipc_client_sdk._link import Link
+from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import connection_error, servers_label
 
 _log = logging.getLogger("ipc_client_sdk.events")
@@ -40,9 +40,6 @@ DEFAULT_MAX_OUTAGE = 5.0
 
 _POLL = 0.5
 """Seconds between looks at the connection while no event arrives."""
-
-_DROP_LOG_INTERVAL = 10.0
-"""Seconds between warnings about dropped events."""
 
 
 def check_event_arguments(
@@ -79,8 +76,8 @@ def check_event_arguments(
 
 
 class _Feed:
-    """What the subscriptions fill: a bounded queue (full, it drops new events and counts
-    them) and whether the stream is closed.
+    """What the subscriptions fill: a bounded queue (full, it drops new events, counts them
+    and says so in a rate-limited warning) and whether the stream is closed.
 
     It refers to nothing else, so that the subscriptions' callbacks keep no stream alive.
     """
@@ -89,19 +86,18 @@ class _Feed:
         self.queue: asyncio.Queue[Msg] = asyncio.Queue(size)
         self.dropped = 0
         self.closed = False
-        self._warned_at = -_DROP_LOG_INTERVAL
+        self.problems = RateLimitedLog(_log)  # anyone may publish there: few lines
 
     async def put(self, msg: Msg) -> None:
         try:
             self.queue.put_nowait(msg)
         except asyncio.QueueFull:
             self.dropped += 1
-            now = time.monotonic()
-            if now - self._warned_at >= _DROP_LOG_INTERVAL:
-                self._warned_at = now
-                _log.warning(
-                    "router events: the consumer falls behind; %d dropped so far", self.dropped
-                )
+            self.problems.warning(
+                "dropped",
+                "router events: the consumer falls behind; %d dropped so far",
+                self.dropped,
+            )
 
 
 class RouterEvents:
@@ -173,7 +169,13 @@ class RouterEvents:
             try:
                 event: RouterEvent = self._link.codec.decode_envelope(msg.data, RouterEvent)
             except IPCError as e:  # a newer or broken router's event: not ours to read
-                _log.debug("router event on %s skipped: %s", msg.subject, e)
+                self._feed.problems.log(
+                    logging.DEBUG,
+                    "unreadable",
+                    "router event on %s skipped: %s",
+                    clip(msg.subject),
+                    clip(e),
+                )
                 continue
             return event
         await self.aclose()

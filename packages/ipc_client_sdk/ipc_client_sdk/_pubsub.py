@@ -48,11 +48,13 @@ from ipc_client_sdk._errors import (
     RouterUnavailableError,
 )
 from ipc_client_sdk._link import Link
+from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._subjects import validate_call_id, validate_token, validate_topic
 
 _log = logging.getLogger("ipc_client_sdk.pubsub")
+_problems = RateLimitedLog(_log)  # per event, whoever publishes them: few lines
 
 _FETCH = 64
 """Events a durable subscription takes from JetStream at once."""
@@ -405,7 +407,12 @@ class Subscription:
         except IPCError as e:
             return e.to_info()
         except Exception as e:
-            _log.exception("subscriber %s failed on event %s", self.name, published.event_id)
+            _problems.exception(
+                f"handler {self.name}",
+                "subscriber %s failed on event %s",
+                self.name,
+                clip(published.event_id),
+            )
             return ErrorInfo(code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}"[:500])
         return None
 
@@ -419,13 +426,14 @@ class Subscription:
             deliveries=deliveries,
             failed_at=time.time(),
         )
-        _log.warning(
+        _problems.warning(
+            f"dead-letter {self.name}",
             "event %s on %s dead-lettered by %s after %d deliveries: %s",
-            event.event_id,
-            event.topic,
+            clip(event.event_id),
+            clip(event.topic),
             self.name,
             deliveries,
-            error.message,
+            clip(error.message),
         )
         try:
             subject = link.subjects.dead_letter(event.topic)
@@ -441,7 +449,12 @@ class Subscription:
                 what="the dead letter",
             )
         except IPCError as e:
-            _log.error("dead letter for event %s not stored: %s", event.event_id, e)
+            _problems.error(
+                f"dead-letter-lost {self.name}",
+                "dead letter for event %s not stored: %s",
+                clip(event.event_id),
+                clip(e),
+            )
             return False
         return True
 

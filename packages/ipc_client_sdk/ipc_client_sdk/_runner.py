@@ -22,6 +22,7 @@ from ipc_client_sdk._codec import Codec
 from ipc_client_sdk._contracts import CallReply, CallRequest, ErrorCode, ErrorInfo
 from ipc_client_sdk._errors import CodecError, IPCError
 from ipc_client_sdk._ledger import ResultLedger
+from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
 
 _log = logging.getLogger("ipc_client_sdk.serving")
@@ -78,6 +79,7 @@ class CallRunner:
         self.ledger = ledger
         self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}
         self._admit = admit
+        self._problems = RateLimitedLog(_log)  # per call, whoever sends them: few lines
 
     async def handle(self, data: bytes) -> tuple[bytes, str | None]:
         """Handle one delivered call; return the encoded reply, and the reason when the call
@@ -102,10 +104,19 @@ class CallRunner:
             reason=reason,
         )
         if request.direct:  # a caller's routing cache behind the router: it falls back
-            _log.debug("refused direct call %s unrun: %s", request.call_id, message)
+            self._problems.log(
+                logging.DEBUG,
+                "refused-direct",
+                "refused direct call %s unrun: %s",
+                clip(request.call_id),
+                clip(message),
+            )
         else:
-            _log.warning(
-                "refused call %s unrun (the router routes it again): %s", request.call_id, message
+            self._problems.warning(
+                "refused",
+                "refused call %s unrun (the router routes it again): %s",
+                clip(request.call_id),
+                clip(message),
             )
         return self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
 
@@ -125,7 +136,7 @@ class CallRunner:
             future.add_done_callback(lambda f: f.exception())  # retrieved if nobody waits
             raise
         except Exception:  # a bug here must still answer, or the caller waits it out
-            _log.exception("serving call %s failed", call_id)
+            self._problems.exception("serving", "serving call %s failed", clip(call_id))
             reply = self.error(call_id, ErrorCode.INTERNAL, "the instance failed the call")
         except BaseException:
             future.cancel()  # a repeat waiting on this run is cancelled with it
@@ -175,7 +186,9 @@ class CallRunner:
         try:
             reply, keep = await self._run(spec, argument, request)
         except Exception:  # a bug after the claim: record it, never leave the claim behind
-            _log.exception("call %s failed after it was claimed", call_id)
+            self._problems.exception(
+                "claimed", "call %s failed after it was claimed", clip(call_id)
+            )
             reply, keep = self.error(call_id, ErrorCode.INTERNAL, "the instance failed"), True
         except asyncio.CancelledError:
             # stop() gave up waiting. The handler may have done part of its work, so the
@@ -192,7 +205,7 @@ class CallRunner:
             await self.ledger.release(claimed)
         elif not await self.ledger.finish(claimed, reply):
             # The caller still gets its reply; a repeat would find no outcome and wait.
-            _log.error("outcome of call %s not recorded", call_id)
+            self._problems.error("not-recorded", "outcome of call %s not recorded", clip(call_id))
         return reply
 
     async def _run_unrecorded(self, spec: MethodSpec, request: CallRequest) -> bytes:
@@ -232,7 +245,14 @@ class CallRunner:
             )
             return error, not e.retryable
         except Exception as e:
-            _log.exception("%s.%s failed (call %s)", self._name, spec.name, request.call_id)
+            # One traceback per method and interval: a caller's bad input can fail every call.
+            self._problems.exception(
+                f"handler {spec.name}",
+                "%s.%s failed (call %s)",
+                self._name,
+                spec.name,
+                clip(request.call_id),
+            )
             text = f"{type(e).__name__}: {e}"[:_MAX_ERROR_MESSAGE]
             return self.error(request.call_id, ErrorCode.INTERNAL, text), True
         reply = CallReply(

@@ -58,6 +58,7 @@ from ipc_client_sdk._errors import (
 )
 from ipc_client_sdk._ledger import FastResults, ResultLedger
 from ipc_client_sdk._link import Link
+from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._runner import CallRunner
@@ -65,6 +66,7 @@ from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
 
 _log = logging.getLogger("ipc_client_sdk.serving")
+_problems = RateLimitedLog(_log)  # what a peer's answers cause: few lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,13 +514,13 @@ class ServiceInstance:
         return None
 
     async def _register_again(self) -> None:
-        _log.warning(
-            "router does not know %s.%s; registering again", self.service, self.instance_id
-        )
+        # Anyone who may publish on the control subject can ask for this: rate-limited.
+        name = f"{self.service}.{self.instance_id}"
+        _problems.warning(f"re-register {name}", "router does not know %s; registering again", name)
         try:
             await self._register()
         except IPCError as e:
-            _log.warning("registering again failed: %s", e)
+            _problems.warning(f"re-register failed {name}", "registering again failed: %s", clip(e))
 
     # --- calls -------------------------------------------------------------------------
     async def _on_call(self, msg: Msg) -> None:

@@ -33,6 +33,7 @@ from ipc_client_sdk._contracts import (
     ServiceInfo,
 )
 from ipc_client_sdk._kv import is_deletion, watch_bucket
+from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import (
     DEFAULT_SERVERS,
     close_nats,
@@ -77,6 +78,7 @@ __all__ = [
     "InstanceState",
     "NatsServerInfo",
     "Promotion",
+    "RateLimitedLog",
     "Registration",
     "RegistrationResult",
     "ReplyInbox",
@@ -87,6 +89,7 @@ __all__ = [
     "RouterStatus",
     "ServiceInfo",
     "Subjects",
+    "clip",
     "close_nats",
     "new_call_id",
     "open_nats",

@@ -1,4 +1,5 @@
-"""The router's call path against bad input: every case answered or dropped, never stuck."""
+"""The router's call path against bad input: every case answered or dropped, never stuck,
+and a flood of it costs the router's log kilobytes, not megabytes."""
 
 from __future__ import annotations
 
@@ -73,6 +74,21 @@ async def stream_is_empty(nc: NATS) -> None:
     assert info.state.messages == 0, info.state
 
 
+async def assert_a_good_call_is_answered(url: str) -> None:
+    """Serve ``service_b`` and call it once: the router still routes calls."""
+    async with IPCClient(url) as client:
+        svc = CountingService()
+        await client.serve(svc.service, instance_id="b1")
+        result = await client.call(
+            "service_b.do_work",
+            WorkRequest(
+                account="acc_1", amount=Decimal(1), placed_at=datetime(2026, 11, 28, tzinfo=UTC)
+            ),
+            returns=WorkResult,
+        )
+    assert result.account == "acc_1"
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [
@@ -122,17 +138,7 @@ async def test_calls_nobody_can_answer_are_dropped_and_the_router_keeps_serving(
     # into the router's protocol stream.
     await raw.jetstream().publish(TARGET, b"\xc1", headers={REPLY_TO_HEADER: "x y\r\nPUB z"})
     await eventually(lambda: stream_is_empty(raw))
-    async with IPCClient(nats_server.url) as client:
-        svc = CountingService()
-        await client.serve(svc.service, instance_id="b1")
-        result = await client.call(
-            "service_b.do_work",
-            WorkRequest(
-                account="acc_1", amount=Decimal(1), placed_at=datetime(2026, 11, 28, tzinfo=UTC)
-            ),
-            returns=WorkResult,
-        )
-    assert result.account == "acc_1"
+    await assert_a_good_call_is_answered(nats_server.url)
 
 
 async def test_a_call_published_on_another_methods_subject_is_refused(raw: NATS) -> None:
@@ -169,3 +175,73 @@ async def test_unknown_service_is_unavailable_and_unknown_method_not_found(
         )
     assert reply is not None and reply.error is not None
     assert reply.error.code is ErrorCode.NOT_FOUND
+
+
+JUNK_CALLS = 2_000
+LONG_REPLIES = 300
+LONG = 60 * 1024
+
+
+def junk(i: int) -> bytes:
+    """Unreadable calls of several kinds; some echo 60 KB of input in their error."""
+    match i % 4:
+        case 0:
+            return b"\xc1\x00garbage"
+        case 1:
+            return msgpack.packb({"v": "x" * LONG, "call_id": f"j{i}"})  # version echoed
+        case 2:  # readable, refused in the reply (not logged): its call_id is too long
+            return msgpack.packb(
+                {
+                    "v": 1,
+                    "call_id": "c" * LONG,
+                    "service": "service_b",
+                    "method": "do_work",
+                    "payload": b"",
+                }
+            )
+        case _:
+            return msgpack.packb([i])
+
+
+async def test_a_flood_of_junk_calls_costs_kilobytes_of_log(
+    nats_server: NatsServerProcess, router: RouterProcess, raw: NATS
+) -> None:
+    before = router.log_size()
+    inbox = raw.new_inbox()
+    for i in range(JUNK_CALLS):
+        await raw.publish(TARGET, junk(i), headers={REPLY_TO_HEADER: inbox})
+    long_reply = "r" * LONG
+    for i in range(LONG_REPLIES):
+        call = CallRequest(
+            call_id=f"long-{i}",
+            service="service_b",
+            method="do_work",
+            payload=b"",
+            reply_to=long_reply,
+        )
+        await raw.publish(TARGET, CODEC.encode_envelope(call))
+    await raw.flush()
+    await eventually(lambda: stream_is_empty(raw), within=60)
+
+    # The first of each kind at once; the rest counted in one line per kind at the
+    # interval's end.
+    async def summarized() -> None:
+        assert router.log_since(before).count(b"more like it") >= 2
+
+    await eventually(summarized, within=30)
+    log = router.log_since(before).decode()
+    lines = log.splitlines()
+    unreadable = [line for line in lines if "unreadable call" in line]
+    no_reply = [line for line in lines if "no usable reply address" in line]
+    assert 1 <= len(unreadable) <= 3 and 1 <= len(no_reply) <= 3, log
+    counted = sum(
+        int(line.split(" more like it")[0].split()[-1].replace(",", ""))
+        for line in lines
+        if "more like it" in line
+    )
+    assert counted <= JUNK_CALLS + LONG_REPLIES - 2
+    assert all(len(line) < 1_000 for line in lines), max(lines, key=len)[:300]
+    assert len(log.encode()) < 8 * 1024, len(log)  # was 17.6 MB for the long replies alone
+    assert "(61,440 characters)" in log
+
+    await assert_a_good_call_is_answered(nats_server.url)  # and the router still answers

@@ -31,8 +31,10 @@ from ipc_client_sdk.protocol import (
     ErrorCode,
     ErrorInfo,
     NatsServerInfo,
+    RateLimitedLog,
     RouterStatus,
     Subjects,
+    clip,
 )
 from ipc_router.application.errors import (
     DrainTimeoutError,
@@ -114,6 +116,7 @@ class OpsEndpoint:
         self._ops = ops
         self._sub: Subscription | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._problems = RateLimitedLog(_log)  # what requesters cause: a flood costs few lines
 
     async def start(self) -> None:
         """Subscribe to every operation's subject."""
@@ -142,10 +145,14 @@ class OpsEndpoint:
         try:
             reply = await self._handle(op, msg.data)
         except Exception as e:  # the endpoint must outlive any handler bug
-            _log.exception("operation %s failed", op)
+            self._problems.exception("failed", "operation %s failed", clip(op))
             reply = _error(ErrorCode.INTERNAL, f"operation {op} failed: {type(e).__name__}")
         if not msg.reply:
-            _log.warning("operation %s arrived without a reply address; dropped", op)
+            self._problems.warning(
+                "no-reply-address",
+                "operation %s arrived without a reply address; dropped",
+                clip(op),
+            )
             return
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))

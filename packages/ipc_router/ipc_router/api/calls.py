@@ -49,8 +49,10 @@ from ipc_client_sdk.protocol import (
     Codec,
     ErrorCode,
     ErrorInfo,
+    RateLimitedLog,
     ReplyInbox,
     Subjects,
+    clip,
 )
 from ipc_router.api.relay import RETRY_LATER, Awaiting, CallRelay, Later, Refused
 from ipc_router.application.inflight import InflightTracker
@@ -143,6 +145,7 @@ class CallConsumer:
         self._refused = False  # the server refused a pull request: wait, then re-bind
         self._awaiting: Awaiting = {}
         self._replies = ReplyInbox(nc)
+        self._problems = RateLimitedLog(_log)  # what callers cause: a flood costs few lines
         self._relay = CallRelay(
             subjects, codec, registry, tracker or InflightTracker(), self._replies, self._awaiting
         )
@@ -320,8 +323,9 @@ class CallConsumer:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
         self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            _log.error("call handling failed", exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._problems.error("handling", "call handling failed", exc_info=error)
 
     async def _watch_instances(self) -> None:
         """Stop waiting on instances that failed (or were replaced) while holding a call.
@@ -358,18 +362,24 @@ class CallConsumer:
         try:
             request = self._codec.decode_envelope(msg.data, CallRequest)
         except CodecError as e:
-            _log.warning("refusing an unreadable call on %s: %s", msg.subject, e.message)
+            self._problems.warning(
+                "unreadable",
+                "refusing an unreadable call on %s: %s",
+                clip(msg.subject),
+                clip(e.message),
+            )
             if _usable(reply_to):
                 await self._answer(reply_to, CallReply(call_id="", error=_info(e.code, e.message)))
             await msg.term()
             return
         reply_to = request.reply_to or reply_to
         if not _usable(reply_to):
-            _log.warning(
-                "call %s on %s has no usable reply address (%r); dropped",
-                request.call_id,
-                msg.subject,
-                reply_to,
+            self._problems.warning(
+                "no-reply-address",
+                "call %s on %s has no usable reply address (%s); dropped",
+                clip(request.call_id),
+                clip(msg.subject),
+                clip(reply_to),
             )
             await msg.term()
             return
@@ -383,17 +393,27 @@ class CallConsumer:
             reply = self._refusal(request, e.code, e.message)
         except nats.errors.Error as e:
             # Lost the connection mid-call: leave the message un-acked for redelivery.
-            _log.warning("call %s interrupted (%s); left for redelivery", request.call_id, e)
+            self._problems.warning(
+                "interrupted",
+                "call %s interrupted (%s); left for redelivery",
+                clip(request.call_id),
+                clip(e),
+            )
             return
         except Exception:
             # A bug must not turn the call into a poison message redelivered for a day.
-            _log.exception("routing call %s failed", request.call_id)
+            self._problems.exception("routing", "routing call %s failed", clip(request.call_id))
             reply = self._refusal(request, ErrorCode.INTERNAL, "the router failed the call")
         try:
             await self._nc.publish(reply_to, reply)
             await msg.ack()
         except nats.errors.Error as e:
-            _log.warning("call %s: reply not sent (%s); left for redelivery", request.call_id, e)
+            self._problems.warning(
+                "reply-not-sent",
+                "call %s: reply not sent (%s); left for redelivery",
+                clip(request.call_id),
+                clip(e),
+            )
 
     def _refusal(self, request: CallRequest, code: ErrorCode, message: str) -> bytes:
         return self._codec.encode_envelope(

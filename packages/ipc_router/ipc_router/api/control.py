@@ -43,11 +43,13 @@ from ipc_client_sdk.protocol import (
     ErrorInfo,
     Heartbeat,
     InstanceInfo,
+    RateLimitedLog,
     Registration,
     RegistrationResult,
     RouteInfo,
     ServiceInfo,
     Subjects,
+    clip,
     validate_token,
 )
 from ipc_router.api.admin import OpHandler, OpsEndpoint
@@ -146,6 +148,7 @@ class ControlAPI:
         }
         self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
         self._heartbeats: Subscription | None = None
+        self._problems = RateLimitedLog(_log)  # what instances cause: a flood costs few lines
 
     async def start(self) -> None:
         """Open the control and heartbeat subscriptions."""
@@ -322,7 +325,13 @@ class ControlAPI:
         try:
             beat = self._codec.decode_envelope(msg.data, Heartbeat)
         except CodecError as e:
-            _log.debug("ignoring an unreadable heartbeat on %s: %s", msg.subject, e)
+            self._problems.log(
+                logging.DEBUG,
+                "unreadable-heartbeat",
+                "ignoring an unreadable heartbeat on %s: %s",
+                clip(msg.subject),
+                clip(e),
+            )
             return
         try:
             answer = await self._membership.heartbeat(
@@ -334,7 +343,12 @@ class ControlAPI:
                 draining=beat.draining,
             )
         except Exception:  # the heartbeat subscription must outlive any bug
-            _log.exception("heartbeat from %s.%s failed", beat.service, beat.instance_id)
+            self._problems.exception(
+                "heartbeat",
+                "heartbeat from %s.%s failed",
+                clip(beat.service),
+                clip(beat.instance_id),
+            )
             return
         if not msg.reply:
             return

@@ -24,8 +24,10 @@ from ipc_client_sdk.protocol import (
     CallRequest,
     Codec,
     ErrorCode,
+    RateLimitedLog,
     ReplyInbox,
     Subjects,
+    clip,
     validate_call_id,
     validate_token,
 )
@@ -113,6 +115,7 @@ class CallRelay:
         self._tracker = tracker
         self._replies = replies
         self._awaiting = awaiting
+        self._problems = RateLimitedLog(_log)  # per call: a flood or a failover, few lines
 
     async def relay(self, msg: Msg, request: CallRequest) -> bytes:
         """Route the call and return the instance's reply bytes.
@@ -125,7 +128,13 @@ class CallRelay:
         self._check(msg, request)
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
         if attempts.delivery > 1:
-            _log.info("call %s delivered again (delivery %d)", request.call_id, attempts.delivery)
+            self._problems.log(
+                logging.INFO,
+                "redelivered",
+                "call %s delivered again (delivery %d)",
+                request.call_id,
+                attempts.delivery,
+            )
         while True:
             remaining = self._time_left(attempts)
             route = await self._route(request, attempts, remaining)
@@ -249,7 +258,9 @@ class CallRelay:
             # (see CallConsumer._watch_instances). Whoever gets it must not run it if the
             # failed instance had started it, so it is told which instance that was.
             attempts.abandoned, attempts.abandoned_at = route.instance_id, time.monotonic()
-            _log.info(
+            self._problems.log(
+                logging.INFO,
+                "abandoned",
                 "call %s: instance %s failed while holding it; routing it again",
                 request.call_id,
                 route.instance_id,
@@ -286,7 +297,14 @@ class CallRelay:
         if not refused:
             return False
         attempts.refusals += 1
-        _log.debug("call %s refused by %s (%s)", request.call_id, route.instance_id, refused)
+        self._problems.log(
+            logging.DEBUG,
+            "refused",
+            "call %s refused by %s (%s)",
+            request.call_id,
+            route.instance_id,
+            clip(refused),
+        )
         backoff = 0.02 * 2 ** min(attempts.refusals, 5)
         await self._registry.wait_changed(min(remaining, backoff))
         return True

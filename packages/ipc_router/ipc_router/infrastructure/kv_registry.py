@@ -11,11 +11,12 @@ from typing import Any
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CodecError
-from ipc_client_sdk.protocol import Codec
+from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip
 from ipc_router.domain import Health, InstanceRecord, Role
 from ipc_router.infrastructure.kv_store import guarded, scan
 
 _log = logging.getLogger("ipc_router.registry")
+_problems = RateLimitedLog(_log)  # whoever may write the bucket: few lines
 
 
 def record_to_wire(record: InstanceRecord) -> dict[str, Any]:
@@ -105,5 +106,7 @@ class JetStreamInstanceRepository:
             try:
                 records.append(record_from_wire(self._codec.decode(value)))
             except (CodecError, KeyError, ValueError, TypeError) as e:
-                _log.warning("skipping unreadable registry entry %s: %s", key, e)
+                _problems.warning(
+                    "unreadable", "skipping unreadable registry entry %s: %s", clip(key), clip(e)
+                )
         return records

@@ -12,11 +12,12 @@ import logging
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CodecError
-from ipc_client_sdk.protocol import Codec
+from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip
 from ipc_router.application.ports import SavedRoutes
 from ipc_router.infrastructure.kv_store import guarded, scan
 
 _log = logging.getLogger("ipc_router.routes")
+_problems = RateLimitedLog(_log)  # whoever may write the bucket: few lines
 
 _CLAIM = "claim"
 _ASSIGN = "assign"
@@ -49,7 +50,9 @@ class JetStreamRouteRepository:
                 else:
                     raise ValueError("not a claim or an assignment")
             except (CodecError, ValueError) as e:
-                _log.warning("skipping unreadable route entry %s: %s", key, e)
+                _problems.warning(
+                    "unreadable", "skipping unreadable route entry %s: %s", clip(key), clip(e)
+                )
         return SavedRoutes(claims=claims, assignments=assignments)
 
     async def save_claim(self, service: str, resource: str, claimants: list[str]) -> None:

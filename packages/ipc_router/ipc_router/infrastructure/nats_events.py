@@ -24,7 +24,15 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ipc_client_sdk.protocol import AdminReply, Codec, InstanceState, RouterEvent, Subjects
+from ipc_client_sdk.protocol import (
+    AdminReply,
+    Codec,
+    InstanceState,
+    RateLimitedLog,
+    RouterEvent,
+    Subjects,
+    clip,
+)
 from ipc_router.domain import InstanceEvent, InstanceRecord, RoleEvent
 
 _log = logging.getLogger("ipc_router.events")
@@ -62,13 +70,14 @@ class EventPublisher:
         self._notifier = notifier
         self._queue: asyncio.Queue[RoleEvent | InstanceEvent] = asyncio.Queue(_MAX_QUEUED)
         self._task: asyncio.Task[None] | None = None
+        self._problems = RateLimitedLog(_log)  # a registration flood: few lines
 
     def emit(self, event: RoleEvent | InstanceEvent) -> None:
         """Queue ``event``; never blocks."""
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            _log.warning("event queue full; dropping %s", event)
+            self._problems.warning("queue-full", "event queue full; dropping %s", clip(event))
 
     def start(self) -> None:
         """Start publishing."""
@@ -91,9 +100,11 @@ class EventPublisher:
             try:
                 await self._publish(event)
             except nats.errors.Error as e:
-                _log.debug("event not published (%s): %s", e, event)
+                self._problems.log(
+                    logging.DEBUG, "not-published", "event not published (%s): %s", e, clip(event)
+                )
             except Exception:  # one bad event must not stop the others
-                _log.exception("publishing %s failed", event)
+                self._problems.exception("failed", "publishing %s failed", clip(event))
             finally:
                 self._queue.task_done()
 
