@@ -297,3 +297,28 @@ async def test_credentials_survive_a_reconnect_to_a_discovered_node(
                 assert status.router_id == config.router_id
     finally:
         await cluster.stop()
+
+
+async def test_a_permissions_violation_is_logged_once_as_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    block = (
+        'authorization { users: [ { user: "bob", password: "pw", '
+        'permissions: { subscribe: { deny: "ipc.pub.md.>" } } } ] }'
+    )
+    server = await _server(tmp_path, block)
+    try:
+        creds = Credentials(user="bob", password="pw")
+        async with IPCClient(server.url, credentials=creds) as client:
+
+            async def on_tick(tick: Tick) -> None:
+                pass
+
+            for _ in range(2):
+                await client.subscribe("md.ticks", on_tick, model=Tick)
+            await until(lambda: "violation for subscription" in caplog.text.lower())
+            await client.subscribe("ok.ticks", on_tick, model=Tick)  # the connection stays
+        refusals = [r for r in caplog.records if "NATS refused an operation" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
+    finally:
+        await server.stop()
