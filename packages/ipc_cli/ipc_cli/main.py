@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import enum
 import json
 import math
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from ipc_cli._exit import ExitCode
 from ipc_client_sdk import (
+    Credentials,
     EventKind,
     InvalidArgumentError,
     IPCClient,
@@ -37,7 +39,12 @@ from ipc_client_sdk import (
     RouterStatus,
     RouterUnavailableError,
 )
-from ipc_client_sdk.protocol import DEFAULT_PREFIX, DEFAULT_SERVERS, validate_prefix
+from ipc_client_sdk.protocol import (
+    CREDENTIAL_ENV_VARS,
+    DEFAULT_PREFIX,
+    DEFAULT_SERVERS,
+    validate_prefix,
+)
 
 EVENT_KINDS = tuple(kind.value for kind in EventKind)
 
@@ -58,6 +65,7 @@ class Settings:
     timeout: float
     json: bool
     prefix: str
+    credentials: Credentials = dataclasses.field(default_factory=Credentials)
 
 
 def _positive(value: float) -> float:
@@ -71,6 +79,23 @@ def _prefix(value: str) -> str:
         return validate_prefix(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+
+
+_CREDENTIAL_FILES = frozenset({"nkey_seed_file", "creds_file", "tls_ca", "tls_cert", "tls_key"})
+
+
+def _credential_option(flag: str, name: str, text: str) -> Any:
+    """A credential flag: falls back to its variable (through ``Credentials.from_env``, so
+    that the SDK, the router and ``ipc`` read them alike); ``--help`` names the variable
+    and never shows a value."""
+    return typer.Option(
+        None,
+        flag,
+        metavar="FILE" if name in _CREDENTIAL_FILES else "TEXT",
+        help=f"{text} (env {CREDENTIAL_ENV_VARS[name]})",
+        show_default=False,
+        rich_help_panel="NATS credentials",
+    )
 
 
 @app.callback()
@@ -90,8 +115,37 @@ def _global(
         callback=_prefix,
         help="Subject prefix of the deployment.",
     ),
+    nats_nkey: str | None = _credential_option("--nats-nkey", "nkey_seed_file", "NKey seed file."),
+    nats_creds: str | None = _credential_option(
+        "--nats-creds", "creds_file", "NATS .creds file (user JWT and seed)."
+    ),
+    nats_user: str | None = _credential_option("--nats-user", "user", "User (with a password)."),
+    nats_password: str | None = _credential_option(
+        "--nats-password", "password", "Password; prefer the variable (flags show in ps)."
+    ),
+    nats_token: str | None = _credential_option(
+        "--nats-token", "token", "Token; prefer the variable (flags show in ps)."
+    ),
+    tls_ca: str | None = _credential_option("--tls-ca", "tls_ca", "CA bundle (PEM)."),
+    tls_cert: str | None = _credential_option("--tls-cert", "tls_cert", "Client cert (PEM)."),
+    tls_key: str | None = _credential_option("--tls-key", "tls_key", "Client key (PEM)."),
 ) -> None:
-    ctx.obj = Settings(nats_url=nats_url, timeout=timeout, json=as_json, prefix=prefix)
+    try:
+        credentials = Credentials.from_env(
+            nkey_seed_file=nats_nkey,
+            creds_file=nats_creds,
+            user=nats_user,
+            password=nats_password,
+            token=nats_token,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    except InvalidArgumentError as e:
+        raise typer.BadParameter(e.message) from None
+    ctx.obj = Settings(
+        nats_url=nats_url, timeout=timeout, json=as_json, prefix=prefix, credentials=credentials
+    )
 
 
 def _run[T](
@@ -116,6 +170,7 @@ def _run[T](
             prefix=settings.prefix,
             connect_timeout=settings.timeout,
             request_timeout=settings.timeout,
+            credentials=settings.credentials,
         )
         await client.connect()
         try:
@@ -176,7 +231,7 @@ def _jsonable(value: Any) -> Any:
 def _settings(ctx: typer.Context, as_json: bool) -> Settings:
     settings: Settings = ctx.obj
     if as_json and not settings.json:
-        settings = Settings(settings.nats_url, settings.timeout, True, settings.prefix)
+        settings = dataclasses.replace(settings, json=True)
     return settings
 
 
@@ -456,6 +511,7 @@ def watch(
             prefix=settings.prefix,
             connect_timeout=settings.timeout,
             request_timeout=settings.timeout,
+            credentials=settings.credentials,
         )
         await client.connect()
         stop = asyncio.Event()

@@ -18,7 +18,9 @@ from ipc_client_sdk._contracts import (
     RouterEvent,
     RouterStatus,
 )
+from ipc_client_sdk._credentials import Credentials
 from ipc_client_sdk._errors import (
+    AuthenticationError,
     CallTimeoutError,
     ClientStateError,
     CodecError,
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD",
     "PROTOCOL_VERSION",
     "AdminClient",
+    "AuthenticationError",
     "CallContext",
     "CallTimeoutError",
     "ClientState",
@@ -50,6 +53,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "CodecReason",
+    "Credentials",
     "DeadLetter",
     "ErrorCode",
     "ErrorInfo",

@@ -10,6 +10,7 @@ from typing import Any, Self, TypeVar, overload
 from ipc_client_sdk._admin import AdminClient
 from ipc_client_sdk._calling import Caller
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
+from ipc_client_sdk._credentials import Credentials, lift_url_credentials
 from ipc_client_sdk._errors import ClientStateError, InvalidArgumentError
 from ipc_client_sdk._link import ClientState, Link
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
@@ -44,6 +45,14 @@ class IPCClient:
         connect_timeout: seconds the first connect may take before it fails.
         request_timeout: default seconds to wait for an answer (calls and admin).
         max_payload: the largest payload this client encodes or accepts, in bytes.
+        credentials: how to authenticate to NATS and which TLS to speak. None (default):
+            ``Credentials.from_env()``, the ``IPC_NATS_*``/``IPC_TLS_*`` variables, so a
+            service gets its identity from its deployment; ``Credentials()`` for none.
+            Credentials written in a URL (``nats://user:pass@host``) are moved here.
+
+    Raises:
+        InvalidArgumentError: conflicting credentials (two identities, or one in a URL and
+            one in ``credentials`` or the variables).
     """
 
     def __init__(
@@ -55,12 +64,17 @@ class IPCClient:
         connect_timeout: float = 2.0,
         request_timeout: float = 5.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        credentials: Credentials | None = None,
     ) -> None:
         if connect_timeout <= 0 or request_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.connect_timeout = connect_timeout
+        urls, self._credentials = lift_url_credentials(
+            parse_servers(servers),
+            credentials if credentials is not None else Credentials.from_env(),
+        )
         self._link = Link(
-            servers=parse_servers(servers),
+            servers=urls,
             name=name,
             subjects=Subjects(prefix),
             codec=Codec(max_payload),
@@ -75,6 +89,11 @@ class IPCClient:
     def servers(self) -> list[str]:
         """The NATS URLs this client connects to."""
         return self._link.servers
+
+    @property
+    def credentials(self) -> Credentials:
+        """How this client authenticates (its ``repr()`` hides every secret)."""
+        return self._credentials
 
     @property
     def name(self) -> str | None:
@@ -116,13 +135,19 @@ class IPCClient:
         """Connect to NATS.
 
         Raises:
+            AuthenticationError: NATS refused the credentials (at once, without retrying),
+                or a credentials file cannot be used.
             IPCConnectionError: NATS could not be reached within ``connect_timeout``.
             ClientStateError: the client was already opened (clients do not reopen).
         """
         if self.state is not ClientState.UNOPENED:
             raise ClientStateError(f"the client is {self.state.value}; create a new IPCClient")
         nc = await open_nats(
-            self.servers, name=self.name, connect_timeout=self.connect_timeout, logger=_log
+            self.servers,
+            name=self.name,
+            credentials=self._credentials,
+            connect_timeout=self.connect_timeout,
+            logger=_log,
         )
         self._link.opened(nc)
         return self

@@ -2,6 +2,8 @@
 
     IPCError                      root; carries code, message, call_id, service, instance
     ├── IPCConnectionError        NATS cannot be reached (UNAVAILABLE)
+    │   └── AuthenticationError   NATS refused the credentials, or they cannot be read
+    │                             (UNAUTHENTICATED)
     ├── ClientStateError          the client is not open (never opened, or closed)
     ├── InvalidArgumentError      a bad argument to an SDK call (also a ValueError)
     ├── CodecError                bytes that are not a valid envelope or payload
@@ -87,6 +89,26 @@ class IPCConnectionError(IPCError):
         self.servers = servers
         self.reason = reason
         super().__init__(f"cannot reach NATS at {servers}: {reason}")
+
+
+class AuthenticationError(IPCConnectionError):
+    """NATS refused this client's credentials, or a credentials file cannot be used.
+
+    Raised at once, not after retries: trying the same credentials again cannot succeed.
+    The message names the servers or the file, never a secret or a file's contents.
+
+    Attributes:
+        servers: the servers that refused (without credentials), or "" for a file problem.
+        reason: why, in a few words.
+    """
+
+    default_code = ErrorCode.UNAUTHENTICATED
+
+    def __init__(self, servers: str, reason: str) -> None:
+        self.servers = servers
+        self.reason = reason
+        message = f"NATS at {servers} refused the connection: {reason}" if servers else reason
+        IPCError.__init__(self, message)
 
 
 class ClientStateError(IPCError):

@@ -6,21 +6,33 @@
   NATS restart, not die of it.
 - ``drain()`` raises while the client reconnects and after it closed; ``close_nats`` drains
   when it can, closes otherwise, and never raises.
+- nats-py retries a server that refuses the credentials like one that is down; here the
+  first connect fails at once with ``AuthenticationError``. Credentials travel as options
+  (see ``_credentials``), so every node of a cluster gets them on a reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from ipc_client_sdk._errors import IPCConnectionError
+from ipc_client_sdk._credentials import Credentials, lift_url_credentials
+from ipc_client_sdk._errors import AuthenticationError, IPCConnectionError
 
 DEFAULT_SERVERS = "nats://127.0.0.1:4222"
+
+NO_CREDENTIALS_HINT = (
+    "no credentials were given: set IPC_NATS_NKEY, IPC_NATS_CREDS, "
+    "IPC_NATS_USER and IPC_NATS_PASSWORD, or IPC_NATS_TOKEN"
+)
 
 _log = logging.getLogger("ipc_client_sdk.nats")
 
@@ -52,10 +64,28 @@ def servers_label(servers: str | Sequence[str]) -> str:
     return ",".join(redact_url(u) for u in parse_servers(servers))
 
 
+def refusal(error: BaseException) -> str | None:
+    """Why the server refused this client's identity, or None for any other error.
+
+    nats-py reports a refusal as a plain ``nats.errors.Error`` carrying the server's
+    ``-ERR`` text during a connect, or as ``AuthorizationError`` later; an untrusted server
+    certificate is an ``ssl.SSLCertVerificationError``.
+    """
+    if isinstance(error, nats.errors.AuthorizationError):
+        return "authorization violation"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS: {error.verify_message or 'certificate verify failed'}"
+    text = str(error)
+    if "authorization violation" in text.lower() or "authentication" in text.lower():
+        return text.removeprefix("nats: ").strip("' ")
+    return None
+
+
 async def open_nats(
     servers: str | Sequence[str],
     *,
     name: str | None,
+    credentials: Credentials | None = None,
     connect_timeout: float = 2.0,
     logger: logging.Logger = _log,
     on_closed: Callable[[], Awaitable[None]] | None = None,
@@ -63,57 +93,93 @@ async def open_nats(
     """Connect to NATS within ``connect_timeout`` seconds.
 
     Args:
-        servers: one URL, a comma-separated list, or a sequence of URLs.
+        servers: one URL, a comma-separated list, or a sequence of URLs. Credentials in a
+            URL are moved into the connect options (``lift_url_credentials``).
+        credentials: how to authenticate (default: anonymous, plain NATS).
         on_closed: called when the connection is closed for good (by ``close()``, or by
             nats-py after a server error it does not reconnect from).
 
     Raises:
+        AuthenticationError: a server refused the credentials (at once), or a credentials
+            file cannot be used.
         IPCConnectionError: no server could be reached in time, or a URL is invalid.
+        InvalidArgumentError: credentials given twice (in a URL and as ``credentials``).
         ValueError: ``servers`` names no URL.
     """
-    urls = parse_servers(servers)
+    urls, creds = lift_url_credentials(parse_servers(servers), credentials or Credentials())
     label = servers_label(urls)
+    options = creds.nats_options()
     # nats-py gives each server the whole connect_timeout (twice: TCP, then INFO) and
     # shuffles the list, so one frozen node could eat the budget; split it instead.
     per_server = max(0.2, connect_timeout / len(urls))
     nc = NATS()
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    warned: set[str] = set()  # each kind of warning once per outage, not once per attempt
 
     async def on_error(e: Exception) -> None:
-        logger.debug("nats error on %s: %s", label, e)
+        reason = refusal(e)
+        if reason is None:
+            text = str(e)
+            if "permissions violation" in text.lower() and len(warned) < 64:
+                if text not in warned:
+                    warned.add(text)
+                    logger.warning("NATS refused an operation: %s", text.removeprefix("nats: "))
+            else:
+                logger.debug("nats error on %s: %s", label, e)
+        elif not refused.done():  # still in the first connect: give up at once
+            refused.set_result(reason)
+        elif "refused" not in warned:
+            warned.add("refused")
+            logger.warning("NATS (%s) refused the credentials: %s; retrying", label, reason)
 
     async def on_disconnected() -> None:
         if not nc.is_closed:
             logger.warning("disconnected from NATS (%s); reconnecting", label)
 
     async def on_reconnected() -> None:
+        warned.discard("refused")
         url = nc.connected_url
         where = f"{url.hostname}:{url.port}" if url else label
         logger.warning("reconnected to NATS at %s", where)
 
-    try:
-        await asyncio.wait_for(
-            nc.connect(
-                servers=urls,
-                name=name,
-                # nats-py annotates int but hands it to asyncio.wait_for: a float works.
-                connect_timeout=per_server,  # type: ignore[arg-type]
-                reconnect_time_wait=1,
-                max_reconnect_attempts=-1,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                closed_cb=on_closed,
-            ),
-            timeout=connect_timeout,
+    connecting: asyncio.Future[None] = asyncio.ensure_future(
+        nc.connect(
+            servers=urls,
+            name=name,
+            # nats-py annotates int but hands it to asyncio.wait_for: a float works.
+            connect_timeout=per_server,  # type: ignore[arg-type]
+            reconnect_time_wait=1,
+            max_reconnect_attempts=-1,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
+            **options,
         )
-    except (TimeoutError, OSError, nats.errors.Error, ValueError) as e:
+    )
+    try:
+        first: set[asyncio.Future[Any]] = {connecting, refused}
+        await asyncio.wait(first, timeout=connect_timeout, return_when=FIRST_COMPLETED)
+        if not connecting.done():
+            if refused.done():
+                hint = "" if creds.identity != "none" else f" ({NO_CREDENTIALS_HINT})"
+                raise AuthenticationError(label, refused.result() + hint)
+            raise TimeoutError
+        connecting.result()  # raises what the connect raised
+    except BaseException as e:
         last = nc.last_error
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
         await _close_quietly(nc)
         if isinstance(e, TimeoutError):  # say what the last attempt ran into, if anything
             reason = str(last) if last else f"no answer within {connect_timeout:g}s"
-        else:
-            reason = str(e) or type(e).__name__
-        raise IPCConnectionError(label, reason) from e
+            raise IPCConnectionError(label, reason) from e
+        if isinstance(e, OSError | nats.errors.Error | ValueError):
+            raise IPCConnectionError(label, str(e) or type(e).__name__) from e
+        raise
+    finally:
+        if not refused.done():
+            refused.set_result("")  # connected: a later refusal (on a reconnect) only warns
     return nc
 
 

@@ -32,6 +32,7 @@ from ipc_client_sdk._contracts import (
     RouterStatus,
     ServiceInfo,
 )
+from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials
 from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import (
@@ -53,6 +54,7 @@ from ipc_client_sdk._subjects import (
 )
 
 __all__ = [
+    "CREDENTIAL_ENV_VARS",
     "DEFAULT_MAX_PAYLOAD",
     "DEFAULT_PREFIX",
     "DEFAULT_SERVERS",
@@ -92,6 +94,7 @@ __all__ = [
     "clip",
     "close_nats",
     "new_call_id",
+    "lift_url_credentials",
     "open_nats",
     "parse_servers",
     "redact_url",

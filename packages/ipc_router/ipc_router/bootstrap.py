@@ -87,14 +87,17 @@ CallPathFactory = Callable[[LeaderParts], CallPath]
 async def connect_nats(
     config: RouterConfig, url: str, on_closed: Callable[[], Awaitable[None]]
 ) -> NATS:
-    """The default ``Connect``: a bounded connect to ``url`` under the router's name.
+    """The default ``Connect``: a bounded connect to ``url`` under the router's name, with
+    the configured credentials.
 
     Raises:
+        AuthenticationError: NATS refused the credentials, or a file cannot be used.
         IPCConnectionError: NATS could not be reached.
     """
     return await open_nats(
         url,
         name=f"ipc-router {config.router_id}",
+        credentials=config.credentials,
         connect_timeout=config.connect_timeout,
         logger=_log,
         on_closed=on_closed,

@@ -17,10 +17,13 @@ class NatsCluster(AsyncService):
     """n nats-server nodes routed to each other, JetStream on, on free loopback ports.
 
     Nodes keep their ports and stores across ``kill()``/``start()``, so a restarted node
-    rejoins the cluster and clients reconnect to it.
+    rejoins the cluster and clients reconnect to it. ``extra`` is configuration every node
+    gets as well (an ``authorization`` block, say).
     """
 
-    def __init__(self, base_dir: Path, *, size: int = 3, name: str = "ipc-test") -> None:
+    def __init__(
+        self, base_dir: Path, *, size: int = 3, name: str = "ipc-test", extra: str = ""
+    ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         cluster_ports = [free_port() for _ in range(size)]
@@ -34,6 +37,7 @@ class NatsCluster(AsyncService):
                     cluster_name=name,
                     cluster_port=cluster_ports[i],
                     routes=tuple(r for j, r in enumerate(routes) if j != i),
+                    extra=extra,
                 )
             )
             for i in range(size)

@@ -1,5 +1,6 @@
 """Pytest fixtures with real processes, registered through the ``pytest11`` entry point.
 
+- ``no_credential_variables``: the credential variables unset for the test.
 - ``nats_server``: one nats-server with JetStream on a free loopback port.
 - ``nats_cluster``: a 3-node JetStream cluster.
 - ``router``: an ``ipc-router`` process connected to ``nats_server``.
@@ -24,6 +25,7 @@ import pytest
 from hypothesis import settings
 
 from ipc_client_sdk import IPCClient
+from ipc_client_sdk.protocol import CREDENTIAL_ENV_VARS
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
 from ipc_testing.cluster import NatsCluster
 from ipc_testing.instance import InstanceProcess
@@ -44,6 +46,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def no_credential_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every ``IPC_NATS_*``/``IPC_TLS_*`` credential variable for the test, so that
+    clients and routers it builds get exactly the credentials it gives them."""
+    for var in CREDENTIAL_ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture

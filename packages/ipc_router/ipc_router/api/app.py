@@ -116,10 +116,11 @@ class Router(AsyncService):
             await self.stop()
             raise
         _log.info(
-            "router %s ready on %s (prefix %r)",
+            "router %s ready on %s (prefix %r, credentials: %s)",
             self.config.router_id,
             servers_label(self.nats_url),
             self.subjects.prefix,
+            self.config.credentials.identity,
         )
 
     async def _start_embedded(self) -> None:

@@ -7,10 +7,17 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipc_client_sdk.protocol import DEFAULT_PREFIX, validate_prefix
+from ipc_client_sdk import Credentials, InvalidArgumentError
+from ipc_client_sdk.protocol import (
+    CREDENTIAL_ENV_VARS,
+    DEFAULT_PREFIX,
+    lift_url_credentials,
+    parse_servers,
+    validate_prefix,
+)
 
 DEFAULT_DATA_DIR = Path(".ipc")
 DEFAULT_EMBEDDED_PORT = 4222
@@ -21,7 +28,8 @@ class RouterConfig:
     """Everything the router needs to start.
 
     ``nats_url`` None means: run the bundled nats-server (embedded mode) on
-    ``embedded_host:embedded_port`` with its data under ``data_dir``.
+    ``embedded_host:embedded_port`` with its data under ``data_dir``. ``credentials`` are
+    how the router authenticates to NATS (none by default; ``repr()`` hides secrets).
     """
 
     nats_url: str | None
@@ -35,6 +43,7 @@ class RouterConfig:
     heartbeat_timeout: float = 1.5
     call_ack_wait: float = 5.0
     log_level: str = "INFO"
+    credentials: Credentials = field(default_factory=Credentials)
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -154,14 +163,62 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         type=str.upper,
     )
+    _add_credential_flags(p)
     return p
+
+
+_CREDENTIAL_FLAGS = (
+    ("--nats-nkey", "nkey_seed_file", "FILE", "NKey seed file to authenticate with"),
+    ("--nats-creds", "creds_file", "FILE", "NATS .creds file (user JWT and seed)"),
+    ("--nats-user", "user", "NAME", "user name (with a password)"),
+    ("--nats-password", "password", "SECRET", "password; prefer the variable: flags show in ps"),
+    ("--nats-token", "token", "SECRET", "token; prefer the variable: flags show in ps"),
+    ("--tls-ca", "tls_ca", "FILE", "PEM bundle of the CAs that sign the NATS servers' certs"),
+    ("--tls-cert", "tls_cert", "FILE", "PEM client certificate (with --tls-key)"),
+    ("--tls-key", "tls_key", "FILE", "PEM key of the client certificate"),
+)
+"""(flag, ``Credentials`` field, metavar, help): one identity at most, plus TLS."""
+
+
+def _add_credential_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "NATS credentials",
+        "At most one identity (NKey, .creds, user and password, or token), plus TLS. "
+        "Each flag falls back to its variable; the help never shows a value.",
+    )
+    for flag, name, metavar, text in _CREDENTIAL_FLAGS:
+        group.add_argument(
+            flag,
+            dest=f"cred_{name}",
+            metavar=metavar,
+            default=None,
+            help=f"{text} (env {CREDENTIAL_ENV_VARS[name]})",
+        )
+
+
+def _credentials(
+    p: argparse.ArgumentParser, ns: argparse.Namespace
+) -> tuple[str | None, Credentials]:
+    """The NATS URL without credentials, and the credentials from flags, variables and the
+    URL (moved out of it so that every cluster node gets them; see ``Credentials``)."""
+    given = {name: getattr(ns, f"cred_{name}") for _, name, _, _ in _CREDENTIAL_FLAGS}
+    try:
+        credentials = Credentials.from_env(**given)
+        if ns.nats_url is None:
+            return None, credentials
+        urls, credentials = lift_url_credentials(parse_servers(ns.nats_url), credentials)
+    except (InvalidArgumentError, ValueError) as e:
+        p.error(e.message if isinstance(e, InvalidArgumentError) else str(e))
+    return ",".join(urls), credentials
 
 
 def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
     """Parse the command line (exits with status 2 and one message on bad input)."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    nats_url, credentials = _credentials(parser, ns)
     return RouterConfig(
-        nats_url=ns.nats_url,
+        nats_url=nats_url,
         prefix=ns.prefix,
         router_id=ns.router_id,
         data_dir=ns.data_dir,
@@ -172,4 +229,5 @@ def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
         heartbeat_timeout=ns.heartbeat_timeout,
         call_ack_wait=ns.call_ack_wait,
         log_level=ns.log_level,
+        credentials=credentials,
     )

@@ -83,6 +83,8 @@ class NatsServerConfig:
     cluster_name: str | None = None
     cluster_port: int = 0
     routes: tuple[str, ...] = field(default=())
+    extra: str = ""
+    """More configuration, appended as it is (an ``authorization`` or ``tls`` block)."""
 
     def __post_init__(self) -> None:
         # frozen: fill in the free ports through object.__setattr__, once.
@@ -123,6 +125,8 @@ class NatsServerConfig:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.extra:
+            lines.append(self.extra.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
 
