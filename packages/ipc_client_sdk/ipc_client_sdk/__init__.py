@@ -30,6 +30,7 @@ from ipc_client_sdk._errors import (
     RemoteError,
     RouterUnavailableError,
     ServiceUnavailableError,
+    StoreFullError,
 )
 from ipc_client_sdk._events import RouterEvents
 from ipc_client_sdk._link import ClientState
@@ -71,6 +72,7 @@ __all__ = [
     "Service",
     "ServiceInstance",
     "ServiceUnavailableError",
+    "StoreFullError",
     "Subscription",
     "__version__",
 ]
