@@ -145,6 +145,8 @@ def _shown(name: str, value: Any) -> str:
         return "unlimited" if value == -1 else str(value)
     if name in ("max_age", "duplicate_window"):
         return "unlimited" if value == 0 else f"{value:g}s"
+    if name == "description":
+        return repr(value)
     return str(getattr(value, "value", value))
 
 

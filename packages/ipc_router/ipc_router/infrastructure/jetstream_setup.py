@@ -318,11 +318,10 @@ async def provision(
     """
     reserved = settings.limits.reserved
     _log.info(
-        "JetStream reserves %s of file store for this router's streams and buckets "
-        "(per replica, %d replica%s)",
+        "this router's streams and buckets reserve %s of JetStream file store on each "
+        "server that holds a replica (replicas: %d)",
         format_size(reserved),
         settings.replicas,
-        "" if settings.replicas == 1 else "s",
     )
     try:
         for asset in _streams(subjects, settings):
