@@ -168,10 +168,10 @@ class ResultLedger:
         may still record its outcome, if the instance was only frozen.
 
         Raises:
-            IPCError: ``UNAVAILABLE`` when the bucket does not answer, or is full (running
-                without a claim could run the call twice, so it is not run); ``DEADLINE_EXCEEDED``
-                when another run holds the claim until the deadline; ``UNKNOWN`` when the
-                abandoned instance holds it past the grace.
+            IPCError: ``UNAVAILABLE`` when the bucket does not answer, or is full
+                (running without a claim could run the call twice, so it is not run);
+                ``DEADLINE_EXCEEDED`` when another run holds the claim until the deadline;
+                ``UNKNOWN`` when the abandoned instance holds it past the grace.
         """
         # The nonce makes this claim recognisable if the create's ack is lost.
         claim_value = _PENDING + msgpack.packb([self._instance_id, time.time(), os.urandom(8)])

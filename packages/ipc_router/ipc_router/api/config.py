@@ -120,6 +120,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=_size if is_size else _positive_int,
+            metavar="SIZE" if is_size else "COUNT",
             default=os.environ.get(env_name) or str(default),
             help=f"{_LIMIT_HELP[f.name]} (env {env_name}, default "
             f"{format_size(default) if is_size else default})",

@@ -95,8 +95,8 @@ def _no_room(asset: Asset, reserved: int, e: nats.js.errors.APIError) -> Provisi
     return ProvisioningError(
         f"JetStream has no room to reserve {format_size(asset.limits['max_bytes'])} for "
         f"{asset.kind} {asset.name} ({e.description}): this router reserves "
-        f"{format_size(reserved)} in all; lower the --*-max-bytes caps or give nats-server "
-        "a larger max_file_store"
+        f"{format_size(reserved)} in all; lower the --*-max-bytes caps, or give nats-server "
+        "a larger max_file_store (or the account a larger JetStream storage limit)"
     )
 
 
