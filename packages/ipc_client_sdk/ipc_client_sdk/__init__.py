@@ -32,6 +32,7 @@ from ipc_client_sdk._errors import (
     RemoteError,
     RouterUnavailableError,
     ServiceUnavailableError,
+    StoreFullError,
 )
 from ipc_client_sdk._events import RouterEvents
 from ipc_client_sdk._link import ClientState
@@ -75,6 +76,7 @@ __all__ = [
     "Service",
     "ServiceInstance",
     "ServiceUnavailableError",
+    "StoreFullError",
     "Subscription",
     "__version__",
 ]

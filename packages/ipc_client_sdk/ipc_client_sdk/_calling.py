@@ -38,10 +38,16 @@ from ipc_client_sdk._errors import (
     RemoteError,
     RouterUnavailableError,
     ServiceUnavailableError,
+    StoreFullError,
 )
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._nats import connection_error
-from ipc_client_sdk._replies import stream_publish
+from ipc_client_sdk._replies import (
+    STORE_FULL_DETAIL,
+    message_too_large,
+    store_is_full,
+    stream_publish,
+)
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 
@@ -263,7 +269,9 @@ async def publish_acked(
     Raises:
         CallTimeoutError: no ack before ``deadline`` (it may have been stored).
         RouterUnavailableError: no stream captures ``subject`` (no router set it up).
-        ServiceUnavailableError: the stream refused the message.
+        StoreFullError: the stream (or the whole store) is full: nothing was stored.
+        InvalidArgumentError: the message is over the stream's largest message.
+        ServiceUnavailableError: the stream refused the message for another reason.
         IPCConnectionError, ClientStateError: the connection failed or the client closed.
     """
     first = True
@@ -301,11 +309,7 @@ async def publish_acked(
             first = False  # it may have been stored: repeat under the same id
             continue
         except nats.js.errors.APIError as e:
-            raise ServiceUnavailableError(
-                f"the stream refused {what}: {e.description or e}",
-                call_id=call_id,
-                service=service,
-            ) from e
+            raise refusal_error(e, what, call_id=call_id, service=service) from e
         except nats.errors.Error as e:
             if isinstance(e, nats.errors.ConnectionClosedError) and link.closing:
                 raise ClientStateError(f"the client closed while sending {what}") from e
@@ -314,6 +318,30 @@ async def publish_acked(
             msg_id, first = fresh_id, False
             continue
         return ack
+
+
+def refusal_error(
+    error: nats.js.errors.APIError, what: str, *, call_id: str | None, service: str | None
+) -> IPCError:
+    """The exception for a message JetStream refused (nothing was stored)."""
+    stream = error.stream or "the stream"
+    reason = error.description or str(error)
+    if store_is_full(error):
+        return StoreFullError(
+            f"{stream} is full ({reason}): {what} was refused and not stored; retry later",
+            store=error.stream,
+            call_id=call_id,
+            service=service,
+        )
+    if message_too_large(error):
+        return InvalidArgumentError(
+            f"{stream} refused {what}: it is larger than the largest message it stores",
+            call_id=call_id,
+            service=service,
+        )
+    return ServiceUnavailableError(
+        f"{stream} refused {what}: {reason}", call_id=call_id, service=service
+    )
 
 
 def error_from_reply(reply: CallReply, call_id: str, service: str) -> IPCError:
@@ -329,6 +357,9 @@ def error_from_reply(reply: CallReply, call_id: str, service: str) -> IPCError:
         "retryable": info.retryable,
     }
     if info.code is ErrorCode.UNAVAILABLE:
+        full = info.details.get(STORE_FULL_DETAIL)
+        if isinstance(full, str):
+            return StoreFullError(info.message, store=full, **context)
         return ServiceUnavailableError(info.message, **context)
     if info.code is ErrorCode.DEADLINE_EXCEEDED:
         return CallTimeoutError(info.message, **context)

@@ -220,7 +220,8 @@ class IPCClient:
                 ``returns``.
             ServiceUnavailableError: nobody can serve the call now, e.g. no healthy
                 instance (raised at once, not after the timeout); ``RouterUnavailableError``
-                when no router has set this deployment up.
+                when no router has set this deployment up; ``StoreFullError`` when the
+                calls stream or the results bucket is full (the call was refused unrun).
             CallTimeoutError: the deadline passed.
             RemoteError: the handler failed (``INTERNAL`` or its own code), its instance died
                 holding the call (``UNKNOWN``: whether it ran is unknown), the method does
@@ -264,6 +265,8 @@ class IPCClient:
             CallTimeoutError: JetStream did not confirm it in time (publish again with the
                 same ``event_id`` to be safe).
             RouterUnavailableError: no router has set up this deployment's events stream.
+            StoreFullError: the store has no room for it (the events stream itself discards
+                its oldest events instead, so this means the whole store is full).
         """
         return await publish(self._link, topic, event, event_id=event_id, timeout=timeout)
 

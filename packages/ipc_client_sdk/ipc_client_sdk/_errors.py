@@ -10,7 +10,8 @@
     │   └── PayloadTooLargeError  a payload over the configured limit
     ├── CallTimeoutError          the deadline passed (DEADLINE_EXCEEDED)
     ├── ServiceUnavailableError   nobody can serve the call right now (UNAVAILABLE)
-    │   └── RouterUnavailableError  no router answered
+    │   ├── RouterUnavailableError  no router answered
+    │   └── StoreFullError          a stream or bucket is full: the message was refused
     └── RemoteError               the remote side answered with an error
 
 No exception from nats-py, msgpack or pydantic crosses the SDK's public API: adapters wrap
@@ -120,8 +121,9 @@ class ClientStateError(IPCError):
 class InvalidArgumentError(IPCError, ValueError):
     """An SDK method was given an argument it cannot use (a bad target, id or timeout).
 
-    Raised before anything is sent. It is also a ``ValueError``, so code written for plain
-    Python argument errors catches it too.
+    Raised before anything is sent, or when a stream refuses a message as larger than its
+    largest message. It is also a ``ValueError``, so code written for plain Python argument
+    errors catches it too.
     """
 
     default_code = ErrorCode.INVALID_ARGUMENT
@@ -187,6 +189,20 @@ class ServiceUnavailableError(IPCError):
 
 class RouterUnavailableError(ServiceUnavailableError):
     """No router answered on the admin or request subjects."""
+
+
+class StoreFullError(ServiceUnavailableError):
+    """A JetStream stream or bucket (or the whole store) is full and refused the message:
+    nothing was stored and nothing ran. Retryable: space comes back as old entries age out
+    (or, for the calls stream, as a router takes the waiting calls).
+
+    Attributes:
+        store: the stream or bucket that refused, when known (e.g. ``IPC_CALLS``).
+    """
+
+    def __init__(self, message: str, *, store: str | None = None, **context: Any) -> None:
+        self.store = store
+        super().__init__(message, **context)
 
 
 class RemoteError(IPCError):

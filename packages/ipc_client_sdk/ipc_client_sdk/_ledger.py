@@ -28,7 +28,12 @@ from nats.js.kv import KeyValue
 
 from ipc_client_sdk._contracts import ErrorCode
 from ipc_client_sdk._errors import IPCError
-from ipc_client_sdk._replies import ReplyInbox, stream_publish
+from ipc_client_sdk._replies import (
+    STORE_FULL_DETAIL,
+    ReplyInbox,
+    store_is_full,
+    stream_publish,
+)
 
 _TIMEOUT = 2.0
 """Seconds one read or write of the results bucket may take."""
@@ -163,10 +168,10 @@ class ResultLedger:
         may still record its outcome, if the instance was only frozen.
 
         Raises:
-            IPCError: ``UNAVAILABLE`` when the bucket does not answer (running without a
-                claim could run the call twice, so it is not run); ``DEADLINE_EXCEEDED``
-                when another run holds the claim until the deadline; ``UNKNOWN`` when the
-                abandoned instance holds it past the grace.
+            IPCError: ``UNAVAILABLE`` when the bucket does not answer, or is full
+                (running without a claim could run the call twice, so it is not run);
+                ``DEADLINE_EXCEEDED`` when another run holds the claim until the deadline;
+                ``UNKNOWN`` when the abandoned instance holds it past the grace.
         """
         # The nonce makes this claim recognisable if the create's ack is lost.
         claim_value = _PENDING + msgpack.packb([self._instance_id, time.time(), os.urandom(8)])
@@ -186,6 +191,8 @@ class ResultLedger:
                     except nats.js.errors.KeyNotFoundError:
                         continue  # released a moment ago: claim it again
             except (TimeoutError, nats.errors.Error) as e:
+                if isinstance(e, nats.js.errors.APIError) and store_is_full(e):
+                    raise _store_full(e) from e  # refused: nothing was stored, so not ours
                 return await self._claimed_anyway(key, claim_value, e)
             value = entry.value or b""
             if not value.startswith(_PENDING):
@@ -275,6 +282,16 @@ def _holder(value: bytes) -> str:
         return str(instance_id)
     except Exception:  # a claim written by something else: name nobody
         return "unknown"
+
+
+def _store_full(error: nats.js.errors.APIError) -> IPCError:
+    bucket = (error.stream or "KV_results").removeprefix("KV_")
+    return IPCError(
+        f"the results bucket {bucket} is full ({error.description}), so the call was not run; "
+        "retry later",
+        code=ErrorCode.UNAVAILABLE,
+        details={STORE_FULL_DETAIL: bucket},
+    )
 
 
 def _unavailable(error: BaseException) -> IPCError:

@@ -172,5 +172,39 @@ async def stream_publish(
     if not isinstance(error, dict):
         raise nats.js.errors.APIError(description=str(error))
     raise nats.js.errors.APIError(
-        code=error.get("code"), err_code=error.get("err_code"), description=error.get("description")
+        code=error.get("code"),
+        err_code=error.get("err_code"),
+        description=error.get("description"),
+        stream=ack.get("stream"),
     )
+
+
+STORE_FULL_DETAIL = "store_full"
+"""Key of an error reply's ``details`` naming the store that was full (the call did not run)."""
+
+_STORE_FULL_CODES = frozenset({10002, 10023})
+"""JetStream's "resource limits exceeded for account" and "insufficient resources"."""
+
+_STORE_FAILED = 10077
+"""JetStream's "the stream did not store it", with the store's reason as the description."""
+
+_STORE_FULL_REASONS = ("maximum bytes exceeded", "maximum messages exceeded")
+
+_TOO_LARGE = 10054
+"""JetStream's "message size exceeds maximum allowed" (the stream's largest message)."""
+
+
+def store_is_full(error: nats.js.errors.APIError) -> bool:
+    """Whether JetStream refused a message because a stream, or the whole store, is full.
+
+    A refusal, not a failure: nothing was stored.
+    """
+    if error.err_code in _STORE_FULL_CODES:
+        return True
+    reason = (error.description or "").lower()
+    return error.err_code == _STORE_FAILED and reason.startswith(_STORE_FULL_REASONS)
+
+
+def message_too_large(error: nats.js.errors.APIError) -> bool:
+    """Whether JetStream refused a message for being over the stream's largest message."""
+    return error.err_code == _TOO_LARGE

@@ -169,7 +169,7 @@ class CallRunner:
                 f"{self._name}.{spec.name}.{call_id}", request.deadline, abandoned=request.abandoned
             )
         except IPCError as e:
-            return self.error(call_id, e.code, e.message)
+            return self.error(call_id, e.code, e.message, details=e.details)
         if isinstance(claimed, bytes):
             return claimed  # an earlier run's outcome
         late = self._admit(request) if self._admit is not None else None

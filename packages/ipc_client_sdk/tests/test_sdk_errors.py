@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import nats.js.errors
 import pytest
 
 import ipc_client_sdk as sdk
 from ipc_client_sdk import ErrorCode, ErrorInfo, RemoteError
+from ipc_client_sdk._calling import refusal_error
 
 
 @pytest.mark.parametrize(
@@ -18,6 +20,7 @@ from ipc_client_sdk import ErrorCode, ErrorInfo, RemoteError
         sdk.CallTimeoutError,
         sdk.ServiceUnavailableError,
         sdk.RouterUnavailableError,
+        sdk.StoreFullError,
         sdk.RemoteError,
     ],
 )
@@ -56,3 +59,24 @@ def test_retryable_follows_the_code_unless_told() -> None:
 def test_public_api_is_exported() -> None:
     for name in sdk.__all__:
         assert hasattr(sdk, name), name
+
+
+@pytest.mark.parametrize(
+    ("err_code", "description", "expected"),
+    [
+        (10077, "maximum bytes exceeded", sdk.StoreFullError),
+        (10077, "maximum messages exceeded", sdk.StoreFullError),
+        (10023, "insufficient resources", sdk.StoreFullError),
+        (10054, "message size exceeds maximum allowed", sdk.InvalidArgumentError),
+        (10077, "disk I/O error", sdk.ServiceUnavailableError),
+    ],
+)
+def test_a_stream_refusal_says_why(
+    err_code: int, description: str, expected: type[sdk.IPCError]
+) -> None:
+    refused = nats.js.errors.APIError(
+        code=503, err_code=err_code, description=description, stream="IPC_EVENTS"
+    )
+    error = refusal_error(refused, "the event", call_id=None, service=None)
+    assert type(error) is expected
+    assert error.message.startswith("IPC_EVENTS ")

@@ -162,6 +162,11 @@ class Wiring:
         )
 
 
+def storage_settings(config: RouterConfig) -> StorageSettings:
+    """What the router keeps in JetStream, and its caps, from the router's configuration."""
+    return StorageSettings(replicas=config.replicas, limits=config.limits)
+
+
 def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
     """The bundled nats-server a router runs when no NATS URL is configured."""
     return NatsServerProcess(

@@ -42,6 +42,10 @@ def test_environment_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
         ["--replicas", "-1"],
         ["--connect-timeout", "nan"],
         ["--log-level", "LOUD"],
+        ["--events-max-bytes", "lots"],
+        ["--events-max-bytes", "0"],
+        ["--calls-max-msgs", "1.5"],
+        ["--calls-max-bytes", "64KiB"],  # smaller than the largest message
         ["--no-such-flag"],
     ],
 )

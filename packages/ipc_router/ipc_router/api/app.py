@@ -25,11 +25,11 @@ from ipc_router.bootstrap import (
     Wiring,
     build_router,
     embedded_server,
+    storage_settings,
 )
 from ipc_router.infrastructure.jetstream_setup import (
     ProvisioningError,
     RouterStores,
-    StorageSettings,
     provision,
 )
 from ipc_router.infrastructure.lifecycle import AsyncService
@@ -71,7 +71,7 @@ class Router(AsyncService):
         self.embedded: NatsServerProcess | None = None
         self.stores: RouterStores | None = None
         self._nc: NATS | None = None
-        self.storage = StorageSettings(replicas=config.replicas)
+        self.storage = storage_settings(config)
         self._services: RouterServices | None = None
         self._started_at = time.time()
         self._stopping = False

@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ipc_client_sdk import Credentials, InvalidArgumentError
@@ -18,6 +18,8 @@ from ipc_client_sdk.protocol import (
     parse_servers,
     validate_prefix,
 )
+from ipc_router.infrastructure.jetstream_setup import StorageLimits
+from ipc_router.infrastructure.sizes import format_size, parse_size
 
 DEFAULT_DATA_DIR = Path(".ipc")
 DEFAULT_EMBEDDED_PORT = 4222
@@ -44,6 +46,8 @@ class RouterConfig:
     call_ack_wait: float = 5.0
     log_level: str = "INFO"
     credentials: Credentials = field(default_factory=Credentials)
+    limits: StorageLimits = field(default_factory=StorageLimits)
+    """Caps on the router's streams and buckets (``--*-max-bytes``, ``--*-max-msgs``)."""
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -81,6 +85,55 @@ def _heartbeat_timeout(text: str) -> float:
     if not 0.3 <= value <= 60:
         raise argparse.ArgumentTypeError(f"must be between 0.3 and 60 seconds, got {text}")
     return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_LIMIT_HELP = {
+    "calls_max_bytes": "the calls stream; full: a new call is refused (the caller gets "
+    "StoreFullError), an accepted one is never dropped",
+    "calls_max_msgs": "calls waiting in the calls stream; full: as above",
+    "events_max_bytes": "the events stream; full: the oldest events are discarded",
+    "events_max_msgs": "events kept; full: the oldest are discarded",
+    "dead_letters_max_bytes": "the dead-letter stream; full: the oldest are discarded",
+    "dead_letters_max_msgs": "dead letters kept; full: the oldest are discarded",
+    "registry_max_bytes": "the registry bucket; full: new instances are not saved",
+    "routes_max_bytes": "the routes bucket; full: new claims and assignments are not saved",
+    "leases_max_bytes": "the router lease bucket",
+    "results_max_bytes": "the results bucket; full: new calls are refused unrun "
+    "(StoreFullError), never run twice",
+    "max_message_size": "the largest call, event or result a stream or bucket stores",
+}
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """``--calls-max-bytes`` ... ``--max-message-size``: one flag and one environment
+    variable (``IPC_CALLS_MAX_BYTES`` ...) per ``StorageLimits`` field."""
+    defaults = StorageLimits()
+    group = p.add_argument_group(
+        "storage limits",
+        "caps on the router's JetStream streams and buckets; sizes in bytes or with a unit "
+        "(512MiB, 2GiB; KB/MB/GB are powers of 1000). Their sum is reserved in JetStream "
+        "and must fit nats-server's max_file_store",
+    )
+    for f in fields(StorageLimits):
+        default = getattr(defaults, f.name)
+        is_size = not f.name.endswith("_msgs")
+        env_name = f"IPC_{f.name.upper()}"
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_size if is_size else _positive_int,
+            metavar="SIZE" if is_size else "COUNT",
+            default=os.environ.get(env_name) or str(default),
+            help=f"{_LIMIT_HELP[f.name]} (env {env_name}, default "
+            f"{format_size(default) if is_size else default})",
+        )
 
 
 def _prefix(text: str) -> str:
@@ -136,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("IPC_REPLICAS", "1"),
         help="JetStream replicas of the router's streams and buckets (3 on a 3-node cluster)",
     )
+    _add_limit_flags(p)
     p.add_argument(
         "--connect-timeout",
         type=_positive_float,
@@ -217,6 +271,10 @@ def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
     parser = build_parser()
     ns = parser.parse_args(argv)
     nats_url, credentials = _credentials(parser, ns)
+    try:
+        limits = StorageLimits(**{f.name: getattr(ns, f.name) for f in fields(StorageLimits)})
+    except ValueError as e:
+        parser.error(str(e))
     return RouterConfig(
         nats_url=nats_url,
         prefix=ns.prefix,
@@ -230,4 +288,5 @@ def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
         call_ack_wait=ns.call_ack_wait,
         log_level=ns.log_level,
         credentials=credentials,
+        limits=limits,
     )

@@ -1,35 +1,107 @@
-"""Creating the router's JetStream streams and KV buckets, idempotently.
+"""Creating and checking the router's JetStream streams and KV buckets, idempotently.
 
-A second router, or a restarted one, finds them in place and uses them as they are: nothing
-is ever deleted or purged here. Two routers starting at once may both try to create; the
-loser of that race opens what the winner created. A stream that exists but captures other
-subjects, or keeps messages differently, is refused: using it would lose calls silently.
+A second router, or a restarted one, finds them in place: nothing is ever deleted or
+purged here. Two routers starting at once may both try to create; the loser of that race
+opens what the winner created.
+
+Every stream and bucket is created with limits (``StorageLimits``): a byte cap, a message
+cap where messages are the unit (the streams), a largest message where one message could
+otherwise take a share of the store (calls, events, results), and the discard policy that
+says what a full one does. An existing one with other limits is updated to these; one whose
+subjects, retention or storage type differ is refused (``jetstream_assets``).
+
+nats-server reserves each stream's byte cap against its ``max_file_store`` when the stream
+is created or its cap raised, and refuses a cap that does not fit what is left; with every
+stream capped, one that fills up cannot take the space another one needs.
+
 Every JetStream failure leaves this module as a ``ProvisioningError``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from functools import partial
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from ipc_client_sdk.protocol import Subjects
+from ipc_client_sdk.protocol import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Subjects
+from ipc_router.infrastructure.jetstream_assets import (
+    Asset,
+    ProvisioningError,
+    ensure,
+    retrying,
+)
+from ipc_router.infrastructure.sizes import format_size
 
 _log = logging.getLogger("ipc_router.jetstream")
 
-_ATTEMPTS = 6
-"""JetStream API calls retried on timeout or 503 (no leader yet), about 10 s in all."""
+_MiB = 1024 * 1024
+_GiB = 1024 * _MiB
+
+_HEADER_ROOM = 4 * 1024
+"""Bytes of NATS headers (message id, reply address, trace context) a message may carry."""
+
+DEFAULT_MAX_MESSAGE = DEFAULT_MAX_PAYLOAD + ENVELOPE_OVERHEAD + _HEADER_ROOM
+"""The largest call, event or result: a default client's largest envelope, with headers."""
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE",
+    "ProvisioningError",
+    "RouterStores",
+    "StorageLimits",
+    "StorageSettings",
+    "provision",
+]
 
 
-class ProvisioningError(Exception):
-    """JetStream refused to create or open a stream or bucket the router needs."""
+@dataclass(frozen=True, slots=True)
+class StorageLimits:
+    """Caps on what the router's streams and buckets hold: bytes everywhere, messages in the
+    streams, and the largest message. All positive.
+
+    The defaults reserve about 7.6 GiB of JetStream file store in all (``reserved``),
+    sized for a 2-core machine with 24 GiB of memory and the store on local disk;
+    docs/architecture.md says why each is what it is.
+
+    Raises:
+        ValueError: a cap that is not a positive whole number, or a stream that could not
+            hold one message of ``max_message_size``.
+    """
+
+    calls_max_bytes: int = 1 * _GiB
+    calls_max_msgs: int = 1_000_000
+    events_max_bytes: int = 2 * _GiB
+    events_max_msgs: int = 5_000_000
+    dead_letters_max_bytes: int = 256 * _MiB
+    dead_letters_max_msgs: int = 100_000
+    registry_max_bytes: int = 64 * _MiB
+    routes_max_bytes: int = 256 * _MiB
+    leases_max_bytes: int = 1 * _MiB
+    results_max_bytes: int = 4 * _GiB
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{f.name} must be a positive whole number, got {value!r}")
+        for name in ("calls_max_bytes", "events_max_bytes", "results_max_bytes"):
+            if getattr(self, name) < self.max_message_size:
+                raise ValueError(
+                    f"{name} ({format_size(getattr(self, name))}) is smaller than "
+                    f"max_message_size ({format_size(self.max_message_size)}): it could not "
+                    "hold one message"
+                )
+
+    @property
+    def reserved(self) -> int:
+        """Bytes JetStream reserves for all of them (per replica)."""
+        return sum(getattr(self, f.name) for f in fields(self) if f.name.endswith("_max_bytes"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +116,7 @@ class StorageSettings:
         duplicate_window_s: JetStream's de-duplication window on ``Nats-Msg-Id``.
         event_retention_s: how long published events are kept for durable subscribers.
         dead_letter_retention_s: how long dead letters are kept for inspection.
+        limits: the byte and message caps.
     """
 
     replicas: int = 1
@@ -53,6 +126,7 @@ class StorageSettings:
     duplicate_window_s: float = 120.0
     event_retention_s: float = 24 * 3600
     dead_letter_retention_s: float = 7 * 24 * 3600
+    limits: StorageLimits = field(default_factory=StorageLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,59 +139,202 @@ class RouterStores:
     results: KeyValue
 
 
-async def provision(
-    js: JetStreamContext, subjects: Subjects, settings: StorageSettings
-) -> RouterStores:
-    """Ensure the streams (calls, events, dead letters) and the KV buckets exist, and open
-    the buckets.
+def _streams(subjects: Subjects, settings: StorageSettings) -> list[Asset]:
+    limits = settings.limits
 
-    Raises:
-        ProvisioningError: JetStream is not enabled, not answering, or refused.
-    """
-    streams = (
-        (
+    def stream(
+        name: str,
+        description: str,
+        captured: str,
+        retention: RetentionPolicy,
+        discard: DiscardPolicy,
+        max_age: float,
+        max_bytes: int,
+        max_msgs: int,
+        max_msg_size: int = -1,
+    ) -> Asset:
+        config = StreamConfig(
+            name=name,
+            description=description,
+            subjects=[captured],
+            retention=retention,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=max_age,
+            duplicate_window=settings.duplicate_window_s,
+            max_bytes=max_bytes,
+            max_msgs=max_msgs,
+            max_msg_size=max_msg_size,
+            discard=discard,
+        )
+        return Asset(
+            kind="stream",
+            name=name,
+            stream=name,
+            fixed={"subjects": [captured], "retention": retention, "storage": StorageType.FILE},
+            limits={
+                "description": description,
+                "max_bytes": max_bytes,
+                "max_msgs": max_msgs,
+                "max_msg_size": max_msg_size,
+                "max_age": max_age,
+                "discard": discard,
+                "duplicate_window": settings.duplicate_window_s,
+            },
+            create=lambda js: js.add_stream(config),
+            replicas=settings.replicas,
+        )
+
+    return [
+        stream(
             subjects.calls_stream,
             "AegisIPC accepted RPC calls, removed once answered",
             subjects.calls_all,
             RetentionPolicy.WORK_QUEUE,
+            # Full: a new call is refused (the caller is told), never an accepted one dropped.
+            DiscardPolicy.NEW,
             settings.call_retention_s,
+            limits.calls_max_bytes,
+            limits.calls_max_msgs,
+            limits.max_message_size,
         ),
-        (
+        stream(
             subjects.events_stream,
             "AegisIPC published events, kept for durable subscribers",
             subjects.events_stream_subjects,
             RetentionPolicy.LIMITS,
+            # Full: the oldest events go, so a flood ages out old events and blocks nobody.
+            DiscardPolicy.OLD,
             settings.event_retention_s,
+            limits.events_max_bytes,
+            limits.events_max_msgs,
+            limits.max_message_size,
         ),
-        (
+        stream(
             subjects.dead_letter_stream,
             "AegisIPC events subscribers could not take, with the error",
             subjects.dead_letter_all,
             RetentionPolicy.LIMITS,
+            DiscardPolicy.OLD,
             settings.dead_letter_retention_s,
+            limits.dead_letters_max_bytes,
+            limits.dead_letters_max_msgs,
         ),
+    ]
+
+
+def _bucket(
+    bucket: str,
+    purpose: str,
+    settings: StorageSettings,
+    *,
+    max_bytes: int,
+    history: int = 1,
+    ttl: float | None = None,
+    max_value_size: int = -1,
+    never_shorten_age: bool = False,
+) -> Asset:
+    description = f"AegisIPC {purpose}"
+    config = KeyValueConfig(
+        bucket=bucket,
+        description=description,
+        history=history,
+        ttl=ttl,
+        max_bytes=max_bytes,
+        max_value_size=max_value_size,
+        storage=StorageType.FILE,
+        replicas=settings.replicas,
+    )
+    return Asset(
+        kind="bucket",
+        name=bucket,
+        stream=f"KV_{bucket}",
+        fixed={
+            "subjects": [f"$KV.{bucket}.>"],
+            "retention": RetentionPolicy.LIMITS,
+            "storage": StorageType.FILE,
+        },
+        # A full bucket refuses new keys (KV's DISCARD NEW): it never drops a live one.
+        limits={
+            "description": description,
+            "max_bytes": max_bytes,
+            "max_msg_size": max_value_size,
+            "max_age": ttl or 0.0,
+            "discard": DiscardPolicy.NEW,
+            "max_msgs_per_subject": history,
+        },
+        create=lambda js: js.create_key_value(config),
+        replicas=settings.replicas,
+        never_shorten_age=never_shorten_age,
+    )
+
+
+def _buckets(subjects: Subjects, settings: StorageSettings) -> list[Asset]:
+    limits = settings.limits
+    return [
+        _bucket(
+            subjects.registry_bucket,
+            "registered instances",
+            settings,
+            max_bytes=limits.registry_max_bytes,
+        ),
+        _bucket(
+            subjects.routes_bucket,
+            "claims and assignments",
+            settings,
+            max_bytes=limits.routes_max_bytes,
+            history=5,
+        ),
+        # A bucket TTL shorter than a running router's lease would let two routers lead.
+        _bucket(
+            subjects.leases_bucket,
+            "router lease",
+            settings,
+            max_bytes=limits.leases_max_bytes,
+            ttl=settings.lease_ttl_s,
+            never_shorten_age=True,
+        ),
+        # Full: a new claim is refused, so the call is refused unrun (never run twice).
+        _bucket(
+            subjects.results_bucket,
+            "completed results",
+            settings,
+            max_bytes=limits.results_max_bytes,
+            ttl=settings.result_ttl_s,
+            max_value_size=limits.max_message_size,
+        ),
+    ]
+
+
+async def provision(
+    js: JetStreamContext, subjects: Subjects, settings: StorageSettings
+) -> RouterStores:
+    """Ensure the streams (calls, events, dead letters) and the KV buckets exist with the
+    configured limits, and open the buckets.
+
+    Raises:
+        ProvisioningError: JetStream is not enabled, not answering, or refused; or a stream
+            or bucket exists with settings that would break a guarantee.
+    """
+    reserved = settings.limits.reserved
+    _log.info(
+        "this router's streams and buckets reserve %s of JetStream file store on each "
+        "server that holds a replica (replicas: %d)",
+        format_size(reserved),
+        settings.replicas,
     )
     try:
-        for name, description, captured, retention, max_age in streams:
-            config = StreamConfig(
-                name=name,
-                description=description,
-                subjects=[captured],
-                retention=retention,
-                storage=StorageType.FILE,
-                num_replicas=settings.replicas,
-                max_age=max_age,
-                duplicate_window=settings.duplicate_window_s,
-            )
-            await _ensure_stream(js, config)
-        bucket = _BucketMaker(js, settings)
+        for asset in _streams(subjects, settings):
+            await ensure(js, asset, reserved)
+        stores: dict[str, KeyValue] = {}
+        for asset in _buckets(subjects, settings):
+            await ensure(js, asset, reserved)
+            stores[asset.name] = await retrying(partial(js.key_value, asset.name))
         return RouterStores(
-            registry=await bucket(subjects.registry_bucket, "registered instances"),
-            routes=await bucket(subjects.routes_bucket, "claims and assignments", history=5),
-            leases=await bucket(subjects.leases_bucket, "router lease", ttl=settings.lease_ttl_s),
-            results=await bucket(
-                subjects.results_bucket, "completed results", ttl=settings.result_ttl_s
-            ),
+            registry=stores[subjects.registry_bucket],
+            routes=stores[subjects.routes_bucket],
+            leases=stores[subjects.leases_bucket],
+            results=stores[subjects.results_bucket],
         )
     except nats.errors.NoRespondersError as e:
         raise ProvisioningError("JetStream is not enabled on this NATS server") from e
@@ -125,89 +342,3 @@ async def provision(
         raise ProvisioningError(f"JetStream refused: {e.description or e}") from e
     except nats.errors.Error as e:
         raise ProvisioningError(f"JetStream did not answer: {e or type(e).__name__}") from e
-
-
-async def _retrying[T](operation: Callable[[], Awaitable[T]]) -> T:
-    """Retry JetStream API calls that time out or get 503 (no meta leader, cluster forming)."""
-    delay = 0.2
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            return await operation()
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
-            if attempt == _ATTEMPTS:
-                raise
-            _log.warning("JetStream busy (%s); retrying in %.1fs", type(e).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 3.0)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    name = config.name
-    assert name is not None
-    try:
-        info = await _retrying(lambda: js.stream_info(name))
-    except nats.js.errors.NotFoundError:
-        try:
-            await _retrying(lambda: js.add_stream(config))
-            _log.info("created stream %s", name)
-            return
-        except nats.js.errors.BadRequestError as e:
-            # Either another router created it a moment ago (then it is there now), or
-            # the server refused ours (overlapping subjects, say): the error says which.
-            try:
-                info = await js.stream_info(name)
-            except nats.js.errors.NotFoundError:
-                raise ProvisioningError(f"cannot create stream {name}: {e.description or e}") from e
-    found = info.config
-    if sorted(found.subjects or []) != sorted(config.subjects or []) or (
-        found.retention != config.retention
-    ):
-        raise ProvisioningError(
-            f"stream {name} exists with subjects {found.subjects} and retention "
-            f"{found.retention}, not {config.subjects} and {config.retention}: "
-            "another deployment uses this name; pick another --prefix"
-        )
-    if found.num_replicas != config.num_replicas:
-        _log.warning(
-            "stream %s has %s replicas, not the %s asked for; keeping it as it is",
-            name,
-            found.num_replicas,
-            config.num_replicas,
-        )
-
-
-class _BucketMaker:
-    """Opens a KV bucket, creating it first when it is missing."""
-
-    def __init__(self, js: JetStreamContext, settings: StorageSettings) -> None:
-        self._js = js
-        self._settings = settings
-
-    async def __call__(
-        self, bucket: str, purpose: str, *, history: int = 1, ttl: float | None = None
-    ) -> KeyValue:
-        js = self._js
-        try:
-            return await _retrying(lambda: js.key_value(bucket))
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        config = KeyValueConfig(
-            bucket=bucket,
-            description=f"AegisIPC {purpose}",
-            history=history,
-            ttl=ttl,
-            storage=StorageType.FILE,
-            replicas=self._settings.replicas,
-        )
-        try:
-            kv = await _retrying(lambda: js.create_key_value(config))
-        except nats.js.errors.BadRequestError as e:
-            try:
-                return await js.key_value(bucket)  # lost a creation race
-            except nats.js.errors.BucketNotFoundError:
-                raise ProvisioningError(
-                    f"cannot create KV bucket {bucket}: {e.description or e}"
-                ) from e
-        _log.info("created KV bucket %s", bucket)
-        return kv

@@ -80,6 +80,9 @@ class NatsServerConfig:
     server_name: str = "ipc-nats"
     jetstream: bool = True
     max_payload: int = 2 * 1024 * 1024
+    max_file_store: int | None = None
+    """JetStream's file store limit in bytes (None: nats-server's default, 75% of the free
+    disk at start); stream byte caps are reserved against it."""
     cluster_name: str | None = None
     cluster_port: int = 0
     routes: tuple[str, ...] = field(default=())
@@ -115,7 +118,10 @@ class NatsServerConfig:
             f"max_payload: {self.max_payload}",
         ]
         if self.jetstream:
-            lines.append(f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}" }}')
+            store = f'store_dir: "{self.store_dir / "jetstream"}"'
+            if self.max_file_store is not None:
+                store += f", max_file_store: {self.max_file_store}"
+            lines.append(f"jetstream {{ {store} }}")
         if self.cluster_name:
             routes = ", ".join(f'"{r}"' for r in self.routes)
             lines += [
