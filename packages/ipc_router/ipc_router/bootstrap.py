@@ -168,13 +168,20 @@ def storage_settings(config: RouterConfig) -> StorageSettings:
 
 
 def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
-    """The bundled nats-server a router runs when no NATS URL is configured."""
+    """The bundled nats-server a router runs when no NATS URL is configured.
+
+    Its ``max_file_store`` is what the router's caps reserve plus a quarter for the KV
+    buckets' bookkeeping, not nats-server's default of 75 % of the free disk: the router's
+    caps, not the disk it happens to start on, decide whether it starts.
+    """
+    reserved = config.limits.reserved
     return NatsServerProcess(
         NatsServerConfig(
             store_dir=store,
             host=config.embedded_host,
             port=config.embedded_port,
             server_name=f"ipc-embedded-{config.router_id}",
+            max_file_store=reserved + reserved // 4,
         )
     )
 
