@@ -154,7 +154,7 @@ async def test_calls_are_left_for_the_next_leader_once_the_leadership_term_has_e
 
         async def delivered_unacked() -> bool:
             info = await js.consumer_info(SUBJECTS.calls_stream, SUBJECTS.calls_consumer)
-            return info.num_pending == 0 and info.num_ack_pending == 20
+            return bool(info.num_pending == 0 and info.num_ack_pending == 20)
 
         deadline = time.monotonic() + 10
         while not await delivered_unacked():
