@@ -78,6 +78,8 @@ class LeaderParts:
     wiring: Wiring
     registry: InstanceRegistry
     tracker: InflightTracker
+    in_term: Callable[[], bool]
+    """Whether this router's leadership term still runs: ask before each routing action."""
 
 
 CallPathFactory = Callable[[LeaderParts], CallPath]
@@ -115,6 +117,7 @@ def durable_call_path(parts: LeaderParts) -> CallPath:
         parts.registry,
         ack_wait=w.config.call_ack_wait,
         tracker=parts.tracker,
+        in_term=parts.in_term,
     )
 
 
@@ -164,7 +167,9 @@ class Wiring:
 
 def storage_settings(config: RouterConfig) -> StorageSettings:
     """What the router keeps in JetStream, and its caps, from the router's configuration."""
-    return StorageSettings(replicas=config.replicas, limits=config.limits)
+    return StorageSettings(
+        replicas=config.replicas, lease_ttl_s=config.lease_ttl, limits=config.limits
+    )
 
 
 def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
@@ -224,7 +229,9 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
         started_at=started_at,
     )
     lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
-    leadership = Leadership(lease, LeaderDuties(w), w.storage.lease_ttl_s)
+    leadership = Leadership(
+        lease, LeaderDuties(w, lambda: leadership.in_term()), w.storage.lease_ttl_s
+    )
     get_status = GetRouterStatus(
         identity,
         w.instance_repository(),
@@ -238,10 +245,16 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
 
 class LeaderDuties:
     """The leading router's duties (a ``Duties``), built anew each time it starts to lead:
-    registration, heartbeats, handovers, the health sweep, and the call path."""
+    registration, heartbeats, handovers, the health sweep, and the call path.
 
-    def __init__(self, w: Wiring) -> None:
+    Args:
+        w: the connection and settings.
+        in_term: whether the leadership term still runs (the duties act only then).
+    """
+
+    def __init__(self, w: Wiring, in_term: Callable[[], bool]) -> None:
         self._w = w
+        self._in_term = in_term
         self._events: EventPublisher | None = None
         self._registry: InstanceRegistry | None = None
         self._handovers: Handovers | None = None
@@ -293,11 +306,12 @@ class LeaderDuties:
             self._handovers,
             tracker,
             w.instance_lease,
+            in_term=self._in_term,
         )
-        self._upkeep = RegistryUpkeep(registry, lambda: w.nc.is_connected)
+        self._upkeep = RegistryUpkeep(registry, lambda: w.nc.is_connected, self._in_term)
         await self._control.start()
         self._upkeep.start()
-        self._calls = w.deps.call_path(LeaderParts(w, registry, tracker))
+        self._calls = w.deps.call_path(LeaderParts(w, registry, tracker, self._in_term))
         await self._calls.start()
 
     async def stop(self, *, grace: float = 5.0) -> None:

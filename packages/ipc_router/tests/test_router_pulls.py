@@ -18,7 +18,7 @@ from ipc_router.api import calls
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.infrastructure.jetstream_setup import StorageSettings, provision
 from ipc_router.infrastructure.nats_server import NatsServerProcess
-from ipc_testing.waiting import until
+from ipc_testing.waiting import eventually, until
 
 SUBJECTS = Subjects()
 MAX_INFLIGHT = 256
@@ -127,3 +127,32 @@ async def test_a_call_larger_than_a_pull_allowance_does_not_block_the_rest(
     await nc.jetstream().publish(SUBJECTS.call("svc", "m"), b"x" * (256 * 1024))
     await publish(nc, 5)
     await until(lambda: {1, 2, 3, 4, 5, 6} <= pulls.seen, 10)
+
+
+async def test_calls_are_left_for_the_next_leader_once_the_leadership_term_has_ended(
+    nats_server: NatsServerProcess,
+) -> None:
+    term = {"open": False}  # a leader that woke from a freeze: its term is over
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await provision(js, SUBJECTS, StorageSettings())
+    registry = cast(InstanceRegistry, cast(Any, None))
+    pulls = HoldingConsumer(
+        nc, js, SUBJECTS, Codec(), registry, ack_wait=1.0, in_term=lambda: term["open"]
+    )
+    pulls.seen = set()
+    await pulls.start()
+    try:
+        await publish(nc, 20)
+
+        async def delivered_unacked() -> None:
+            info = await js.consumer_info(SUBJECTS.calls_stream, SUBJECTS.calls_consumer)
+            assert info.num_pending == 0 and info.num_ack_pending == 20, "not delivered"
+
+        await eventually(delivered_unacked, within=10, retry_on=(AssertionError,), interval=0.05)
+        assert pulls.seen == set() and pulls.handled == 0
+        term["open"] = True  # e.g. the next leader: JetStream delivers them again
+        await until(lambda: pulls.handled == 20, within=15)
+    finally:
+        await pulls.stop(grace=0.1)
+        await nc.close()

@@ -11,6 +11,7 @@ import asyncio
 import fcntl
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -32,6 +33,7 @@ from ipc_router.infrastructure.jetstream_setup import (
     RouterStores,
     provision,
 )
+from ipc_router.infrastructure.kv_lease import lease_ttl
 from ipc_router.infrastructure.lifecycle import AsyncService
 from ipc_router.infrastructure.nats_server import NatsServerError, NatsServerProcess
 
@@ -101,6 +103,11 @@ class Router(AsyncService):
             nc = self._nc = await self.deps.connect(self.config, self.nats_url, self._on_closed)
             self._connected = True
             self.stores = await provision(nc.jetstream(), self.subjects, self.storage)
+            # The leader counts its term against the TTL JetStream enforces, not the asked.
+            ttl = await lease_ttl(
+                self.stores.leases, self.subjects.leases_bucket, self.storage.lease_ttl_s
+            )
+            self.storage = replace(self.storage, lease_ttl_s=ttl)
             wiring = Wiring(nc, self.stores, self.config, self.subjects, self.storage, self.deps)
             self._services = build_router(
                 wiring, embedded=self.embedded is not None, started_at=self._started_at

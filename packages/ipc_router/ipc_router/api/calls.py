@@ -19,7 +19,12 @@ For each message of the durable pull consumer the router
    un-acked: JetStream redelivers it after ``ack_wait`` to whichever router fetches next.
 
 Calls that outlive half of ``ack_wait`` are kept alive with ``in_progress`` so that a slow
-handler is not mistaken for a dead router.
+handler is not mistaken for a dead router; so ``ack_wait`` can be short (1 s by default),
+and the calls a dead leader held reach the next leader about when it takes over.
+
+Before taking a call (steps 1 and 3) the consumer asks whether the router's leadership
+term still runs (``in_term``): a leader that wakes from a freeze with calls waiting in
+its socket leaves them un-acked for the next leader instead of routing them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import TypeGuard
 
 import nats.errors
@@ -54,7 +60,7 @@ from ipc_client_sdk.protocol import (
     Subjects,
     clip,
 )
-from ipc_router.api.relay import RETRY_LATER, Awaiting, CallRelay, Later, Refused
+from ipc_router.api.relay import RETRY_LATER, Awaiting, CallRelay, Later, OutOfTerm, Refused
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import Health
@@ -81,9 +87,11 @@ _PULL_BYTES = 16 * 1024 * 1024
 on their way to the router, well under the 64 MiB behind which nats-server drops a
 connection, whatever the calls' size."""
 
-_PULL_EXPIRES = 5.0
+_PULL_EXPIRES = 1.0
 """Seconds a pull request waits for calls before the server ends it (and one is sent anew).
-One the server lost (it restarted) is forgotten half a second after that."""
+One the server lost (it restarted) is forgotten half a second after that. Short, so that
+the pull requests of a leader that froze end about when another router can lead, rather
+than keep taking calls into a socket nobody reads."""
 
 _PULL_RETRY = 1.0
 """Seconds before asking again after the server refused a pull request (no consumer, no
@@ -110,6 +118,8 @@ class CallConsumer:
         max_inflight: calls this router handles at once (and asks JetStream for).
         ack_wait: seconds JetStream waits for an ack before it redelivers a call.
         tracker: counts the calls in flight to each instance (for handovers).
+        in_term: whether this router's leadership term still runs; calls are taken and
+            routed only while it does.
     """
 
     def __init__(
@@ -123,8 +133,10 @@ class CallConsumer:
         max_inflight: int = 1024,
         ack_wait: float = 5.0,
         tracker: InflightTracker | None = None,
+        in_term: Callable[[], bool] = lambda: True,
     ) -> None:
         self._nc = nc
+        self._in_term = in_term
         self._js = js
         self._subjects = subjects
         self._codec = codec
@@ -147,7 +159,13 @@ class CallConsumer:
         self._replies = ReplyInbox(nc)
         self._problems = RateLimitedLog(_log)  # what callers cause: a flood costs few lines
         self._relay = CallRelay(
-            subjects, codec, registry, tracker or InflightTracker(), self._replies, self._awaiting
+            subjects,
+            codec,
+            registry,
+            tracker or InflightTracker(),
+            self._replies,
+            self._awaiting,
+            in_term,
         )
 
     async def start(self) -> None:
@@ -195,15 +213,24 @@ class CallConsumer:
             )
         actual = info.config.ack_wait
         if actual and abs(actual - self._ack_wait) > 0.001:
-            # An existing durable keeps its config; keep-alives must follow its value.
-            _log.warning(
-                "consumer %s keeps its ack_wait of %gs (asked for %gs); using %gs",
-                durable,
-                actual,
-                self._ack_wait,
-                actual,
-            )
-            self._ack_wait = actual
+            # The leader sets the redelivery delay of the calls it consumes (a deployment
+            # started with another --call-ack-wait keeps its consumer otherwise).
+            try:
+                info = await self._js.add_consumer(
+                    stream, config=info.config.evolve(ack_wait=self._ack_wait)
+                )
+                _log.info("consumer %s: ack_wait %gs (was %gs)", durable, self._ack_wait, actual)
+            except nats.js.errors.APIError as e:
+                # Keep-alives must follow the value JetStream applies.
+                _log.warning(
+                    "consumer %s keeps its ack_wait of %gs (asked for %gs: %s); using %gs",
+                    durable,
+                    actual,
+                    self._ack_wait,
+                    e.description or e,
+                    actual,
+                )
+                self._ack_wait = actual
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Stop pulling, give in-flight calls ``grace`` seconds, then abandon the rest.
@@ -314,7 +341,7 @@ class CallConsumer:
             pull[0] -= 1
             if pull[0] <= 0:
                 del self._pulls[msg.subject]
-        if self._stopping:
+        if self._stopping or not self._in_term():
             return  # not acked: redelivered to the next router
         task = asyncio.create_task(self._process(msg))
         self._inflight[task] = (msg, time.monotonic())
@@ -385,6 +412,8 @@ class CallConsumer:
             return
         try:
             reply = await self._relay.relay(msg, request)
+        except OutOfTerm:
+            return  # not acked: redelivered to the next leader
         except Later:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=RETRY_LATER)

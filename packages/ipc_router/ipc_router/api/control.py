@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -116,6 +117,8 @@ class ControlAPI:
         handovers: the deregister, promote and drain use cases.
         tracker: the calls in flight to each instance (shown by the views).
         lease: the lease, in seconds, granted to an instance with each answer.
+        in_term: whether this router's leadership term still runs: heartbeats are not
+            answered after it ended (an answer would renew the instance's lease).
     """
 
     def __init__(
@@ -128,6 +131,8 @@ class ControlAPI:
         handovers: Handovers,
         tracker: InflightTracker,
         lease: float,
+        *,
+        in_term: Callable[[], bool] = lambda: True,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -137,6 +142,7 @@ class ControlAPI:
         self._handovers = handovers
         self._tracker = tracker
         self.lease = lease
+        self._in_term = in_term
         ops: dict[str, OpHandler] = {
             AdminOp.REGISTER: self._register,
             AdminOp.DEREGISTER: self._deregister,
@@ -322,6 +328,8 @@ class ControlAPI:
 
     # --- heartbeats -----------------------------------------------------------------------
     async def _on_heartbeat(self, msg: Msg) -> None:
+        if not self._in_term():
+            return  # another router may lead by now: it answers
         try:
             beat = self._codec.decode_envelope(msg.data, Heartbeat)
         except CodecError as e:

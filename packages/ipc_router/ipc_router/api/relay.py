@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -60,6 +61,10 @@ class Later(Exception):
     """The call cannot be routed yet: leave it for redelivery (nak with a delay)."""
 
 
+class OutOfTerm(Exception):
+    """This router's leadership term ended: leave the call un-acked for the next leader."""
+
+
 class Refused(Exception):
     """The call gets a terminal error reply; the message is acked."""
 
@@ -98,6 +103,8 @@ class CallRelay:
         replies: the inbox the instances answer on.
         awaiting: the calls waiting on an instance, shared with the consumer's watchdog,
             which cancels a wait whose instance failed.
+        in_term: whether this router's leadership term still runs (asked before each
+            delivery to an instance).
     """
 
     def __init__(
@@ -108,7 +115,9 @@ class CallRelay:
         tracker: InflightTracker,
         replies: ReplyInbox,
         awaiting: Awaiting,
+        in_term: Callable[[], bool] = lambda: True,
     ) -> None:
+        self._in_term = in_term
         self._subjects = subjects
         self._codec = codec
         self._registry = registry
@@ -123,6 +132,7 @@ class CallRelay:
         Raises:
             Refused: a terminal error for the caller.
             Later: the call cannot be routed yet; leave it for redelivery.
+            OutOfTerm: the leadership term ended; leave it for the next leader.
             nats.errors.Error: the router's own connection failed.
         """
         self._check(msg, request)
@@ -140,6 +150,8 @@ class CallRelay:
             route = await self._route(request, attempts, remaining)
             if route is None:
                 continue  # waited for the table to change
+            if not self._in_term():
+                raise OutOfTerm
             answer = await self._deliver(request, route, attempts, remaining)
             if answer is not None:
                 return answer

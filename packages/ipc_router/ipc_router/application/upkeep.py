@@ -20,11 +20,19 @@ class RegistryUpkeep:
     Args:
         registry: the registry to keep.
         listening: whether the router hears heartbeats now (its connection is up).
+        in_term: whether this router's leadership term still runs: after it ended, nothing
+            is expired or saved (another router may lead by now).
     """
 
-    def __init__(self, registry: InstanceRegistry, listening: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        listening: Callable[[], bool],
+        in_term: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._registry = registry
         self._listening = listening
+        self._in_term = in_term
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -56,6 +64,8 @@ class RegistryUpkeep:
             now = loop.time()
             stalled, last = now - last > timeout / 2, now
             try:
+                if not self._in_term():
+                    continue
                 if not self._listening():
                     deaf = True
                     continue
@@ -73,6 +83,8 @@ class RegistryUpkeep:
         delay = interval
         while True:
             await asyncio.sleep(delay)
+            if not self._in_term():
+                continue
             try:
                 saved = await self._registry.flush()
             except Exception:

@@ -122,7 +122,7 @@ class StorageSettings:
     replicas: int = 1
     call_retention_s: float = 24 * 3600
     result_ttl_s: float = 24 * 3600
-    lease_ttl_s: float = 5.0
+    lease_ttl_s: float = 1.0
     duplicate_window_s: float = 120.0
     event_retention_s: float = 24 * 3600
     dead_letter_retention_s: float = 7 * 24 * 3600

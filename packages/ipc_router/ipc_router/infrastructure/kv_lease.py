@@ -11,6 +11,7 @@ waits for its old lease to expire like any other.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import nats.errors
@@ -18,7 +19,10 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.infrastructure.jetstream_setup import ProvisioningError
 from ipc_router.infrastructure.kv_store import guarded
+
+_log = logging.getLogger("ipc_router.leadership")
 
 LEADER_KEY = "router-leader"
 
@@ -42,26 +46,26 @@ class JetStreamLease:
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it (or this process still does); whether it did.
 
+        While another router holds it this costs one read (standbys try often).
+
         Raises:
             StoreUnavailableError: JetStream did not answer.
         """
         value = self._value
         async with guarded(self._bucket, self._timeout):
             try:
-                self._revision = await self._kv.create(LEADER_KEY, value)
-                return True
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass
-            try:
                 entry = await self._kv.get(LEADER_KEY)
             except nats.js.errors.KeyNotFoundError:
-                return False  # expired between the two calls; the next attempt may win
-            if entry.value != value:
-                return False
+                entry = None  # never written, expired, or released (a delete marker)
             try:
-                self._revision = await self._kv.update(LEADER_KEY, value, last=entry.revision)
+                if entry is None:
+                    self._revision = await self._kv.create(LEADER_KEY, value)
+                elif entry.value == value:
+                    self._revision = await self._kv.update(LEADER_KEY, value, last=entry.revision)
+                else:
+                    return False
             except nats.js.errors.KeyWrongLastSequenceError:
-                return False
+                return False  # another router was faster
             return True
 
     async def renew(self, *, timeout: float | None = None) -> bool:
@@ -95,3 +99,35 @@ class JetStreamLease:
         with contextlib.suppress(StoreUnavailableError, nats.errors.Error):
             async with guarded(self._bucket, self._timeout):
                 await self._kv.delete(LEADER_KEY, last=revision)
+
+
+async def lease_ttl(kv: KeyValue, bucket: str, wanted: float) -> float:
+    """The TTL the leases bucket enforces: what a leader must count its term against.
+
+    A bucket created earlier with another TTL keeps it (shortening it under a running
+    router that counts on the old one would let two routers lead), and a warning says so.
+
+    Raises:
+        ProvisioningError: the bucket has no TTL (a dead leader's lease would never
+            expire), or JetStream did not answer.
+    """
+    try:
+        status = await kv.status()
+    except nats.errors.Error as e:
+        raise ProvisioningError(f"cannot read KV bucket {bucket}: {e or type(e).__name__}") from e
+    ttl = status.ttl or 0.0
+    if ttl <= 0:
+        raise ProvisioningError(
+            f"KV bucket {bucket} has no TTL, so a dead leader's lease would never expire: "
+            "delete the bucket (it holds only the lease) while no router runs"
+        )
+    if abs(ttl - wanted) > 0.001:
+        _log.warning(
+            "KV bucket %s keeps its lease TTL of %gs (asked for %gs); using %gs. To change "
+            "it, delete the bucket (it holds only the lease) while no router runs",
+            bucket,
+            ttl,
+            wanted,
+            ttl,
+        )
+    return ttl
