@@ -248,7 +248,11 @@ def _unpack(data: bytes) -> Any:
         return msgpack.unpackb(
             # timestamp=3: the standard timestamp extension (-1), what other languages'
             # MessagePack libraries send for a date, arrives as an aware UTC datetime.
-            data, raw=False, ext_hook=_ext_hook, strict_map_key=False, timestamp=3
+            data,
+            raw=False,
+            ext_hook=_ext_hook,
+            strict_map_key=False,
+            timestamp=3,
         )
     # ArithmeticError covers Decimal's InvalidOperation and OverflowError (a timedelta or
     # date out of range).
