@@ -4,8 +4,8 @@ Start the router first (``uv run ipc-router``), then:
 
     uv run python examples/workflow2.py
 
-It starts ``examples/service_b.py`` twice (b1 registers first and is active for acc_XYZ, b2
-stands by), books orders for acc_XYZ in a loop, kills b1 with SIGKILL, and shows the
+It starts ``service_b`` twice with ``ipc run`` (b1 registers first and is active for
+acc_XYZ, b2 stands by), books orders for acc_XYZ in a loop, kills b1 with SIGKILL, and shows the
 orders going on at b2 once the router has failed over, then stops b2 the planned way.
 """
 
@@ -24,15 +24,13 @@ from ipc_client_sdk import IPCClient, IPCError
 from orders import WorkRequest, WorkResult
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "nats://127.0.0.1:4222"
-SERVICE_B = Path(__file__).with_name("service_b.py")
+EXAMPLES = Path(__file__).parent
 
 
 async def start_instance(instance_id: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SERVICE_B),
-        "--nats-url",
-        URL,
+        *(sys.executable, "-m", "ipc_cli", "--nats-url", URL),  # the ``ipc`` command
+        *("run", "service_b:service_b", "--app-dir", str(EXAMPLES)),
         "--instance-id",
         instance_id,
         "--resources",

@@ -628,3 +628,7 @@ def main() -> None:
         typer.echo(f"ipc: error: {e.format_message()} (see 'ipc --help')", err=True)
         sys.exit(int(ExitCode.USAGE))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# Commands kept in modules of their own register on ``app`` when imported, after it exists.
+from ipc_cli import run as _run_command  # noqa: E402, F401

@@ -11,6 +11,8 @@ form, so that nothing passes through a float on the way:
     5     timedelta   msgpack [days, seconds, microseconds]
     6     UUID        16 raw bytes
     7     int         decimal text, for integers beyond 64 bits
+    -1    datetime    MessagePack's standard timestamp (decode only): an aware UTC
+                      datetime, to the microsecond (nanoseconds beyond are dropped)
 
 Pydantic models are dumped in Python mode by alias (enums become their values, nested models
 dicts, sets and tuples lists) and validated back on the receiving side by the expected type.
@@ -244,7 +246,13 @@ class Codec:
 def _unpack(data: bytes) -> Any:
     try:
         return msgpack.unpackb(
-            data, raw=False, ext_hook=_ext_hook, strict_map_key=False, timestamp=0
+            # timestamp=3: the standard timestamp extension (-1), what other languages'
+            # MessagePack libraries send for a date, arrives as an aware UTC datetime.
+            data,
+            raw=False,
+            ext_hook=_ext_hook,
+            strict_map_key=False,
+            timestamp=3,
         )
     # ArithmeticError covers Decimal's InvalidOperation and OverflowError (a timedelta or
     # date out of range).

@@ -340,3 +340,41 @@ def test_values_that_dump_to_other_extension_types_round_trip() -> None:
     root = pydantic.RootModel[Decimal](Decimal("2.50"))
     assert codec.decode(codec.encode(root)) == Decimal("2.50")
     assert codec.decode(codec.encode({"p": Price.TICK})) == {"p": Decimal("0.01")}
+
+
+class Stamped(BaseModel):
+    at: dt.datetime
+    label: str
+
+
+def _standard_timestamp(seconds: int, nanoseconds: int) -> msgpack.Timestamp:
+    """MessagePack's timestamp extension (-1) as other languages' libraries write it: msgpack
+    packs it in the 32, 64 or 96-bit form the value needs."""
+    return msgpack.Timestamp(seconds, nanoseconds)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanoseconds", "expected"),
+    [
+        (1_764_322_200, 0, dt.datetime(2025, 11, 28, 9, 30, tzinfo=dt.UTC)),
+        (1_764_322_200, 123_456_000, dt.datetime(2025, 11, 28, 9, 30, 0, 123456, tzinfo=dt.UTC)),
+        (-86_400, 0, dt.datetime(1969, 12, 31, tzinfo=dt.UTC)),  # timestamp 96
+        (17_179_869_184, 0, dt.datetime(2514, 5, 30, 1, 53, 4, tzinfo=dt.UTC)),  # 96 too
+    ],
+)
+def test_a_standard_timestamp_decodes_as_an_aware_utc_datetime(
+    seconds: int, nanoseconds: int, expected: dt.datetime
+) -> None:
+    data = msgpack.packb({"at": _standard_timestamp(seconds, nanoseconds), "label": "x"})
+    decoded = codec.decode(data, Stamped)
+    assert decoded.at == expected
+    assert decoded.at.utcoffset() == dt.timedelta(0)
+
+
+def test_a_standard_timestamp_decodes_untyped_and_inside_an_envelope() -> None:
+    stamp = _standard_timestamp(1_764_322_200, 0)
+    assert codec.decode(msgpack.packb(stamp)) == dt.datetime(2025, 11, 28, 9, 30, tzinfo=dt.UTC)
+    payload = msgpack.packb({"at": stamp, "label": "from node"})
+    request = CallRequest(call_id="c1", service="s", method="m", payload=payload)
+    back = codec.decode_envelope(codec.encode_envelope(request), CallRequest)
+    assert codec.decode(back.payload, Stamped).label == "from node"

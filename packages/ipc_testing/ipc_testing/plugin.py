@@ -36,7 +36,9 @@ from ipc_testing.router import RouterProcess
 settings.register_profile("ipc", deadline=None)
 settings.load_profile("ipc")
 
-PROCESS_FIXTURES = frozenset({"nats_cluster", "router", "instance_pair"})
+PROCESS_FIXTURES = frozenset(
+    {"nats_cluster", "router", "instance_pair", "ipc_stack", "ipc_stack_session"}
+)
 """Fixtures that start processes beyond one nats-server: a test using one is ``slow``."""
 
 
