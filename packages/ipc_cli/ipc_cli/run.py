@@ -51,6 +51,7 @@ def run(
             prefix=settings.prefix,
             connect_timeout=settings.timeout,
             request_timeout=settings.timeout,
+            credentials=settings.credentials,
         )
         async with client:
             await serve_until_signalled(
