@@ -14,6 +14,8 @@ from nats.aio.client import Client as NATS
 
 from ipc_client_sdk import IPCClient
 from ipc_client_sdk.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    ENVELOPE_OVERHEAD,
     REPLY_TO_HEADER,
     CallReply,
     CallRequest,
@@ -96,7 +98,12 @@ async def assert_a_good_call_is_answered(url: str) -> None:
         pytest.param(msgpack.packb([1, 2, 3]), "must be a map", id="not-a-map"),
         pytest.param(msgpack.packb(request(v=99)), "protocol version 99", id="unknown-version"),
         pytest.param(msgpack.packb(request(call_id=None)), "call_id", id="missing-field"),
-        pytest.param(b"\x00" * (1024 * 1024 + 100 * 1024), "limit", id="oversized"),
+        pytest.param(
+            # Over the codec's envelope limit, yet under the calls stream's largest message.
+            b"\x00" * (DEFAULT_MAX_PAYLOAD + ENVELOPE_OVERHEAD + 1024),
+            "limit",
+            id="oversized",
+        ),
         pytest.param(
             msgpack.packb(request(deadline=float("nan"))), "not a time", id="nan-deadline"
         ),
