@@ -55,12 +55,19 @@ from ipc_client_sdk.protocol import (
     Codec,
     ErrorCode,
     ErrorInfo,
-    RateLimitedLog,
     ReplyInbox,
     Subjects,
     clip,
 )
-from ipc_router.api.relay import RETRY_LATER, Awaiting, CallRelay, Later, OutOfTerm, Refused
+from ipc_router.api.relay import (
+    CALL_PROBLEMS,
+    RETRY_LATER,
+    Awaiting,
+    CallRelay,
+    Later,
+    OutOfTerm,
+    Refused,
+)
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import Health
@@ -157,7 +164,7 @@ class CallConsumer:
         self._refused = False  # the server refused a pull request: wait, then re-bind
         self._awaiting: Awaiting = {}
         self._replies = ReplyInbox(nc)
-        self._problems = RateLimitedLog(_log)  # what callers cause: a flood costs few lines
+        self._problems = CALL_PROBLEMS
         self._relay = CallRelay(
             subjects,
             codec,

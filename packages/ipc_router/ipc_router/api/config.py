@@ -18,12 +18,11 @@ from ipc_client_sdk.protocol import (
     parse_servers,
     validate_prefix,
 )
-from ipc_router.infrastructure.jetstream_setup import StorageLimits
+from ipc_router.infrastructure.jetstream_setup import DEFAULT_LEASE_TTL, StorageLimits
 from ipc_router.infrastructure.sizes import format_size, parse_size
 
 DEFAULT_DATA_DIR = Path(".ipc")
 DEFAULT_EMBEDDED_PORT = 4222
-DEFAULT_LEASE_TTL = 1.0
 """Seconds a dead leader's lease outlives it: with it, a standby router leads about 1.5 s
 after the leader's kill -9, inside the SDK's default 5 s call timeout."""
 

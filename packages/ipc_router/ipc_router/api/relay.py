@@ -38,6 +38,10 @@ from ipc_router.domain import FailoverPendingError, Route, RoutingError, Unknown
 
 _log = logging.getLogger("ipc_router.calls")
 
+CALL_PROBLEMS = RateLimitedLog(_log)
+"""What callers and instances cause on the call path, one limiter per process: a leader
+that steps down and leads again (a new term) keeps counting instead of starting over."""
+
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a call without a deadline may take (the SDK always sends a deadline)."""
 
@@ -124,7 +128,7 @@ class CallRelay:
         self._tracker = tracker
         self._replies = replies
         self._awaiting = awaiting
-        self._problems = RateLimitedLog(_log)  # per call: a flood or a failover, few lines
+        self._problems = CALL_PROBLEMS
 
     async def relay(self, msg: Msg, request: CallRequest) -> bytes:
         """Route the call and return the instance's reply bytes.

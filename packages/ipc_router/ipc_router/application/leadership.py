@@ -7,13 +7,14 @@ stops, it releases the lease and a standby takes it at its next try; when it die
 lease expires one TTL after its last renewal and a standby takes it then.
 
 **Why two routers never lead at once.** Let ``T`` be the lease's TTL (the bucket's, as
-JetStream enforces it; 1 s by default). JetStream removes the key ``T`` after it *stored*
+JetStream enforces it; 1.25 s by default). JetStream removes the key ``T`` after it *stored*
 the last renewal, and it stores a renewal only after the leader *sent* it; so no other
 router can take the lease before ``sent + T``. The leader counts its term from that same
-send: it renews every ``T/5``, and its term ends ``0.6 T`` after the send of its last
-successful renewal (``in_term``). From then on it routes nothing (the call path, the
+send: it renews every ``T/10``, and its term ends ``0.8 T`` after the send of its last
+successful renewal (``in_term``), so it rides out a stall of ``0.7 T`` (its event loop
+busy, a slow JetStream) without stepping down. From then on it routes nothing (the call path, the
 heartbeat answers and the registry's upkeep ask ``in_term`` before they act) and steps
-down, ``0.4 T`` before anyone else can lead. Both sides measure on monotonic clocks, so
+down, ``0.2 T`` before anyone else can lead. Both sides measure on monotonic clocks, so
 a step of the system clock changes nothing. A leader frozen past its term (SIGSTOP, swap)
 finds its term over when it wakes, and steps down without routing what waited in its
 socket. What this argument cannot cover is a process frozen *between* checking its term
@@ -49,13 +50,13 @@ from ipc_router.application.ports import Duties, Lease
 
 _log = logging.getLogger("ipc_router.leadership")
 
-RENEW_EVERY = 0.2
+RENEW_EVERY = 0.1
 """The leader renews every ``RENEW_EVERY * TTL`` seconds."""
 
 TRY_EVERY = 0.1
 """A standby tries for the lease every ``TRY_EVERY * TTL`` seconds."""
 
-TERM = 0.6
+TERM = 0.8
 """A leader's term ends ``TERM * TTL`` after the send of its last successful renewal:
 strictly before the lease can expire (``TTL`` after that send at the earliest)."""
 

@@ -104,6 +104,12 @@ class StorageLimits:
         return sum(getattr(self, f.name) for f in fields(self) if f.name.endswith("_max_bytes"))
 
 
+DEFAULT_LEASE_TTL = 1.25
+"""Seconds the router leadership lease lives without renewal: with the leader's term at
+0.8 of it, a leader rides out an event-loop stall of a second, and a standby still leads
+well inside two seconds of a leader's death."""
+
+
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     """Sizing of what the router keeps in JetStream.
@@ -122,7 +128,7 @@ class StorageSettings:
     replicas: int = 1
     call_retention_s: float = 24 * 3600
     result_ttl_s: float = 24 * 3600
-    lease_ttl_s: float = 1.0
+    lease_ttl_s: float = DEFAULT_LEASE_TTL
     duplicate_window_s: float = 120.0
     event_retention_s: float = 24 * 3600
     dead_letter_retention_s: float = 7 * 24 * 3600
