@@ -77,6 +77,8 @@ from ipc_client_sdk._takeover import Takeover, check_takeover
 _log = logging.getLogger("ipc_client_sdk.serving")
 _problems = RateLimitedLog(_log)  # what a peer's answers cause: few lines
 
+_ROLES = frozenset({"active", "standby"})
+
 _TAKEOVER_CHECK_INTERVAL = 1.0
 """Seconds between two checks of a takeover notice against the registry."""
 
@@ -334,7 +336,7 @@ class ServiceInstance:
             )
         except IPCError as e:  # no router: stop all the same, it will fail over
             if e.code is not ErrorCode.NOT_FOUND:
-                _log.warning("draining %s.%s failed: %s", self.service, self.instance_id, e)
+                _log.warning("draining %s.%s failed: %s", self.service, self.instance_id, clip(e))
 
     async def _deregister(self, *, timeout: float) -> None:
         args: dict[str, object] = {
@@ -352,7 +354,9 @@ class ServiceInstance:
             )
         except IPCError as e:
             if e.code not in (ErrorCode.NOT_FOUND, ErrorCode.FAILED_PRECONDITION):
-                _log.warning("deregistering %s.%s failed: %s", self.service, self.instance_id, e)
+                _log.warning(
+                    "deregistering %s.%s failed: %s", self.service, self.instance_id, clip(e)
+                )
 
     async def _unsubscribe(self) -> None:
         for sub in (self._inbox, self._beats):
@@ -439,6 +443,8 @@ class ServiceInstance:
             )
         except CodecError:
             return
+        if state is not None and state.role not in _ROLES:
+            return  # not the router's: it never sends another role
         if state is not None:
             if self._epoch == 0:
                 return  # not registered yet: the registration's answer sets the roles

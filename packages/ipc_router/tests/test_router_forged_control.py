@@ -9,6 +9,7 @@ plain nats-py connection with no rights beyond those every client has there.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from ipc_client_sdk.protocol import (
     ErrorCode,
     ErrorInfo,
     Heartbeat,
+    InstanceState,
     Subjects,
 )
 from ipc_router.application.errors import InstanceReplacedError, SessionRequiredError
@@ -173,6 +175,30 @@ async def test_a_forged_takeover_notice_costs_a_log_line_not_the_instance(
     assert not instance.replaced and not instance.fenced and instance.role == "active"
     await still_served_by_b1(caller)
     assert await b1_as_the_router_sees_it(caller) == ("active", False)
+
+
+async def test_a_forged_state_holds_only_until_the_next_heartbeat_answer(
+    served: tuple[IPCClient, ServiceInstance], attacker: NATS
+) -> None:
+    caller, instance = served
+    roles: list[str] = []
+
+    async def follow() -> None:
+        async for change in instance.role_changes():
+            roles.append(change.role)
+
+    following = asyncio.create_task(follow())
+    control = SUBJECTS.instance_control("service_b", "b1", instance._session)  # sniffable
+    for state in (
+        InstanceState(role="x" * 10_000, epoch=instance.epoch, owned=[]),  # not a role
+        InstanceState(role="standby", epoch=instance.epoch, owned=[]),  # a forged demotion
+    ):
+        reply = AdminReply(ok=True, result=state.model_dump())
+        await attacker.publish(control, CODEC.encode_envelope(reply))
+    await until(lambda: roles == ["standby", "active"])
+    assert instance.role == "active" and instance.claimed == ("acc_1",)
+    await still_served_by_b1(caller)
+    following.cancel()
 
 
 # --- the use cases, with fakes -------------------------------------------------------------
