@@ -15,6 +15,14 @@ have promoted a standby in its place, and a call routed under an epoch older tha
 (routed before its role changed) is refused the same way. The router routes refused calls
 again.
 
+**Forged control messages.** Only a takeover notice (``FAILED_PRECONDITION``: another process
+holds the instance id) makes an instance stop for good, and it acts on one only once its own
+record in the registry bucket names another session (``_takeover.py``); an unconfirmed
+notice costs a rate-limited log line. A forged state (role, epoch, draining) lasts until the
+answer to the next heartbeat puts it right; a forged ``NOT_FOUND`` costs a registration the
+router treats as the same process again. The instance's own requests (drain, deregister,
+heartbeats) carry its session; the router refuses them without it.
+
 What this cannot cover: a process that dies after the handler's side effect and before the
 outcome is recorded. Its claim stays, so the call is not run again; repeats are told its
 outcome is unknown. ``ctx.call_id`` is the key to check downstream for that case. A handler
@@ -64,9 +72,15 @@ from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._runner import CallRunner
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
+from ipc_client_sdk._takeover import Takeover, check_takeover
 
 _log = logging.getLogger("ipc_client_sdk.serving")
 _problems = RateLimitedLog(_log)  # what a peer's answers cause: few lines
+
+_ROLES = frozenset({"active", "standby"})
+
+_TAKEOVER_CHECK_INTERVAL = 1.0
+"""Seconds between two checks of a takeover notice against the registry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +139,8 @@ class ServiceInstance:
         self._heartbeat: asyncio.Task[None] | None = None
         self._reregister: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
+        self._confirming: asyncio.Task[None] | None = None  # a takeover notice being checked
+        self._confirmed_at = -_TAKEOVER_CHECK_INTERVAL  # monotonic: when the last check began
         self._runner: CallRunner | None = None
         self._replaced = False
         self._closing = False
@@ -288,7 +304,7 @@ class ServiceInstance:
                 task.cancel()  # answered ABORTED, and recorded
             await asyncio.gather(*late, return_exceptions=True)
         await self._deregister(timeout=min(left(), self._link.request_timeout))
-        for background in (self._heartbeat, self._reregister, self._cleanup):
+        for background in (self._heartbeat, self._reregister, self._cleanup, self._confirming):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -308,6 +324,7 @@ class ServiceInstance:
             "instance_id": self.instance_id,
             "timeout": wait,
             "handover": False,  # we wait for our own calls; deregistering hands over
+            "session": self._session,  # only the instance itself may ask this
         }
         try:
             await request_op(
@@ -319,7 +336,7 @@ class ServiceInstance:
             )
         except IPCError as e:  # no router: stop all the same, it will fail over
             if e.code is not ErrorCode.NOT_FOUND:
-                _log.warning("draining %s.%s failed: %s", self.service, self.instance_id, e)
+                _log.warning("draining %s.%s failed: %s", self.service, self.instance_id, clip(e))
 
     async def _deregister(self, *, timeout: float) -> None:
         args: dict[str, object] = {
@@ -337,7 +354,9 @@ class ServiceInstance:
             )
         except IPCError as e:
             if e.code not in (ErrorCode.NOT_FOUND, ErrorCode.FAILED_PRECONDITION):
-                _log.warning("deregistering %s.%s failed: %s", self.service, self.instance_id, e)
+                _log.warning(
+                    "deregistering %s.%s failed: %s", self.service, self.instance_id, clip(e)
+                )
 
     async def _unsubscribe(self) -> None:
         for sub in (self._inbox, self._beats):
@@ -424,6 +443,8 @@ class ServiceInstance:
             )
         except CodecError:
             return
+        if state is not None and state.role not in _ROLES:
+            return  # not the router's: it never sends another role
         if state is not None:
             if self._epoch == 0:
                 return  # not registered yet: the registration's answer sets the roles
@@ -437,19 +458,43 @@ class ServiceInstance:
         if answer.error is None:
             return
         if answer.error.code is ErrorCode.FAILED_PRECONDITION and not self._replaced:
-            self._replaced = True
-            _log.error(
-                "%s.%s was taken over by another process: %s. This one stops serving.",
-                self.service,
-                self.instance_id,
-                answer.error.message,
-            )
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
-            self._end_role_changes()
+            # One check at a time, one a second at most: a flood of notices costs few reads,
+            # and a real one is repeated in the answer to every heartbeat.
+            idle = self._confirming is None or self._confirming.done()
+            if idle and time.monotonic() - self._confirmed_at >= _TAKEOVER_CHECK_INTERVAL:
+                self._confirmed_at = time.monotonic()
+                self._confirming = asyncio.create_task(self._confirm_takeover(answer.error.message))
         elif answer.error.code is ErrorCode.NOT_FOUND and not self._replaced:
             if self._reregister is None or self._reregister.done():
                 self._reregister = asyncio.create_task(self._register_again())
+
+    async def _confirm_takeover(self, notice: str) -> None:
+        """Stop serving if the registry confirms the takeover ``notice`` announced; else
+        ignore it (anyone who may publish on the control subject can send one)."""
+        name = f"{self.service}.{self.instance_id}"
+        timeout = self._link.request_timeout
+        found = await check_takeover(
+            self._link, self.service, self.instance_id, self._session, timeout=timeout
+        )
+        if found is not Takeover.CONFIRMED:
+            _problems.warning(
+                f"unconfirmed takeover {name}",
+                "%s keeps serving: its registry record does not confirm the takeover notice "
+                "%s (%s)",
+                name,
+                clip(notice),
+                "it names this process" if found is Takeover.DENIED else "it could not be read",
+            )
+            return
+        if self._replaced or self._stopped:
+            return
+        self._replaced = True
+        _log.error(
+            "%s was taken over by another process: %s. This one stops serving.", name, clip(notice)
+        )
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        self._end_role_changes()
 
     def _apply(self, state: InstanceState, *, force: bool = False, announce: bool = True) -> None:
         """Take the roles the router announced, and tell the listeners of a change."""

@@ -41,6 +41,7 @@ from ipc_router.application.errors import (
     HandoverBusyError,
     InstanceReplacedError,
     RolesChangedError,
+    SessionRequiredError,
     StoreUnavailableError,
 )
 from ipc_router.application.status import GetRouterStatus, StatusReport
@@ -60,6 +61,7 @@ _CODES: dict[type[Exception], ErrorCode] = {
     RolesChangedError: ErrorCode.ABORTED,
     DrainTimeoutError: ErrorCode.FAILED_PRECONDITION,
     InstanceReplacedError: ErrorCode.FAILED_PRECONDITION,
+    SessionRequiredError: ErrorCode.PERMISSION_DENIED,
 }
 """The error code an operation's failure is answered with (the nearest class counts)."""
 

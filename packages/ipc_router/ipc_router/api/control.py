@@ -2,6 +2,10 @@
 
 - ``<prefix>.ctl.register`` / ``<prefix>.ctl.deregister``: request/reply (``AdminRequest``
   with the ``Registration`` fields as ``args``), answered by one router.
+  What only the instance itself may ask for carries its session, and is refused without
+  it (``PERMISSION_DENIED``) or with another (``FAILED_PRECONDITION``): deregister, the
+  drain of a stopping instance (``handover`` false) and heartbeats. Each refusal costs a
+  rate-limited log line.
   A planned stop is ``drain`` then ``deregister``: the instance gets no new calls, its roles
   pass to the first healthy standbys once the calls the router sent there are answered, and
   deregistering hands over whatever is left at once.
@@ -54,6 +58,7 @@ from ipc_client_sdk.protocol import (
     validate_token,
 )
 from ipc_router.api.admin import OpHandler, OpsEndpoint
+from ipc_router.application.errors import InstanceReplacedError, SessionRequiredError
 from ipc_router.application.handover import Handovers
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.membership import HeartbeatAnswer, Membership, RegisterInstance
@@ -94,6 +99,8 @@ class _Drain(BaseModel):
     handover: bool = True
     """False for a stopping instance: it waits for its own calls, then deregisters, which
     hands its roles over at once."""
+    session: str | None = None
+    """The instance's session: required when ``handover`` is False."""
 
 
 class _Filter(BaseModel):
@@ -214,7 +221,11 @@ class ControlAPI:
 
     async def _deregister(self, args: dict[str, Any]) -> dict[str, Any]:
         req: _Deregistration = self._codec.validate(args, _Deregistration)
-        record = await self._handovers.deregister(req.service, req.instance_id, req.session)
+        try:
+            record = await self._handovers.deregister(req.service, req.instance_id, req.session)
+        except (SessionRequiredError, InstanceReplacedError) as e:
+            self._refused(AdminOp.DEREGISTER, req.service, req.instance_id, e)
+            raise
         return {"deregistered": record.key}
 
     async def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -235,9 +246,13 @@ class ControlAPI:
         """Drain an instance, and hand its roles over once idle (``Handovers.drain``)."""
         req: _Drain = self._codec.validate(args, _Drain)
         found = self._find(req.instance_id, req.service)
-        drained = await self._handovers.drain(
-            found, req.timeout, cancel=req.cancel, hand_over=req.handover
-        )
+        try:
+            drained = await self._handovers.drain(
+                found, req.timeout, cancel=req.cancel, hand_over=req.handover, session=req.session
+            )
+        except (SessionRequiredError, InstanceReplacedError) as e:
+            self._refused(AdminOp.DRAIN, found.service, found.instance_id, e)
+            raise
         return DrainResult(
             service=found.service,
             instance_id=found.instance_id,
@@ -248,6 +263,17 @@ class ControlAPI:
             owned=list(drained.owned),
             reason=drained.reason,
         ).model_dump()
+
+    def _refused(self, op: str, service: str, instance_id: str, error: Exception) -> None:
+        """Log (rate-limited, fields clipped) an instance operation refused for its session."""
+        self._problems.warning(
+            f"refused-{op}",
+            "refused %s of %s.%s: %s",
+            op,
+            clip(service),
+            clip(instance_id),
+            clip(error),
+        )
 
     # --- operators' views (forwarded here from <prefix>.admin.*) -------------------------
     def _find(self, instance_id: str, service: str | None) -> InstanceRecord:
@@ -358,6 +384,15 @@ class ControlAPI:
                 clip(beat.instance_id),
             )
             return
+        if answer.outcome in (HeartbeatOutcome.REFUSED, HeartbeatOutcome.REPLACED):
+            why = "no session" if answer.outcome is HeartbeatOutcome.REFUSED else "another session"
+            self._problems.warning(
+                f"heartbeat-{answer.outcome.value}",
+                "ignoring a heartbeat of %s.%s with %s",
+                clip(beat.service),
+                clip(beat.instance_id),
+                why,
+            )
         if not msg.reply:
             return
         reply = self._heartbeat_reply(beat, answer)
@@ -378,6 +413,11 @@ class ControlAPI:
         if answer.outcome is HeartbeatOutcome.UNKNOWN:
             error = ErrorInfo(
                 code=ErrorCode.NOT_FOUND, message=f"{name} is not registered; register again"
+            )
+        elif answer.outcome is HeartbeatOutcome.REFUSED:
+            error = ErrorInfo(
+                code=ErrorCode.PERMISSION_DENIED,
+                message=f"a heartbeat of {name} must carry its session",
             )
         else:
             error = ErrorInfo(

@@ -6,7 +6,8 @@ RouterError                root
     ├── HandoverBusyError     another handover of the service is under way
     ├── DrainTimeoutError     the outgoing instance still had calls in flight at the deadline
     ├── RolesChangedError     the roles moved (a failover) while the outgoing actives drained
-    └── InstanceReplacedError another process holds the instance id now
+    ├── InstanceReplacedError another process holds the instance id now
+    └── SessionRequiredError  an instance's own operation came without its session
 """
 
 from __future__ import annotations
@@ -90,3 +91,21 @@ class InstanceReplacedError(HandoverError):
     def __init__(self, service: str, instance_id: str) -> None:
         self.instance_id = instance_id
         super().__init__(service, f"instance {instance_id!r} is now held by another process")
+
+
+class SessionRequiredError(HandoverError):
+    """An operation only the instance itself may ask for (deregister, its own drain, a
+    heartbeat) came without the instance's session: whoever sent it does not prove to be
+    the process that registered.
+
+    Attributes:
+        instance_id: the instance.
+    """
+
+    def __init__(self, service: str, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(
+            service,
+            f"only instance {instance_id!r} of {service!r} itself may ask this: "
+            "the request must carry its session",
+        )

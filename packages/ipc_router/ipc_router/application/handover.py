@@ -18,12 +18,18 @@ deadline still runs after the router stopped waiting) and that the instance know
 draining. One handover at a time per service: a drain or promote refuses
 (``HandoverBusyError``) rather than queue behind another, so an operation the operator saw
 time out never runs later.
+
+What only the instance itself may ask for (deregister, and the drain of a stopping instance,
+which hands nothing over) must carry its session (``check_session``): a request without one
+is refused (``SessionRequiredError``), one with another session too
+(``InstanceReplacedError``), and nothing changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -34,6 +40,7 @@ from ipc_router.application.errors import (
     HandoverBusyError,
     InstanceReplacedError,
     RolesChangedError,
+    SessionRequiredError,
 )
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.membership import HeartbeatReports
@@ -54,6 +61,22 @@ DEREGISTER_LOCK_WAIT = 5.0
 
 _POLL = 0.05
 """Seconds between looks at an instance's heartbeat reports while waiting for it to idle."""
+
+
+def check_session(record: InstanceRecord, session: str | None, *, required: bool) -> None:
+    """Refuse a request made on behalf of ``record``'s process unless it carries that
+    process's session (``required``), or carries another one.
+
+    Raises:
+        SessionRequiredError: no session, and one is required.
+        InstanceReplacedError: a session that is not the one holding the instance now.
+    """
+    if not session:
+        if required and record.session:
+            raise SessionRequiredError(record.service, record.instance_id)
+        return
+    if record.session and not hmac.compare_digest(session.encode(), record.session.encode()):
+        raise InstanceReplacedError(record.service, record.instance_id)
 
 
 def bounded_drain(seconds: float) -> float:
@@ -164,6 +187,7 @@ class Handovers:
         *,
         cancel: bool = False,
         hand_over: bool = True,
+        session: str | None = None,
     ) -> Drained:
         """Stop routing new calls to an instance; once the calls in flight there are done,
         hand its roles to standbys. Answers within ``timeout`` whether that happened; if
@@ -177,11 +201,15 @@ class Handovers:
             cancel: route to the instance again instead.
             hand_over: False for a stopping instance: only wait for its calls (it then
                 deregisters, which hands its roles over at once).
+            session: the instance's session: required when ``hand_over`` is False (only
+                the instance stops itself), checked whenever given.
 
         Raises:
             UnknownInstanceError: it left meanwhile.
             HandoverBusyError: another handover of the service is under way.
+            SessionRequiredError, InstanceReplacedError: see ``check_session``.
         """
+        check_session(record, session, required=not hand_over)
         service, instance_id = record.service, record.instance_id
         idle = True
         wait = bounded_drain(timeout)
@@ -218,13 +246,13 @@ class Handovers:
 
         Raises:
             UnknownInstanceError: no such instance.
+            SessionRequiredError: no ``session`` came with the request.
             InstanceReplacedError: ``session`` is not the one holding the instance now.
         """
         record = self._registry.table.get(service, instance_id)
         if record is None:
             raise UnknownInstanceError(service, instance_id)
-        if record.session and session and session != record.session:
-            raise InstanceReplacedError(service, instance_id)
+        check_session(record, session, required=True)
         async with self.one_at_a_time(service, DEREGISTER_LOCK_WAIT, required=False):
             await self._registry.deregister(service, instance_id)
         self._reports.forget(service, instance_id)

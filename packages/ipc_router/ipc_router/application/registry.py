@@ -48,6 +48,8 @@ class HeartbeatOutcome(enum.StrEnum):
     """No such instance: the sender should register again."""
     REPLACED = "replaced"
     """Another process holds the instance id now: the sender must stop serving."""
+    REFUSED = "refused"
+    """It carried no session: nothing proves it comes from the registered process."""
 
 
 class InstanceRegistry:
@@ -206,10 +208,13 @@ class InstanceRegistry:
     async def heartbeat(
         self, service: str, instance_id: str, session: str | None, epoch: int | None = None
     ) -> HeartbeatOutcome:
-        """Note a heartbeat, and say whether its sender is the registered process."""
+        """Note a heartbeat, and say whether its sender is the registered process (only a
+        heartbeat carrying the instance's session keeps it healthy)."""
         record = self.table.get(service, instance_id)
         if record is None:
             return HeartbeatOutcome.UNKNOWN
+        if record.session and not session:
+            return HeartbeatOutcome.REFUSED
         if session and record.session and session != record.session:
             return HeartbeatOutcome.REPLACED
         changed = self.table.heartbeat(

@@ -11,7 +11,7 @@ from typing import Any
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CodecError
-from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip
+from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip, validate_token
 from ipc_router.domain import Health, InstanceRecord, Role
 from ipc_router.infrastructure.kv_store import guarded, scan
 
@@ -44,11 +44,12 @@ def record_from_wire(data: dict[str, Any]) -> InstanceRecord:
     """Rebuild a record from its stored form.
 
     Raises:
-        KeyError, ValueError, TypeError: the stored form is not a record.
+        KeyError, ValueError, TypeError: the stored form is not a record (the names are
+            checked as a registration checks them: the router logs them).
     """
     return InstanceRecord(
-        service=str(data["service"]),
-        instance_id=str(data["instance_id"]),
+        service=validate_token(str(data["service"]), "service"),
+        instance_id=validate_token(str(data["instance_id"]), "instance_id"),
         role=Role(data["role"]),
         health=Health(data["health"]),
         epoch=int(data["epoch"]),

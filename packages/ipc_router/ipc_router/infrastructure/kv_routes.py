@@ -12,7 +12,7 @@ import logging
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CodecError
-from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip
+from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip, validate_token
 from ipc_router.application.ports import SavedRoutes
 from ipc_router.infrastructure.kv_store import guarded, scan
 
@@ -42,11 +42,16 @@ class JetStreamRouteRepository:
             kind, _, rest = key.partition(".")
             service, _, resource = rest.partition(".")
             try:
+                # Whoever may write the bucket chooses these names; the router logs them.
+                validate_token(service, "service")
+                validate_token(resource, "resource")
                 decoded = self._codec.decode(value)
-                if kind == _CLAIM and isinstance(decoded, list) and resource:
-                    claims[(service, resource)] = [str(c) for c in decoded]
-                elif kind == _ASSIGN and isinstance(decoded, str) and resource:
-                    assignments[(service, resource)] = decoded
+                if kind == _CLAIM and isinstance(decoded, list):
+                    claims[(service, resource)] = [
+                        validate_token(str(c), "instance_id") for c in decoded
+                    ]
+                elif kind == _ASSIGN and isinstance(decoded, str):
+                    assignments[(service, resource)] = validate_token(decoded, "instance_id")
                 else:
                     raise ValueError("not a claim or an assignment")
             except (CodecError, ValueError) as e:
