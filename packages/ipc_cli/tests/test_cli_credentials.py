@@ -124,3 +124,30 @@ def test_help_names_the_variables_never_their_values(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 0
     assert "IPC_NATS_PASSWORD" in result.stdout and "IPC_TLS_CA" in result.stdout
     assert SECRET not in result.stdout
+
+
+async def test_an_operation_nats_refuses_exits_1_naming_it(tmp_path: Path) -> None:
+    """A viewer may ask for the status only: a promote is refused at once, not timed out."""
+    keys = tmp_path / "keys"
+    viewer = new_nkey_user(keys, "viewer")
+    block = (
+        f'authorization {{ users: [ {{ nkey: "{viewer.public_key}", permissions: {{ '
+        'publish: ["ipc.admin.status", "_INBOX.>"], subscribe: ["_INBOX.>"] } } ] }\n'
+    )
+    server = NatsServerProcess(NatsServerConfig(store_dir=tmp_path / "nats", port=0, extra=block))
+    await server.start()
+    try:
+        result = await ipc(
+            "--nats-url",
+            server.url,
+            "--nats-nkey",
+            str(viewer.seed_file),
+            "--timeout",
+            "30",
+            "promote",
+            "service_b",
+            "b1",
+        )
+        one_line_error(result, ExitCode.FAILED, "PERMISSION_DENIED", "ipc.admin.promote")
+    finally:
+        await server.stop()

@@ -227,13 +227,14 @@ async def request_op(
     Raises:
         RouterUnavailableError: nobody answers on the subject, or not in time.
         RemoteError: the router refused or failed the operation (``code`` says how).
+        PermissionDeniedError: NATS does not let this identity send on ``subject``.
         CodecError: the answer could not be decoded.
         IPCConnectionError: the NATS connection is gone.
     """
     timeout = link.request_timeout if timeout is None else timeout
     data = link.codec.encode_envelope(AdminRequest(op=op, args=args or {}))
     try:
-        msg = await link.nats.request(subject, data, timeout=timeout)
+        msg = await link.replies.request(subject, data, timeout=timeout)
     except nats.errors.NoRespondersError as e:
         raise RouterUnavailableError(
             f"no router is running (nobody answers on {subject})", service=ROUTER

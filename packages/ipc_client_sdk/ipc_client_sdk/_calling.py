@@ -35,6 +35,7 @@ from ipc_client_sdk._errors import (
     ClientStateError,
     InvalidArgumentError,
     IPCError,
+    PermissionDeniedError,
     RemoteError,
     RouterUnavailableError,
     ServiceUnavailableError,
@@ -269,6 +270,7 @@ async def publish_acked(
     Raises:
         CallTimeoutError: no ack before ``deadline`` (it may have been stored).
         RouterUnavailableError: no stream captures ``subject`` (no router set it up).
+        PermissionDeniedError: NATS does not let this identity publish on ``subject``.
         StoreFullError: the stream (or the whole store) is full: nothing was stored.
         InvalidArgumentError: the message is over the stream's largest message.
         ServiceUnavailableError: the stream refused the message for another reason.
@@ -310,6 +312,9 @@ async def publish_acked(
             continue
         except nats.js.errors.APIError as e:
             raise refusal_error(e, what, call_id=call_id, service=service) from e
+        except PermissionDeniedError as e:
+            e.call_id, e.service = call_id, service
+            raise
         except nats.errors.Error as e:
             if isinstance(e, nats.errors.ConnectionClosedError) and link.closing:
                 raise ClientStateError(f"the client closed while sending {what}") from e

@@ -148,6 +148,7 @@ class IPCClient:
             credentials=self._credentials,
             connect_timeout=self.connect_timeout,
             logger=_log,
+            permissions=self._link.permissions,
         )
         self._link.opened(nc)
         return self
@@ -227,6 +228,8 @@ class IPCClient:
                 holding the call (``UNKNOWN``: whether it ran is unknown), the method does
                 not exist (``NOT_FOUND``), or the payload did not fit its model
                 (``INVALID_ARGUMENT``, and the handler did not run).
+            PermissionDeniedError: NATS does not let this identity call ``service`` (at
+                once, not after the timeout).
             IPCConnectionError: the NATS connection is gone.
         """
         return await self._caller.call(
@@ -267,6 +270,7 @@ class IPCClient:
             RouterUnavailableError: no router has set up this deployment's events stream.
             StoreFullError: the store has no room for it (the events stream itself discards
                 its oldest events instead, so this means the whole store is full).
+            PermissionDeniedError: NATS does not let this identity publish on ``topic``.
         """
         return await publish(self._link, topic, event, event_id=event_id, timeout=timeout)
 
@@ -309,6 +313,8 @@ class IPCClient:
             InvalidArgumentError: a bad argument, before anything is sent.
             RouterUnavailableError: durable, and no router has set up the events stream
                 within ``ready_timeout``.
+            PermissionDeniedError: NATS does not let this identity subscribe to ``topic``
+                (or, durable, use the events stream).
         """
         check_subscribe_arguments(topic, handler, model, queue, durable, max_deliveries)
         delays = tuple(backoff)
@@ -365,6 +371,8 @@ class IPCClient:
                 ``ready_timeout``.
             RemoteError: the router refused it (``ALREADY_EXISTS``: another live process
                 serves this instance_id).
+            PermissionDeniedError: NATS does not let this identity serve ``service`` (its
+                inbox, its registration or its results bucket).
         """
         check_serve_arguments(service, instance_id, resources, concurrency, heartbeat_interval)
         ready_timeout = check_ready_timeout(ready_timeout)

@@ -4,6 +4,8 @@
     ├── IPCConnectionError        NATS cannot be reached (UNAVAILABLE)
     │   └── AuthenticationError   NATS refused the credentials, or they cannot be read
     │                             (UNAUTHENTICATED)
+    ├── PermissionDeniedError     NATS refused a publish or subscription this identity may
+    │                             not make (PERMISSION_DENIED)
     ├── ClientStateError          the client is not open (never opened, or closed)
     ├── InvalidArgumentError      a bad argument to an SDK call (also a ValueError)
     ├── CodecError                bytes that are not a valid envelope or payload
@@ -110,6 +112,28 @@ class AuthenticationError(IPCConnectionError):
         self.reason = reason
         message = f"NATS at {servers} refused the connection: {reason}" if servers else reason
         IPCError.__init__(self, message)
+
+
+class PermissionDeniedError(IPCError):
+    """NATS refused an operation that this client's identity is not permitted: a publish
+    (a call, an event, a request) or a subscription on ``subject``.
+
+    Raised by the refused operation as soon as the server says so, not after its timeout.
+    Not retryable: the same identity is refused again until the permissions change.
+
+    Attributes:
+        subject: the refused subject (or the subscription's pattern).
+        operation: ``"publish"`` or ``"subscribe"``.
+    """
+
+    default_code = ErrorCode.PERMISSION_DENIED
+
+    def __init__(self, subject: str, operation: str, **context: Any) -> None:
+        self.subject = subject
+        self.operation = operation
+        super().__init__(
+            f"NATS does not permit this identity to {operation} to {subject}", **context
+        )
 
 
 class ClientStateError(IPCError):

@@ -240,7 +240,8 @@ async def _subscribed(
         try:
             for subject in subjects:
                 subs.append(await nc.subscribe(subject, cb=feed.put))
-            await nc.flush()  # the server has the subscriptions: nothing later is missed
+            # The server has the subscriptions (nothing later is missed), or refused one.
+            await link.permissions.confirm(nc, subjects)
         except nats.errors.Error as e:
             raise connection_error(link.servers, e) from e
         yield nc

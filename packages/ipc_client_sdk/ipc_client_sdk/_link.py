@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from ipc_client_sdk._codec import Codec
 from ipc_client_sdk._errors import ClientStateError
+from ipc_client_sdk._permissions import Permissions
 from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._subjects import Subjects
 
@@ -37,6 +38,8 @@ class Link:
         subjects: the deployment's subject map.
         codec: the client's codec (its payload limit).
         request_timeout: default seconds to wait for an answer.
+        permissions: the operations in flight that NATS may refuse (the connection's error
+            callback fails them with ``PermissionDeniedError``).
     """
 
     servers: list[str]
@@ -44,6 +47,7 @@ class Link:
     subjects: Subjects
     codec: Codec
     request_timeout: float
+    permissions: Permissions = field(default_factory=Permissions)
     _state: ClientState = field(default=ClientState.UNOPENED, init=False)
     _nc: NATS | None = field(default=None, init=False)
     _replies: ReplyInbox | None = field(default=None, init=False)
@@ -77,7 +81,7 @@ class Link:
             ClientStateError: the client is not open.
         """
         if self._replies is None:
-            self._replies = ReplyInbox(self.nats)
+            self._replies = ReplyInbox(self.nats, self.permissions)
         return self._replies
 
     def opened(self, nc: NATS) -> None:

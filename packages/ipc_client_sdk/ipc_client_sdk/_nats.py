@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 
 from ipc_client_sdk._credentials import Credentials, lift_url_credentials
 from ipc_client_sdk._errors import AuthenticationError, IPCConnectionError
+from ipc_client_sdk._permissions import Permissions
 
 DEFAULT_SERVERS = "nats://127.0.0.1:4222"
 
@@ -89,6 +90,7 @@ async def open_nats(
     connect_timeout: float = 2.0,
     logger: logging.Logger = _log,
     on_closed: Callable[[], Awaitable[None]] | None = None,
+    permissions: Permissions | None = None,
 ) -> NATS:
     """Connect to NATS within ``connect_timeout`` seconds.
 
@@ -98,6 +100,8 @@ async def open_nats(
         credentials: how to authenticate (default: anonymous, plain NATS).
         on_closed: called when the connection is closed for good (by ``close()``, or by
             nats-py after a server error it does not reconnect from).
+        permissions: the operations in flight to fail when NATS refuses one (a
+            permissions violation); without it a violation is only logged.
 
     Raises:
         AuthenticationError: a server refused the credentials (at once), or a credentials
@@ -120,7 +124,8 @@ async def open_nats(
         reason = refusal(e)
         if reason is None:
             text = str(e)
-            if "permissions violation" in text.lower() and len(warned) < 64:
+            denied = permissions.violated(text) if permissions is not None else False
+            if (denied or "permissions violation" in text.lower()) and len(warned) < 64:
                 if text not in warned:
                     warned.add(text)
                     logger.warning("NATS refused an operation: %s", text.removeprefix("nats: "))

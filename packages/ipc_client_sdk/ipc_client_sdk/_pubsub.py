@@ -45,11 +45,13 @@ from ipc_client_sdk._errors import (
     CodecError,
     InvalidArgumentError,
     IPCError,
+    PermissionDeniedError,
     RouterUnavailableError,
 )
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._permissions import jetstream_api
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._subjects import validate_call_id, validate_token, validate_topic
 
@@ -154,28 +156,35 @@ class Subscription:
                 self._core = await nc.subscribe(
                     subject, queue=self.queue or "", cb=self._on_core, pending_msgs_limit=100_000
                 )
-                await nc.flush()  # the server has the subscription: no event is missed after
+                # The server has the subscription (no event is missed after), or refused it.
+                await self._confirm(subject)
                 return
             stream = self._link.subjects.events_stream
+            permissions = self._link.permissions
             self._pull = await ReadyWait(self._ready_timeout, f"durable {self.durable!r}").retry(
-                lambda: nc.jetstream().pull_subscribe(
-                    subject,
-                    durable=self.durable,
-                    stream=stream,
-                    config=ConsumerConfig(
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.ALL,
-                        ack_wait=_ACK_WAIT,
-                        max_deliver=-1,
-                        max_ack_pending=10_000,
+                lambda: permissions.run(
+                    nc.jetstream().pull_subscribe(
+                        subject,
+                        durable=self.durable,
+                        stream=stream,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=_ACK_WAIT,
+                            max_deliver=-1,
+                            max_ack_pending=10_000,
+                        ),
                     ),
+                    jetstream_api(stream),
                 ),
                 waiting_for=f"the events stream {stream}",
                 missing=lambda e: isinstance(e, nats.js.errors.NotFoundError),
             )
             # nats-py binds to an existing consumer as it is: a durable name created for
             # another pattern would hand this subscriber someone else's events.
-            found = (await self._pull.consumer_info()).config
+            found = (
+                await permissions.run(self._pull.consumer_info(), jetstream_api(stream))
+            ).config
         except nats.js.errors.NotFoundError as e:
             raise RouterUnavailableError(
                 f"the events stream {self._link.subjects.events_stream} does not exist after "
@@ -197,6 +206,21 @@ class Subscription:
                 f"{self.pattern!r}: use another name (a durable name keeps its pattern)"
             )
         self._loop = asyncio.create_task(self._fetch_loop(), name=f"ipc-durable-{self.durable}")
+
+    async def _confirm(self, subject: str) -> None:
+        """Wait for the server to take the core subscription; drop it if it was refused.
+
+        Raises:
+            PermissionDeniedError: this identity may not subscribe to ``subject``.
+        """
+        try:
+            await self._link.permissions.confirm(self._link.nats, [subject])
+        except PermissionDeniedError:
+            core, self._core = self._core, None
+            if core is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await core.unsubscribe()
+            raise
 
     async def stop(self, *, timeout: float = 5.0) -> None:
         """Stop taking events. A handler still running gets ``timeout`` seconds to finish;

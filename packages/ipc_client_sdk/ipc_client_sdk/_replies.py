@@ -23,6 +23,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
+from ipc_client_sdk._permissions import Permissions
+
 _STATUS = "Status"
 _NO_RESPONDERS = "503"
 
@@ -37,10 +39,13 @@ class ReplyInbox:
 
     Args:
         nc: the connection.
+        permissions: where a request waits to hear that NATS refused it (its publish, or
+            the inbox's subscription): it then fails at once with ``PermissionDeniedError``.
     """
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, permissions: Permissions | None = None) -> None:
         self._nc = nc
+        self._permissions = permissions
         self._prefix = ""
         self._sub: Subscription | None = None
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
@@ -53,14 +58,23 @@ class ReplyInbox:
 
         Raises:
             nats.errors.Error: subscribing failed.
+            PermissionDeniedError: NATS refused the inbox's subscription.
         """
         if self._sub is None:
             async with self._lock:
                 if self._sub is None:
                     prefix = self._nc.new_inbox()
-                    self._sub = await self._nc.subscribe(
+                    sub = await self._nc.subscribe(
                         f"{prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
                     )
+                    if self._permissions is not None:
+                        try:
+                            await self._permissions.confirm(self._nc, [sub.subject])
+                        except BaseException:
+                            with contextlib.suppress(nats.errors.Error):
+                                await sub.unsubscribe()
+                            raise
+                    self._sub = sub
                     self._prefix = prefix + "."
         subject = f"{self._prefix}{next(self._tokens):x}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
@@ -90,9 +104,13 @@ class ReplyInbox:
             nats.errors.NoRespondersError: nobody is subscribed to ``subject``.
             nats.errors.TimeoutError: no reply in time.
             nats.errors.Error: the connection failed.
+            PermissionDeniedError: NATS refused the publish (at once, not after ``timeout``).
             asyncio.CancelledError: the wait was cancelled.
         """
         reply, future = await self.expect()
+        permissions = self._permissions
+        if permissions is not None:
+            permissions.watch(future, "publish", subject)
         try:
             await self._nc.publish(subject, data, reply=reply, headers=headers)
             if pending is not None:
@@ -104,6 +122,8 @@ class ReplyInbox:
                 raise nats.errors.TimeoutError from None
         finally:
             self.forget(reply)
+            if permissions is not None:
+                permissions.unwatch(future, "publish", subject)
             if pending is not None:
                 pending.pop(future, None)
         if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:

@@ -68,6 +68,7 @@ from ipc_client_sdk._ledger import FastResults, ResultLedger
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import connection_error
+from ipc_client_sdk._permissions import jetstream_api
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._runner import CallRunner
 from ipc_client_sdk._service import Service
@@ -219,7 +220,9 @@ class ServiceInstance:
         ready = ReadyWait(self._ready_timeout, f"{self.service}.{self.instance_id}")
         try:
             results = await ready.retry(
-                lambda: nc.jetstream().key_value(bucket),
+                lambda: link.permissions.run(
+                    nc.jetstream().key_value(bucket), jetstream_api(f"KV_{bucket}")
+                ),
                 waiting_for=f"the results bucket {bucket}",
                 missing=lambda e: isinstance(e, nats.js.errors.BucketNotFoundError),
             )
@@ -249,7 +252,8 @@ class ServiceInstance:
         try:
             self._inbox = await nc.subscribe(inbox, cb=self._on_call, pending_msgs_limit=1_000_000)
             self._beats = await nc.subscribe(control, cb=self._on_control)
-            await nc.flush()  # the inbox must be live before the router routes here
+            # The inbox must be live before the router routes here (or refused: say so).
+            await link.permissions.confirm(nc, [inbox, control])
             await ready.retry(
                 self._register, waiting_for="a router to register with", missing=_no_router_yet
             )

@@ -75,6 +75,9 @@ async def test_embedded_nats_serves_status_and_stops_with_the_router(
         log = await wait_for_log(proc, "router emb ready")
         assert "started embedded nats-server" in log
         assert str((tmp_path / "data").resolve()) in log  # it says where the data is
+        open_door = [line for line in log.splitlines() if "WITHOUT AUTHENTICATION" in line]
+        assert len(open_door) == 1 and " WARNING " in open_door[0], log
+        assert "listens on 127.0.0.1 only" in open_door[0] and "ipc auth init" in open_door[0]
         nats_pid = embedded_pid(tmp_path / "data")
 
         async with IPCClient(f"nats://127.0.0.1:{port}") as client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import time
 from dataclasses import replace
@@ -151,6 +152,21 @@ class Router(AsyncService):
             store,
             server.log_path,
         )
+        host = self.config.embedded_host
+        reach = (
+            f"it listens on {host} only (this machine)"
+            if _is_loopback(host)
+            else f"it listens on {host}: other machines can reach it too"
+        )
+        _log.warning(
+            "the embedded nats-server at %s runs WITHOUT AUTHENTICATION: anyone who can reach "
+            "its port can do anything (serve as any service, read every call, operate the "
+            "routers); %s. To secure it: `ipc auth init DIR`, then `ipc-router --auth-dir DIR` "
+            "(or run nats-server -c DIR/nats.conf and pass --nats-url with --nats-nkey "
+            "DIR/router.nk)",
+            server.url,
+            reach,
+        )
 
     def _lock_store(self, store: Path) -> None:
         """Hold an exclusive lock on the embedded store for the router's lifetime.
@@ -194,3 +210,11 @@ class Router(AsyncService):
         if self._store_lock is not None:
             self._store_lock.close()  # releases the lock
             self._store_lock = None
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (a loopback address or ``localhost``)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
