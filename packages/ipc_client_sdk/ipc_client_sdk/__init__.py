@@ -9,14 +9,18 @@ from ipc_client_sdk._client import IPCClient
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._contracts import (
     PROTOCOL_VERSION,
+    ContractVersion,
     DeadLetter,
     ErrorCode,
     ErrorInfo,
     EventKind,
+    MethodContract,
+    MethodDescription,
     Promotion,
     Published,
     RouterEvent,
     RouterStatus,
+    ServiceDescription,
 )
 from ipc_client_sdk._credentials import Credentials
 from ipc_client_sdk._errors import (
@@ -53,6 +57,7 @@ __all__ = [
     "ClientStateError",
     "Codec",
     "CodecError",
+    "ContractVersion",
     "CodecReason",
     "Credentials",
     "DeadLetter",
@@ -64,6 +69,8 @@ __all__ = [
     "IPCConnectionError",
     "IPCError",
     "InvalidArgumentError",
+    "MethodContract",
+    "MethodDescription",
     "PayloadTooLargeError",
     "Promotion",
     "Published",
@@ -74,6 +81,7 @@ __all__ = [
     "RouterStatus",
     "RouterUnavailableError",
     "Service",
+    "ServiceDescription",
     "ServiceInstance",
     "ServiceUnavailableError",
     "StoreFullError",
