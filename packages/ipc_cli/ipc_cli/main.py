@@ -27,13 +27,16 @@ from rich.console import Console
 from rich.table import Table
 
 from ipc_cli._exit import ExitCode
+from ipc_cli._schema import example, request_problem
 from ipc_client_sdk import (
+    ContractVersion,
     Credentials,
     EventKind,
     InvalidArgumentError,
     IPCClient,
     IPCConnectionError,
     IPCError,
+    RemoteError,
     RouterEvent,
     RouterEvents,
     RouterStatus,
@@ -442,26 +445,74 @@ def call(
     direct: bool = typer.Option(
         False, "--direct", help="Straight to the instance, at most once (durable=False)."
     ),
+    show_example: bool = typer.Option(
+        False,
+        "--example",
+        help="Print a skeleton request from the method's contract; call nothing.",
+    ),
+    check: bool = typer.Option(
+        True,
+        "--check/--no-check",
+        help="Refuse a request that does not fit the method's registered request schema.",
+    ),
     as_json: bool = _json_option(),
 ) -> None:
-    """Call a method (through the router, or --direct) and print its result as JSON."""
+    """Call a method (through the router, or --direct) and print its result as JSON.
+
+    The request is checked first against the request schema the method's instances
+    registered (exit 2 if it fits none); a method without a registered contract is called
+    unchecked.
+    """
+    settings = _settings(ctx, as_json)
+    if show_example:
+        _print_json(_run(settings, lambda client, _: _example_of(client, target, settings)))
+        return
     if direct and call_id is not None:
         _fail("--call-id asks for exactly once, which --direct cannot give", ExitCode.USAGE)
-    settings = _settings(ctx, as_json)
     request = _parse_json(payload, "the request")
-    result = _run(
-        settings,
-        lambda client, _: client.call(
+
+    async def checked_call(client: IPCClient, _: float) -> Any:
+        if check:
+            versions = await _contract_of(client, target, settings.timeout)
+            problem = request_problem(target, versions, request)
+            if problem is not None:
+                raise InvalidArgumentError(problem)  # exit 2, nothing sent
+        return await client.call(
             target,
             request,
             resource_id=resource_id,
             timeout=call_timeout,
             call_id=call_id,
             durable=False if direct else None,
-        ),
-        extra=call_timeout + 1.0,
-    )
+        )
+
+    result = _run(settings, checked_call, extra=call_timeout + 1.0)
     _print_json(result)
+
+
+async def _contract_of(client: IPCClient, target: str, timeout: float) -> list[ContractVersion]:
+    """The contract versions registered for ``target`` (SERVICE.METHOD); none when it has
+    none, or when the router cannot say (an older router, no router: the call decides)."""
+    service, dot, method = target.partition(".")
+    if not dot:
+        return []
+    try:
+        found = await client.admin.describe(service, method, timeout=timeout)
+    except (RemoteError, RouterUnavailableError, InvalidArgumentError):
+        return []
+    return [v for m in found.methods for v in m.versions]
+
+
+async def _example_of(client: IPCClient, target: str, settings: Settings) -> Any:
+    service, dot, method = target.partition(".")
+    if not dot:
+        raise InvalidArgumentError(f"target must be 'service.method', got {target!r}")
+    found = await client.admin.describe(service, method, timeout=settings.timeout)
+    contract = found.methods[0].contract if found.methods else None
+    if contract is None or contract.request is None:
+        why = "schemas were too large to register" if contract else "instances registered none"
+        raise IPCError(f"{target} has no request schema to build an example from (its {why})")
+    return example(contract.request)
 
 
 @app.command()
@@ -631,4 +682,5 @@ def main() -> None:
 
 
 # Commands kept in modules of their own register on ``app`` when imported, after it exists.
+from ipc_cli import describe as _describe_command  # noqa: E402, F401
 from ipc_cli import run as _run_command  # noqa: E402, F401

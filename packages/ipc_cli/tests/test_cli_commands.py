@@ -8,14 +8,18 @@ import json
 import os
 import signal
 import sys
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
 from ipc_cli._exit import ExitCode
 from ipc_cli.main import _jsonable, app
-from ipc_client_sdk import IPCClient
+from ipc_client_sdk import CallContext, IPCClient, Service
+from ipc_router.infrastructure.process import ChildProcess
 from ipc_testing import NatsServerProcess, RouterProcess, eventually, free_port
 from ipc_testing.instance import InstanceProcess
 
@@ -108,8 +112,23 @@ async def test_call_prints_the_result_as_json_and_fails_clearly(
     fails(await ipc(url, "call", "service_b", "{}"), ExitCode.USAGE, "service.method")
     fails(await ipc(url, "call", "service_b.nope", "{}"), ExitCode.FAILED, "no method 'nope'")
     fails(await ipc(url, "call", "nobody.work", "{}"), ExitCode.FAILED, "nobody")
+    # Refused before anything is sent: the request does not fit the registered schema.
     fails(
         await ipc(url, "call", "service_b.do_work", '{"account": 1}', "--resource-id", "acc_1"),
+        ExitCode.USAGE,
+        "'amount' is a required property",
+    )
+    # Sent unchecked, the service's own validation refuses it.
+    fails(
+        await ipc(
+            url,
+            "call",
+            "service_b.do_work",
+            '{"account": 1}',
+            "--resource-id",
+            "acc_1",
+            "--no-check",
+        ),
         ExitCode.FAILED,
         "INVALID_ARGUMENT",
     )
@@ -311,3 +330,104 @@ def test_json_never_carries_nan_and_refuses_it_as_input() -> None:
         "NaN",
         "Infinity",
     ]
+
+
+# --- contracts: ipc describe, and ipc call checking against them ------------------------
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+async def test_describe_service_b_prints_the_schemas_of_do_work(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> None:
+    url = nats_server.url
+    proc = ChildProcess(tmp_path / "run.log")
+    argv = ["--nats-url", url, "run", "service_b:service_b", "--app-dir", str(EXAMPLES)]
+    proc.spawn(
+        [sys.executable, "-m", "ipc_cli", *argv, "--instance-id", "b1"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert await proc.wait_for_output("serving as active", timeout=20), proc.log_tail(5)
+
+        found = await ipc_json(url, "describe", "service_b")
+        (do_work,) = found["methods"]
+        assert do_work["method"] == "do_work"
+        (version,) = do_work["versions"]
+        assert version["instances"] == ["b1"] and version["durable"] is True
+        assert version["summary"].startswith("Book the order.")
+        request, response = version["request"], version["response"]
+        assert request["title"] == "WorkRequest"
+        assert request["required"] == ["account", "quantity", "price", "placed_at"]
+        assert request["properties"]["price"]["x-msgpack"].startswith("ext 1")
+        assert response["title"] == "WorkResult"
+        assert response["properties"]["notional"]["x-msgpack"].startswith("ext 1")
+
+        text = await ipc(url, "describe", "service_b", "do_work")
+        assert text.exit_code == ExitCode.OK, text.stderr
+        for words in ("service_b.do_work  (durable)", "request: WorkRequest", "price: decimal"):
+            assert words in text.stdout
+        assert "WARNING" not in text.stdout
+        everything = await ipc_json(url, "describe")
+        assert [s["service"] for s in everything] == ["service_b"]
+        fails(await ipc(url, "describe", "service_b", "nope"), ExitCode.FAILED, "nope")
+        fails(await ipc(url, "describe", "nobody"), ExitCode.FAILED, "nobody")
+
+        skeleton = await ipc_json(url, "call", "--example", "service_b.do_work")
+        assert skeleton == {
+            "account": "",
+            "quantity": 0,
+            "price": "0",
+            "placed_at": "2026-01-01T00:00:00+00:00",
+        }
+        request_text = json.dumps({**skeleton, "account": "acc_1", "quantity": 3, "price": "1.10"})
+        booked = await ipc_json(url, "call", "service_b.do_work", request_text)
+        assert (booked["notional"], booked["booked_by"]) == ("3.30", "b1")  # exact
+        # A Unix time for the datetime: Pydantic takes it, so the check does too.
+        as_number = json.dumps({**json.loads(request_text), "placed_at": 1767225600})
+        assert (await ipc_json(url, "call", "service_b.do_work", as_number))["booked_by"] == "b1"
+
+        bad = json.dumps({**json.loads(request_text), "quantity": "three"})
+        fails(
+            await ipc(url, "call", "service_b.do_work", bad),
+            ExitCode.USAGE,
+            "'three' is not of type 'integer' (at quantity)",
+        )
+    finally:
+        await proc.stop()
+
+
+class Order(BaseModel):
+    price: Decimal
+
+
+class OrderWithVenue(BaseModel):
+    price: Decimal
+    venue: str
+
+
+async def book_v1(req: Order, ctx: CallContext) -> str:
+    return ctx.instance_id
+
+
+async def book_v2(req: OrderWithVenue, ctx: CallContext) -> str:
+    return ctx.instance_id
+
+
+async def test_describe_shows_which_instance_has_which_contract_and_call_takes_either(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    url = nats_server.url
+    old, new = Service("books", load_balanced=True), Service("books", load_balanced=True)
+    old.method("book")(book_v1)
+    new.method("book")(book_v2)
+    async with IPCClient(url, name="books") as server:
+        await server.serve(old, instance_id="k1")
+        await server.serve(new, instance_id="k2")
+        text = await ipc(url, "describe", "books")
+        assert text.exit_code == ExitCode.OK, text.stderr
+        assert "WARNING: its instances registered 2 different contracts" in text.stdout
+        assert "on k1" in text.stdout and "on k2" in text.stdout
+        assert "venue: string" in text.stdout
+        # It fits one of the two: sent. It fits neither: refused.
+        assert (await ipc_json(url, "call", "books.book", '{"price": "1.5"}')) in ("k1", "k2")
+        fails(await ipc(url, "call", "books.book", '{"venue": "X"}'), ExitCode.USAGE, "price")

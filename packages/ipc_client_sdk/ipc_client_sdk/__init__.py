@@ -9,14 +9,18 @@ from ipc_client_sdk._client import IPCClient
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._contracts import (
     PROTOCOL_VERSION,
+    ContractVersion,
     DeadLetter,
     ErrorCode,
     ErrorInfo,
     EventKind,
+    MethodContract,
+    MethodDescription,
     Promotion,
     Published,
     RouterEvent,
     RouterStatus,
+    ServiceDescription,
 )
 from ipc_client_sdk._credentials import Credentials
 from ipc_client_sdk._errors import (
@@ -54,6 +58,7 @@ __all__ = [
     "ClientStateError",
     "Codec",
     "CodecError",
+    "ContractVersion",
     "CodecReason",
     "Credentials",
     "DeadLetter",
@@ -65,6 +70,8 @@ __all__ = [
     "IPCConnectionError",
     "IPCError",
     "InvalidArgumentError",
+    "MethodContract",
+    "MethodDescription",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "Promotion",
@@ -76,6 +83,7 @@ __all__ = [
     "RouterStatus",
     "RouterUnavailableError",
     "Service",
+    "ServiceDescription",
     "ServiceInstance",
     "ServiceUnavailableError",
     "StoreFullError",

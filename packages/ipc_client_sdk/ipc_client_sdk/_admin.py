@@ -17,6 +17,7 @@ from ipc_client_sdk._contracts import (
     Promotion,
     RouteInfo,
     RouterStatus,
+    ServiceDescription,
     ServiceInfo,
 )
 from ipc_client_sdk._errors import InvalidArgumentError, RemoteError, RouterUnavailableError
@@ -158,6 +159,45 @@ class AdminClient:
         result = await self.request(AdminOp.PROMOTE, args, timeout=wait)
         promotion: Promotion = self._link.codec.validate(result, Promotion)
         return promotion
+
+    async def describe(
+        self, service: str, method: str | None = None, *, timeout: float | None = None
+    ) -> ServiceDescription:
+        """The contracts ``service``'s instances registered: per method, the request and
+        response JSON Schemas, durability and summary, each version with the instances
+        that registered it (several versions: the instances disagree).
+
+        Args:
+            service: the service.
+            method: only this method (None: every method).
+
+        Raises:
+            InvalidArgumentError: a bad name. RemoteError: ``NOT_FOUND`` for a service
+                that is not registered, or a method none of its instances serves.
+            RouterUnavailableError: no router answered.
+        """
+        args = {"service": _token(service, "service")}
+        if method is not None:
+            args["method"] = _token(method, "method")
+        result = await self.request(AdminOp.DESCRIBE, args, timeout=timeout)
+        found: list[ServiceDescription] = [
+            self._link.codec.validate(s, ServiceDescription) for s in result.get("services", [])
+        ]
+        if not found:
+            raise RemoteError(
+                f"service {service!r} is not registered", code=ErrorCode.NOT_FOUND, service=ROUTER
+            )
+        return found[0]
+
+    async def describe_all(self, *, timeout: float | None = None) -> list[ServiceDescription]:
+        """Every registered service's contracts (see ``describe``).
+
+        Raises:
+            RouterUnavailableError: no router answered.
+        """
+        result = await self.request(AdminOp.DESCRIBE, {}, timeout=timeout)
+        codec = self._link.codec
+        return [codec.validate(s, ServiceDescription) for s in result.get("services", [])]
 
     def events(
         self,

@@ -12,6 +12,8 @@ payload it carries.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -56,6 +58,7 @@ class AdminOp(StrEnum):
     DRAIN = "drain"
     REGISTER = "register"
     DEREGISTER = "deregister"
+    DESCRIBE = "describe"
 
 
 class EventKind(StrEnum):
@@ -169,6 +172,38 @@ class Heartbeat(Envelope):
     waits for a heartbeat that says so and reports no call running."""
 
 
+class MethodContract(BaseModel):
+    """One method's contract as an instance registers it: request and response as JSON
+    Schema (MessagePack-specific types marked ``x-msgpack``), durability and summary.
+
+    ``request``/``response`` are None when the model is not describable, or when the
+    contract was too large to register (``truncated`` then holds its size in bytes).
+    """
+
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    durable: bool = True
+    summary: str = ""
+    truncated: int | None = None
+
+
+MAX_CONTRACTS_BYTES = 256 * 1024
+"""The most contract JSON one registration carries, all methods together: well under NATS's
+default max payload (1 MiB), so that a service with many methods still registers."""
+
+
+def contract_version(contract: MethodContract) -> str:
+    """The version of a contract: a short hash of its request and response schemas and its
+    durability (the summary is left out: a reworded docstring is not a new contract)."""
+    text = json.dumps(
+        [contract.request, contract.response, contract.durable],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 class Registration(Envelope):
     """An instance announcing itself, its methods and the resources it claims."""
 
@@ -190,6 +225,10 @@ class Registration(Envelope):
     holds, with a valid lease and no handover under way, and its heartbeats say whether it
     knows it is draining. Callers never send direct calls to an instance without it (an
     older SDK), and handovers do not wait for its drain to be acknowledged."""
+    contracts: dict[str, MethodContract] | None = None
+    """Each method's contract, by method name (None: an older SDK that sends none). The
+    router keeps them for the ``describe`` operation; at most ``MAX_CONTRACTS_BYTES`` of
+    JSON in all."""
 
 
 class RegistrationResult(BaseModel):
@@ -268,6 +307,42 @@ class RouteInfo(BaseModel):
     load-balanced service)."""
     instance: str
     standbys: list[str] = Field(default_factory=list)
+
+
+class ContractVersion(MethodContract):
+    """One version of a method's contract and the instances that registered it."""
+
+    version: str
+    """A hash of the request and response schemas and the durability (``contract_version``)."""
+    instances: list[str] = Field(default_factory=list)
+
+
+class MethodDescription(BaseModel):
+    """One method of a service, as the ``describe`` operation reports it."""
+
+    method: str
+    versions: list[ContractVersion] = Field(default_factory=list)
+    """Every contract registered for it, the one most instances serve first: more than one
+    means that instances disagree (a half-upgraded service)."""
+
+    @property
+    def consistent(self) -> bool:
+        """Whether every instance that registered a contract registered the same one."""
+        return len(self.versions) <= 1
+
+    @property
+    def contract(self) -> ContractVersion | None:
+        """The contract most instances registered (None: none registered one)."""
+        return self.versions[0] if self.versions else None
+
+
+class ServiceDescription(BaseModel):
+    """One service's contracts, as the ``describe`` operation reports them."""
+
+    service: str
+    methods: list[MethodDescription] = Field(default_factory=list)
+    without_contracts: list[str] = Field(default_factory=list)
+    """Instances registered without contracts (an older SDK)."""
 
 
 class DrainResult(BaseModel):

@@ -5,7 +5,8 @@ Pydantic's own ``json_schema`` describes the types; the MessagePack-specific for
 that a reader in another language knows that a decimal travels as extension 1 with its
 exact text rather than as a float. A contract larger than ``MAX_CONTRACT_BYTES`` keeps its
 durability and summary but not its schemas, and says so (``truncated``), so that a huge
-model cannot bloat every registration.
+model cannot bloat every registration; so does the largest of a service's contracts while
+all of them together exceed ``MAX_CONTRACTS_BYTES``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
+from ipc_client_sdk._contracts import MAX_CONTRACTS_BYTES, MethodContract
 from ipc_client_sdk._service import MethodSpec, Service
 
 MAX_CONTRACT_BYTES = 32 * 1024
@@ -97,3 +99,17 @@ def method_contract(spec: MethodSpec) -> dict[str, Any]:
 def service_contracts(service: Service) -> dict[str, dict[str, Any]]:
     """Every method's contract, by method name."""
     return {name: method_contract(spec) for name, spec in sorted(service.methods.items())}
+
+
+def registered_contracts(service: Service) -> dict[str, MethodContract]:
+    """The contracts a registration carries: every method's, the largest ones truncated
+    until all of them fit in ``MAX_CONTRACTS_BYTES``."""
+    contracts = service_contracts(service)
+    sizes = {name: len(json.dumps(c)) for name, c in contracts.items()}
+    for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if sum(sizes.values()) <= MAX_CONTRACTS_BYTES:
+            break
+        if contracts[name].get("truncated") is None:
+            contracts[name].update(request=None, response=None, truncated=sizes[name])
+            sizes[name] = len(json.dumps(contracts[name]))
+    return {name: MethodContract.model_validate(c) for name, c in contracts.items()}

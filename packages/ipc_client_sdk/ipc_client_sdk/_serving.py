@@ -71,6 +71,7 @@ from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._permissions import jetstream_api
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._runner import CallRunner
+from ipc_client_sdk._schemas import registered_contracts
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
 from ipc_client_sdk._takeover import Takeover, check_takeover
@@ -128,6 +129,7 @@ class ServiceInstance:
         self._link = link
         self._ready_timeout = ready_timeout
         self._service = service
+        self._contracts = registered_contracts(service)  # once: registering again reuses them
         self.service = service.name
         self.instance_id = instance_id
         self._resources = list(dict.fromkeys(resources))
@@ -379,6 +381,7 @@ class ServiceInstance:
             load_balanced=self._service.load_balanced,
             direct_methods=sorted(n for n, m in self._service.methods.items() if not m.durable),
             direct=True,
+            contracts=self._contracts,
         )
         sent = time.monotonic()
         result = await request_op(

@@ -254,6 +254,11 @@ class Subjects:
         return f"{self._name}_REGISTRY"
 
     @property
+    def contracts_bucket(self) -> str:
+        """KV bucket: one key per registered instance, the method contracts it registered."""
+        return f"{self._name}_CONTRACTS"
+
+    @property
     def routes_bucket(self) -> str:
         """KV bucket: claimed resources (claimants, owner first) and sticky assignments."""
         return f"{self._name}_ROUTES"

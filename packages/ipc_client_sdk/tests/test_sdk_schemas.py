@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -9,7 +10,8 @@ from decimal import Decimal
 from pydantic import BaseModel, create_model
 
 from ipc_client_sdk import CallContext, Service
-from ipc_client_sdk._schemas import MAX_CONTRACT_BYTES, service_contracts
+from ipc_client_sdk._schemas import MAX_CONTRACT_BYTES, registered_contracts, service_contracts
+from ipc_client_sdk.protocol import MAX_CONTRACTS_BYTES, MethodContract, contract_version
 
 
 class WorkRequest(BaseModel):
@@ -77,3 +79,37 @@ def test_a_contract_too_large_keeps_no_schema_and_says_so() -> None:
     contract = service_contracts(big)["m"]
     assert contract["request"] is None and contract["response"] is None
     assert contract["truncated"] > MAX_CONTRACT_BYTES
+
+
+Large = create_model(  # type: ignore[call-overload]
+    "Large", **{f"field_{i:04d}_with_a_long_name": (int, 0) for i in range(250)}
+)
+
+
+async def large_method(req: Large) -> None:  # type: ignore[valid-type]
+    return None
+
+
+many = Service("many")
+for i in range(12):  # 12 methods of ~25 KiB each: more than a registration carries
+    many.method(f"m{i:02d}")(large_method)
+
+
+def test_a_registration_carries_at_most_max_contracts_bytes_truncating_the_largest() -> None:
+    contracts = registered_contracts(many)
+    assert sorted(contracts) == [f"m{i:02d}" for i in range(12)]
+    size = sum(len(json.dumps(c.model_dump())) for c in contracts.values())
+    assert size <= MAX_CONTRACTS_BYTES
+    kept = [c for c in contracts.values() if c.request is not None]
+    assert kept and len(kept) < 12
+    assert all(c.truncated for c in contracts.values() if c.request is None)
+    assert all(c.durable for c in contracts.values())
+
+
+def test_a_version_changes_with_the_schemas_and_durability_not_the_summary() -> None:
+    base = MethodContract(request={"type": "string"}, response={}, durable=True, summary="a")
+    assert contract_version(base) == contract_version(base.model_copy(update={"summary": "b"}))
+    assert contract_version(base) != contract_version(base.model_copy(update={"durable": False}))
+    other = base.model_copy(update={"request": {"type": "integer"}})
+    assert contract_version(base) != contract_version(other)
+    assert len(contract_version(base)) == 12

@@ -33,6 +33,7 @@ from ipc_router.api.admin import OpsEndpoint, admin_endpoint
 from ipc_router.api.calls import CallConsumer
 from ipc_router.api.config import RouterConfig
 from ipc_router.api.control import ControlAPI
+from ipc_router.application.contracts import DescribeContracts
 from ipc_router.application.handover import Handovers
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.leadership import Leadership
@@ -46,7 +47,10 @@ from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
 from ipc_router.infrastructure.kv_lease import JetStreamLease
-from ipc_router.infrastructure.kv_registry import JetStreamInstanceRepository
+from ipc_router.infrastructure.kv_registry import (
+    JetStreamContractRepository,
+    JetStreamInstanceRepository,
+)
 from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
 from ipc_router.infrastructure.nats_events import EventPublisher, NatsInstanceNotifier
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
@@ -159,9 +163,19 @@ class Wiring:
         return self.config.heartbeat_timeout * LEASE_FRACTION
 
     def instance_repository(self) -> JetStreamInstanceRepository:
-        """The registered instances in their KV bucket."""
+        """The registered instances in their KV bucket (forgetting one forgets its
+        contracts too)."""
         return JetStreamInstanceRepository(
-            self.stores.registry, self.subjects.registry_bucket, self.codec
+            self.stores.registry,
+            self.subjects.registry_bucket,
+            self.codec,
+            contracts=self.contract_repository(),
+        )
+
+    def contract_repository(self) -> JetStreamContractRepository:
+        """The instances' method contracts in their KV bucket."""
+        return JetStreamContractRepository(
+            self.stores.contracts, self.subjects.contracts_bucket, self.codec
         )
 
 
@@ -239,7 +253,8 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
         w.deps.clock,
         leading=lambda: leadership.leading,
     )
-    admin = admin_endpoint(w.nc, w.subjects, w.codec, get_status)
+    describe = DescribeContracts(w.instance_repository(), w.contract_repository())
+    admin = admin_endpoint(w.nc, w.subjects, w.codec, get_status, describe)
     return RouterServices(admin, leadership)
 
 
@@ -302,7 +317,7 @@ class LeaderDuties:
             w.subjects,
             w.codec,
             registry,
-            Membership(registry, reports),
+            Membership(registry, reports, w.contract_repository()),
             self._handovers,
             tracker,
             w.instance_lease,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ipc_router.application.errors import StoreUnavailableError
 from ipc_router.application.ports import BrokerInfo, SavedRoutes
 from ipc_router.domain import Health, InstanceRecord, Role
@@ -21,6 +24,27 @@ class InMemoryInstanceRepository:
 
     async def delete(self, service: str, instance_id: str) -> None:
         self.records.pop(f"{service}.{instance_id}", None)
+
+
+class InMemoryContractRepository:
+    """``ContractRepository`` in a dict; ``failing`` makes every write raise."""
+
+    def __init__(self) -> None:
+        self.contracts: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.failing = False
+
+    async def save(
+        self, service: str, instance_id: str, contracts: Mapping[str, Mapping[str, Any]] | None
+    ) -> None:
+        if self.failing:
+            raise StoreUnavailableError("contracts", "failing on purpose")
+        if contracts is None:
+            self.contracts.pop((service, instance_id), None)
+        else:
+            self.contracts[(service, instance_id)] = {m: dict(c) for m, c in contracts.items()}
+
+    async def load(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        return dict(self.contracts)
 
 
 class InMemoryRouteRepository:

@@ -28,14 +28,19 @@ from ipc_client_sdk.protocol import (
     AdminReply,
     AdminRequest,
     Codec,
+    ContractVersion,
     ErrorCode,
     ErrorInfo,
+    MethodDescription,
     NatsServerInfo,
     RateLimitedLog,
     RouterStatus,
+    ServiceDescription,
     Subjects,
     clip,
+    validate_token,
 )
+from ipc_router.application.contracts import DescribeContracts, ServiceContracts
 from ipc_router.application.errors import (
     DrainTimeoutError,
     HandoverBusyError,
@@ -45,7 +50,13 @@ from ipc_router.application.errors import (
     StoreUnavailableError,
 )
 from ipc_router.application.status import GetRouterStatus, StatusReport
-from ipc_router.domain import InstanceConflictError, NoHealthyInstanceError, UnknownInstanceError
+from ipc_router.domain import (
+    InstanceConflictError,
+    NoHealthyInstanceError,
+    UnknownInstanceError,
+    UnknownMethodError,
+    UnknownServiceError,
+)
 
 _log = logging.getLogger("ipc_router.admin")
 
@@ -62,6 +73,8 @@ _CODES: dict[type[Exception], ErrorCode] = {
     DrainTimeoutError: ErrorCode.FAILED_PRECONDITION,
     InstanceReplacedError: ErrorCode.FAILED_PRECONDITION,
     SessionRequiredError: ErrorCode.PERMISSION_DENIED,
+    UnknownServiceError: ErrorCode.NOT_FOUND,
+    UnknownMethodError: ErrorCode.NOT_FOUND,
 }
 """The error code an operation's failure is answered with (the nearest class counts)."""
 
@@ -92,6 +105,54 @@ def status_to_wire(report: StatusReport) -> RouterStatus:
         instances=report.counts.instances,
         leader=report.leading,
     )
+
+
+def contracts_to_wire(found: ServiceContracts) -> ServiceDescription:
+    """Translate one service's contracts into the wire contract."""
+    return ServiceDescription(
+        service=found.service,
+        methods=[
+            MethodDescription(
+                method=m.method,
+                versions=[
+                    ContractVersion.model_validate(
+                        {**g.contract, "version": g.version, "instances": g.instances}
+                    )
+                    for g in m.versions
+                ],
+            )
+            for m in found.methods
+        ],
+        without_contracts=found.without_contracts,
+    )
+
+
+def describe_op(nc: NATS, codec: Codec, describe: DescribeContracts) -> OpHandler:
+    """The ``describe`` operation (``service``, ``method``: both optional), answered by
+    this router from the stores. An answer too large for one NATS message is refused
+    (``RESOURCE_EXHAUSTED``) rather than lost: the operator narrows it."""
+
+    async def answer(args: dict[str, Any]) -> dict[str, Any]:
+        names = {}
+        for what in ("service", "method"):
+            value = args.get(what)
+            if value is not None:
+                try:
+                    names[what] = validate_token(str(value), what)
+                except ValueError as e:
+                    raise IPCError(str(e), code=ErrorCode.INVALID_ARGUMENT) from e
+        found = await describe(names.get("service"), names.get("method"))
+        result = {"services": [contracts_to_wire(s).model_dump(mode="python") for s in found]}
+        size = len(codec.encode(result))
+        if size > nc.max_payload - 4096:
+            raise IPCError(
+                f"the contracts take {size} bytes, more than one NATS message holds "
+                f"({nc.max_payload}); describe one service, or one method",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+            )
+        return result
+
+    return answer
 
 
 class OpsEndpoint:
@@ -178,9 +239,14 @@ class OpsEndpoint:
 
 
 def admin_endpoint(
-    nc: NATS, subjects: Subjects, codec: Codec, get_status: GetRouterStatus
+    nc: NATS,
+    subjects: Subjects,
+    codec: Codec,
+    get_status: GetRouterStatus,
+    describe: DescribeContracts | None = None,
 ) -> OpsEndpoint:
-    """The operator endpoint on ``<prefix>.admin.*``."""
+    """The operator endpoint on ``<prefix>.admin.*``: ``status`` and ``describe`` answered
+    here, the rest by the leading router."""
 
     async def status(args: dict[str, Any]) -> dict[str, Any]:
         report = await get_status()
@@ -225,6 +291,8 @@ def admin_endpoint(
         AdminOp.INSTANCES: forwarded(AdminOp.INSTANCES),
         AdminOp.ROUTES: forwarded(AdminOp.ROUTES),
     }
+    if describe is not None:
+        ops[AdminOp.DESCRIBE] = describe_op(nc, codec, describe)
     return OpsEndpoint(nc, subjects.admin_all, ADMIN_QUEUE, codec, ops)
 
 

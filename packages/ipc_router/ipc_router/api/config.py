@@ -106,6 +106,8 @@ _LIMIT_HELP = {
     "dead_letters_max_bytes": "the dead-letter stream; full: the oldest are discarded",
     "dead_letters_max_msgs": "dead letters kept; full: the oldest are discarded",
     "registry_max_bytes": "the registry bucket; full: new instances are not saved",
+    "contracts_max_bytes": "the contracts bucket; full: new instances' method contracts are "
+    "not saved (they are registered all the same)",
     "routes_max_bytes": "the routes bucket; full: new claims and assignments are not saved",
     "leases_max_bytes": "the router lease bucket",
     "results_max_bytes": "the results bucket; full: new calls are refused unrun "

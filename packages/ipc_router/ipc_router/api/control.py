@@ -28,6 +28,7 @@ changes run beside it (``application/upkeep.py``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,7 @@ from pydantic import BaseModel
 
 from ipc_client_sdk import CodecError, IPCError
 from ipc_client_sdk.protocol import (
+    MAX_CONTRACTS_BYTES,
     AdminOp,
     AdminReply,
     Codec,
@@ -55,6 +57,7 @@ from ipc_client_sdk.protocol import (
     ServiceInfo,
     Subjects,
     clip,
+    contract_version,
     validate_token,
 )
 from ipc_router.api.admin import OpHandler, OpsEndpoint
@@ -205,9 +208,11 @@ class ControlAPI:
                 direct_methods=tuple(reg.direct_methods),
                 direct=reg.direct,
                 load_balanced=reg.load_balanced,
+                contracts=self._contracts_of(reg),
             )
         )
         record = outcome.record
+        self._warn_of_conflicts(record)
         return RegistrationResult(
             service=record.service,
             instance_id=record.instance_id,
@@ -218,6 +223,46 @@ class ControlAPI:
             lease=self.lease,
             heartbeat_timeout=self._registry.table.heartbeat_timeout,
         ).model_dump()
+
+    def _contracts_of(self, reg: Registration) -> dict[str, dict[str, Any]] | None:
+        """The registration's contracts as stored, each with its version; None when it
+        carries none, or more than ``MAX_CONTRACTS_BYTES`` (logged: the instance is
+        registered all the same)."""
+        if reg.contracts is None:
+            return None
+        stored = {
+            method: {**c.model_dump(exclude_none=True), "version": contract_version(c)}
+            for method, c in reg.contracts.items()
+            if method in reg.methods
+        }
+        size = sum(len(json.dumps(c, default=str)) for c in stored.values())
+        if size > MAX_CONTRACTS_BYTES + 64 * len(stored):  # room for the versions added
+            self._problems.warning(
+                "contracts-too-large",
+                "%s.%s registered %d bytes of contracts, more than %d; none kept",
+                clip(reg.service),
+                clip(reg.instance_id),
+                size,
+                MAX_CONTRACTS_BYTES,
+            )
+            return None
+        return stored
+
+    def _warn_of_conflicts(self, record: InstanceRecord) -> None:
+        """A half-upgraded service: say which of its instances registered which contract."""
+        for conflict in self._membership.contract_conflicts(record):
+            self._problems.warning(
+                f"contract-conflict:{record.service}.{conflict.method}",
+                "instances of %s registered different contracts for %s: %s has version %s, "
+                "%s (see 'ipc describe %s %s')",
+                clip(record.service),
+                clip(conflict.method),
+                clip(record.instance_id),
+                conflict.version,
+                clip(", ".join(f"{i} has {v}" for i, v in conflict.others)),
+                clip(record.service),
+                clip(conflict.method),
+            )
 
     async def _deregister(self, args: dict[str, Any]) -> dict[str, Any]:
         req: _Deregistration = self._codec.validate(args, _Deregistration)

@@ -6,10 +6,24 @@ their answers; nothing here knows NATS or the wire format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+from ipc_router.application.errors import StoreUnavailableError
+from ipc_router.application.ports import ContractRepository
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
-from ipc_router.domain import Health, InstanceRecord, Registered, Role
+from ipc_router.domain import (
+    ContractConflict,
+    Health,
+    InstanceRecord,
+    Registered,
+    Role,
+    contract_conflicts,
+)
+
+_log = logging.getLogger("ipc_router.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +38,8 @@ class RegisterInstance:
     direct_methods: tuple[str, ...]
     direct: bool
     load_balanced: bool
+    contracts: Mapping[str, Mapping[str, Any]] | None = field(default=None)
+    """Each method's contract (with its ``version``), or None when it registered none."""
 
     def record(self, now: float) -> InstanceRecord:
         """The new instance: a healthy standby at epoch 1, registered and heard from ``now``
@@ -42,6 +58,9 @@ class RegisterInstance:
             direct=self.direct,
             session=self.session,
             load_balanced=self.load_balanced,
+            contract_versions=tuple(
+                sorted((m, str(c.get("version", ""))) for m, c in (self.contracts or {}).items())
+            ),
         )
 
 
@@ -99,19 +118,47 @@ class Membership:
     Args:
         registry: the routing table and its stores.
         reports: where each instance's last heartbeat report is kept for handovers.
+        contracts: where the instances' method contracts are kept (None: not kept).
     """
 
-    def __init__(self, registry: InstanceRegistry, reports: HeartbeatReports) -> None:
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        reports: HeartbeatReports,
+        contracts: ContractRepository | None = None,
+    ) -> None:
         self._registry = registry
         self._reports = reports
+        self._contracts = contracts
 
     async def register(self, command: RegisterInstance) -> Registered:
-        """Register an instance with its claims, and save them.
+        """Register an instance with its claims, and save them and its contracts.
+
+        The contracts are saved once the registration stands (a refused one must not
+        replace the live holder's); a store that fails to save them costs ``describe``
+        that instance's contracts until it registers again, not the registration.
 
         Raises:
             InstanceConflictError: a live process already holds the instance id.
         """
-        return await self._registry.register(command.record(self._registry.now()))
+        outcome = await self._registry.register(command.record(self._registry.now()))
+        if self._contracts is not None:
+            try:
+                await self._contracts.save(command.service, command.instance_id, command.contracts)
+            except StoreUnavailableError as e:
+                _log.warning(
+                    "contracts of %s.%s not saved (%s); describe lacks them until it "
+                    "registers again",
+                    command.service,
+                    command.instance_id,
+                    e,
+                )
+        return outcome
+
+    def contract_conflicts(self, record: InstanceRecord) -> list[ContractConflict]:
+        """The methods for which ``record`` registered another contract than another
+        instance of its service did."""
+        return contract_conflicts(record, self._registry.table.instances())
 
     async def heartbeat(
         self,

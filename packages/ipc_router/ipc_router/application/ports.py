@@ -6,8 +6,9 @@ them with ``InMemory*`` fakes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ipc_router.domain import InstanceEvent, InstanceRecord, RoleEvent
 
@@ -29,6 +30,26 @@ class InstanceRepository(Protocol):
 
     async def delete(self, service: str, instance_id: str) -> None:
         """Forget one instance (no error when it is not there)."""
+        ...
+
+
+class ContractRepository(Protocol):
+    """Where the method contracts each instance registered are kept (JetStream KV in
+    production), apart from the records: they are large and rarely read.
+
+    A contract is opaque here (its JSON Schemas, durability, summary), but for its
+    ``version``. Every method raises ``StoreUnavailableError`` when the store does not
+    answer in time.
+    """
+
+    async def save(
+        self, service: str, instance_id: str, contracts: Mapping[str, Mapping[str, Any]] | None
+    ) -> None:
+        """Store one instance's contracts by method, or forget them (None)."""
+        ...
+
+    async def load(self) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """Every instance's contracts, by (service, instance_id)."""
         ...
 
 

@@ -1,6 +1,14 @@
 """Domain layer: pure models and rules, importing nothing else of the project."""
 
-from ipc_router.domain.model import Health, InstanceEvent, InstanceRecord, RegistryCounts, Role
+from ipc_router.domain.model import (
+    ContractConflict,
+    Health,
+    InstanceEvent,
+    InstanceRecord,
+    RegistryCounts,
+    Role,
+    contract_conflicts,
+)
 from ipc_router.domain.routing import (
     FailoverPendingError,
     InstanceConflictError,
@@ -16,6 +24,7 @@ from ipc_router.domain.routing import (
 )
 
 __all__ = [
+    "ContractConflict",
     "FailoverPendingError",
     "Health",
     "InstanceEvent",
@@ -32,4 +41,5 @@ __all__ = [
     "UnknownInstanceError",
     "UnknownMethodError",
     "UnknownServiceError",
+    "contract_conflicts",
 ]

@@ -54,11 +54,48 @@ class InstanceRecord:
     queued_at: float = 0.0
     """When it joined the standby queue (its registration, or its demotion): standbys are
     promoted in this order."""
+    contract_versions: tuple[tuple[str, str], ...] = field(default=())
+    """(method, version of the contract it registered for it); empty when it registered
+    none (an older SDK). The contracts themselves are kept apart, not in the record."""
 
     @property
     def key(self) -> str:
         """The instance's identity across the system: ``service.instance_id``."""
         return f"{self.service}.{self.instance_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ContractConflict:
+    """A method for which an instance registered another contract than its peers did."""
+
+    method: str
+    version: str
+    """The version the instance registered."""
+    others: tuple[tuple[str, str], ...]
+    """(peer instance id, the version it registered), for each peer that differs."""
+
+
+def contract_conflicts(
+    record: InstanceRecord, peers: Iterable[InstanceRecord]
+) -> list[ContractConflict]:
+    """The methods for which ``record`` registered another contract version than one of
+    ``peers`` (the other instances of its service) did; peers that registered none for
+    the method do not count."""
+    theirs = [
+        (peer.instance_id, dict(peer.contract_versions))
+        for peer in peers
+        if peer.service == record.service and peer.instance_id != record.instance_id
+    ]
+    conflicts: list[ContractConflict] = []
+    for method, version in record.contract_versions:
+        others = tuple(
+            (instance_id, versions[method])
+            for instance_id, versions in theirs
+            if versions.get(method, version) != version
+        )
+        if others:
+            conflicts.append(ContractConflict(method, version, others))
+    return conflicts
 
 
 @dataclass(frozen=True, slots=True)

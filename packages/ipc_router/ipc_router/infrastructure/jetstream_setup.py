@@ -29,7 +29,12 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.kv import KeyValue
 
-from ipc_client_sdk.protocol import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Subjects
+from ipc_client_sdk.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    ENVELOPE_OVERHEAD,
+    MAX_CONTRACTS_BYTES,
+    Subjects,
+)
 from ipc_router.infrastructure.jetstream_assets import (
     Asset,
     ProvisioningError,
@@ -49,7 +54,13 @@ _HEADER_ROOM = 4 * 1024
 DEFAULT_MAX_MESSAGE = DEFAULT_MAX_PAYLOAD + ENVELOPE_OVERHEAD + _HEADER_ROOM
 """The largest call, event or result: a default client's largest envelope, with headers."""
 
+CONTRACTS_VALUE_MAX = 2 * MAX_CONTRACTS_BYTES
+"""The largest value in the contracts bucket: one instance's contracts (the router refuses
+to keep more than ``MAX_CONTRACTS_BYTES`` of them as JSON, their MessagePack form is no
+larger), with room for the versions it adds."""
+
 __all__ = [
+    "CONTRACTS_VALUE_MAX",
     "DEFAULT_MAX_MESSAGE",
     "ProvisioningError",
     "RouterStores",
@@ -80,6 +91,7 @@ class StorageLimits:
     dead_letters_max_bytes: int = 256 * _MiB
     dead_letters_max_msgs: int = 100_000
     registry_max_bytes: int = 64 * _MiB
+    contracts_max_bytes: int = 64 * _MiB
     routes_max_bytes: int = 256 * _MiB
     leases_max_bytes: int = 1 * _MiB
     results_max_bytes: int = 4 * _GiB
@@ -140,6 +152,7 @@ class RouterStores:
     """Handles on the router's KV buckets."""
 
     registry: KeyValue
+    contracts: KeyValue
     routes: KeyValue
     leases: KeyValue
     results: KeyValue
@@ -284,6 +297,14 @@ def _buckets(subjects: Subjects, settings: StorageSettings) -> list[Asset]:
             settings,
             max_bytes=limits.registry_max_bytes,
         ),
+        # Full: a new instance's contracts are not saved (it is registered all the same).
+        _bucket(
+            subjects.contracts_bucket,
+            "method contracts",
+            settings,
+            max_bytes=limits.contracts_max_bytes,
+            max_value_size=CONTRACTS_VALUE_MAX,
+        ),
         _bucket(
             subjects.routes_bucket,
             "claims and assignments",
@@ -338,6 +359,7 @@ async def provision(
             stores[asset.name] = await retrying(partial(js.key_value, asset.name))
         return RouterStores(
             registry=stores[subjects.registry_bucket],
+            contracts=stores[subjects.contracts_bucket],
             routes=stores[subjects.routes_bucket],
             leases=stores[subjects.leases_bucket],
             results=stores[subjects.results_bucket],
