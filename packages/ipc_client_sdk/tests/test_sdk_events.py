@@ -89,7 +89,11 @@ async def test_a_stream_survives_a_timed_out_wait_and_ends_when_closed(
             await server.serve(CountingService().service, instance_id="b2")
             # Seen here, so waiting unread in ``events`` too (one connection, one message).
             assert (await next_event(witness)).instance_id == "b2"
-    assert await event_subscriptions(nats_server, "svc_a") == []
+
+    async def unsubscribed() -> None:  # the UNSUB reaches the server with the next flush
+        assert await event_subscriptions(nats_server, "svc_a") == []
+
+    await eventually(unsubscribed, within=5, retry_on=(AssertionError,))
     assert [e async for e in events] == []  # closed: it ends at once, unread events too
     await events.aclose()  # a second close is harmless
 

@@ -31,6 +31,7 @@ SMALL_CAPS = (
     "--routes-max-bytes=1MiB",
     "--leases-max-bytes=64KiB",
     "--results-max-bytes=4MiB",
+    "--contracts-max-bytes=256KiB",
 )
 
 
