@@ -3,6 +3,7 @@
 Application code should not need this module: ``IPCClient`` does all of it.
 """
 
+from ipc_client_sdk._auth_dir import AuthDir, AuthDirError, AuthManifest
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
 from ipc_client_sdk._contracts import (
     LEASE_FRACTION,
@@ -32,7 +33,7 @@ from ipc_client_sdk._contracts import (
     RouterStatus,
     ServiceInfo,
 )
-from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials
+from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
 from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import (
@@ -43,6 +44,7 @@ from ipc_client_sdk._nats import (
     redact_url,
     servers_label,
 )
+from ipc_client_sdk._permissions import Identity, Permissions, Role, permissions
 from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._subjects import (
     DEFAULT_PREFIX,
@@ -65,6 +67,14 @@ __all__ = [
     "REFUSED_HEADER",
     "REPLY_TO_HEADER",
     "AdminOp",
+    "AuthDir",
+    "AuthDirError",
+    "AuthManifest",
+    "Identity",
+    "Permissions",
+    "Role",
+    "permissions",
+    "reply_prefix",
     "AdminReply",
     "AdminRequest",
     "CallReply",
