@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from ipc_cli._exit import ExitCode
-from ipc_cli.main import Settings, _fail, _print_json, app
+from ipc_cli.main import _fail, _print_json, _settings, app
 from ipc_client_sdk.protocol import AuthDir, AuthDirError, AuthManifest, Identity, validate_prefix
 
 auth_app = typer.Typer(
@@ -21,11 +21,6 @@ auth_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(auth_app, name="auth")
-
-
-def _settings(ctx: typer.Context, as_json: bool) -> Settings:
-    settings: Settings = ctx.find_root().obj
-    return settings if not as_json else Settings(**{**settings.__dict__, "json": True})
 
 
 def _identity_json(auth: AuthDir, identity: Identity) -> dict[str, object]:
