@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -158,8 +158,8 @@ async def _roles(d: Deployment) -> dict[str, str]:
     return {i.instance_id: i.role for i in await d.operator.admin.instances("service_b")}
 
 
-def _admin(op: str, args: dict[str, object]) -> bytes:
-    return CODEC.encode_envelope(AdminRequest(op=op, args=args))
+def _admin(op: str, args: Mapping[str, object]) -> bytes:
+    return CODEC.encode_envelope(AdminRequest(op=op, args=dict(args)))
 
 
 async def test_anonymous_clients_are_refused_at_connect(deployment: Deployment) -> None:
