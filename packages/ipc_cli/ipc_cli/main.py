@@ -682,5 +682,6 @@ def main() -> None:
 
 
 # Commands kept in modules of their own register on ``app`` when imported, after it exists.
+from ipc_cli import auth as _auth_command  # noqa: E402, F401
 from ipc_cli import describe as _describe_command  # noqa: E402, F401
 from ipc_cli import run as _run_command  # noqa: E402, F401

@@ -15,12 +15,15 @@ Nothing here puts a secret into a message or a ``repr()``; files are named, neve
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
+
+import nkeys
 
 from ipc_client_sdk._errors import AuthenticationError, InvalidArgumentError
 
@@ -33,8 +36,12 @@ CREDENTIAL_ENV_VARS: Mapping[str, str] = {
     "tls_ca": "IPC_TLS_CA",
     "tls_cert": "IPC_TLS_CERT",
     "tls_key": "IPC_TLS_KEY",
+    "inbox_prefix": "IPC_NATS_INBOX_PREFIX",
 }
 """Each credential setting's environment variable."""
+
+DEFAULT_INBOX_PREFIX = "_INBOX"
+"""nats-py's reply subject prefix, kept for connections with no identity to derive one from."""
 
 _SECRETS = frozenset({"password", "token"})
 _PATHS = frozenset({"nkey_seed_file", "creds_file", "tls_ca", "tls_cert", "tls_key"})
@@ -65,6 +72,9 @@ class Credentials:
             clients.
         tls_key: the client certificate's PEM private key.
         tls: a ready ``ssl.SSLContext`` instead of ``tls_ca``/``tls_cert``/``tls_key``.
+        inbox_prefix: where replies to this connection go (``<inbox_prefix>.<random>...``).
+            None: derived from the identity (see ``reply_prefix``), so that a NATS
+            configured by ``ipc auth`` can let each identity read its own replies only.
 
     File settings take a ``str`` or a ``Path`` and are stored as a ``Path``.
 
@@ -82,12 +92,13 @@ class Credentials:
     tls_cert: Path | str | None = None
     tls_key: Path | str | None = None
     tls: ssl.SSLContext | None = None
+    inbox_prefix: str | None = None
 
     def __post_init__(self) -> None:
         for name in _PATHS:  # accept str paths; "" means unset, like an empty variable
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value else None)
-        for name in ("user", "password", "token"):
+        for name in ("user", "password", "token", "inbox_prefix"):
             if getattr(self, name) == "":
                 object.__setattr__(self, name, None)
         given = [what for name, what in _IDENTITIES.items() if getattr(self, name) is not None]
@@ -103,6 +114,11 @@ class Credentials:
             raise InvalidArgumentError("a TLS client certificate needs its key, and a key its cert")
         if self.tls is not None and (self.tls_ca or self.tls_cert):
             raise InvalidArgumentError("give either an ssl.SSLContext or TLS files, not both")
+        if self.inbox_prefix is not None and not _INBOX_PREFIX.fullmatch(self.inbox_prefix):
+            raise InvalidArgumentError(
+                f"inbox prefix {self.inbox_prefix!r} must be dot-separated tokens of letters, "
+                "digits, '_' and '-'"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **given: Any) -> Self:
@@ -142,7 +158,7 @@ class Credentials:
     @property
     def empty(self) -> bool:
         """True when nothing is set: an anonymous, plain connection."""
-        return not self._set()
+        return not [name for name in self._set() if name != "inbox_prefix"]
 
     def __repr__(self) -> str:
         shown = (
@@ -161,11 +177,12 @@ class Credentials:
                 (the message names the file, never its contents).
         """
         options: dict[str, Any] = {}
+        derived = None
         if self.nkey_seed_file is not None:
-            _check_seed_file(Path(self.nkey_seed_file))
+            derived = _check_seed_file(Path(self.nkey_seed_file))
             options["nkeys_seed"] = str(self.nkey_seed_file)
         if self.creds_file is not None:
-            _check_creds_file(Path(self.creds_file))
+            derived = _check_creds_file(Path(self.creds_file))
             options["user_credentials"] = str(self.creds_file)
         if self.user is not None:
             options["user"] = self.user
@@ -175,6 +192,7 @@ class Credentials:
         context = self.tls or self._tls_context()
         if context is not None:
             options["tls"] = context
+        options["inbox_prefix"] = self.inbox_prefix or reply_prefix(derived)
         return options
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -209,21 +227,64 @@ def _read(path: Path, what: str) -> bytes:
         raise _file_error(what, path, e) from e
 
 
-def _check_seed_file(path: Path) -> None:
-    seed = bytearray(_read(path, "NKey seed file").strip())
+_INBOX_PREFIX = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$")
+
+
+def reply_prefix(public_key: str | None) -> str:
+    """The inbox prefix of an identity: ``_INBOX.<its public NKey>``, or nats-py's
+    ``_INBOX`` for a connection without one (user and password, token, anonymous).
+
+    ``ipc auth`` grants each NKey user ``_INBOX.<public key>.>`` and nothing else under
+    ``_INBOX``, so nobody else can subscribe to its replies.
+    """
+    return f"{DEFAULT_INBOX_PREFIX}.{public_key}" if public_key else DEFAULT_INBOX_PREFIX
+
+
+def public_key_of(seed: bytes) -> str:
+    """The public key (``U...``) of a user NKey seed.
+
+    Raises:
+        ValueError: ``seed`` is not an NKey seed.
+    """
+    buffer = bytearray(seed.strip())
     try:
-        if not seed.startswith(b"SU"):
-            raise AuthenticationError(
-                "", f"the NKey seed file {path} holds no user seed (one line starting SU)"
-            )
+        key: bytes = nkeys.from_seed(buffer).public_key
+    except nkeys.ErrInvalidSeed as e:
+        raise ValueError("not an NKey seed") from e
     finally:
-        seed[:] = bytes(len(seed))  # best effort: the seed does not linger here
+        buffer[:] = bytes(len(buffer))  # best effort: the seed does not linger here
+    return key.decode()
 
 
-def _check_creds_file(path: Path) -> None:
+def _public_key(seed: bytearray, path: Path, what: str) -> str:
+    try:
+        return public_key_of(bytes(seed))
+    except ValueError:
+        raise AuthenticationError("", f"the {what} {path} holds no valid user seed") from None
+    finally:
+        seed[:] = bytes(len(seed))
+
+
+def _check_seed_file(path: Path) -> str:
+    """The seed file's public key."""
+    seed = bytearray(_read(path, "NKey seed file").strip())
+    if not seed.startswith(b"SU"):
+        seed[:] = bytes(len(seed))
+        raise AuthenticationError(
+            "", f"the NKey seed file {path} holds no user seed (one line starting SU)"
+        )
+    return _public_key(seed, path, "NKey seed file")
+
+
+def _check_creds_file(path: Path) -> str:
+    """The ``.creds`` file's public key (of the seed it holds)."""
     text = _read(path, ".creds file")
     if b"BEGIN NATS USER JWT" not in text or b"NKEY SEED" not in text:
         raise AuthenticationError("", f"the .creds file {path} holds no user JWT and seed")
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith(b"SU")]
+    if not lines:
+        raise AuthenticationError("", f"the .creds file {path} holds no user seed")
+    return _public_key(bytearray(lines[0]), path, ".creds file")
 
 
 def lift_url_credentials(

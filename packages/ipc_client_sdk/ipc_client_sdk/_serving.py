@@ -335,7 +335,7 @@ class ServiceInstance:
         try:
             await request_op(
                 self._link,
-                self._link.subjects.control(AdminOp.DRAIN),
+                self._link.subjects.control(AdminOp.DRAIN, self.service),
                 AdminOp.DRAIN,
                 args,
                 timeout=wait + 2.0,
@@ -353,7 +353,7 @@ class ServiceInstance:
         try:
             await request_op(
                 self._link,
-                self._link.subjects.control(AdminOp.DEREGISTER),
+                self._link.subjects.control(AdminOp.DEREGISTER, self.service),
                 AdminOp.DEREGISTER,
                 args,
                 timeout=timeout,
@@ -386,7 +386,7 @@ class ServiceInstance:
         sent = time.monotonic()
         result = await request_op(
             self._link,
-            self._link.subjects.control(AdminOp.REGISTER),
+            self._link.subjects.control(AdminOp.REGISTER, self.service),
             AdminOp.REGISTER,
             registration.model_dump(exclude={"v"}),
         )

@@ -141,12 +141,19 @@ class Subjects:
 
     @property
     def control_all(self) -> str:
-        """Wildcard for the instance control operations (register, deregister)."""
-        return f"{self.prefix}.ctl.*"
+        """Wildcard a router subscribes to for every control operation, scoped or not."""
+        return f"{self.prefix}.ctl.>"
 
-    def control(self, op: str) -> str:
-        """Instance control operation ``op``: request/reply, answered by one router."""
-        return f"{self.prefix}.ctl.{validate_token(op, 'control operation')}"
+    def control(self, op: str, service: str | None = None) -> str:
+        """Control operation ``op``: request/reply, answered by the leading router.
+
+        An instance's own operations (register, deregister, drain) carry its service as the
+        last token (``<prefix>.ctl.register.<service>``), so that NATS permissions can let a
+        service's identity send them for that service only; the router checks the request's
+        ``service`` against it. Operations routers pass on to the leader carry none.
+        """
+        subject = f"{self.prefix}.ctl.{validate_token(op, 'control operation')}"
+        return subject if service is None else f"{subject}.{validate_token(service, 'service')}"
 
     # --- publish/subscribe -------------------------------------------------------------
     def topic(self, topic: str) -> str:

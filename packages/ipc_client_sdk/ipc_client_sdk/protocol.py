@@ -3,6 +3,8 @@
 Application code should not need this module: ``IPCClient`` does all of it.
 """
 
+from ipc_client_sdk._access import Grants, Identity, Role, permissions
+from ipc_client_sdk._auth_dir import AuthDir, AuthDirError, AuthManifest
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
 from ipc_client_sdk._contracts import (
     LEASE_FRACTION,
@@ -38,7 +40,7 @@ from ipc_client_sdk._contracts import (
     ServiceInfo,
     contract_version,
 )
-from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials
+from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
 from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import (
@@ -72,6 +74,14 @@ __all__ = [
     "REFUSED_HEADER",
     "REPLY_TO_HEADER",
     "AdminOp",
+    "AuthDir",
+    "AuthDirError",
+    "AuthManifest",
+    "Identity",
+    "Grants",
+    "Role",
+    "permissions",
+    "reply_prefix",
     "AdminReply",
     "AdminRequest",
     "CallReply",

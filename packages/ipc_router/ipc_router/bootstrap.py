@@ -27,7 +27,7 @@ from typing import Protocol
 
 from nats.aio.client import Client as NATS
 
-from ipc_client_sdk.protocol import LEASE_FRACTION, Codec, Subjects, open_nats
+from ipc_client_sdk.protocol import LEASE_FRACTION, AuthDir, Codec, Subjects, open_nats
 from ipc_router import __version__
 from ipc_router.api.admin import OpsEndpoint, admin_endpoint
 from ipc_router.api.calls import CallConsumer
@@ -53,7 +53,11 @@ from ipc_router.infrastructure.kv_registry import (
 )
 from ipc_router.infrastructure.kv_routes import JetStreamRouteRepository
 from ipc_router.infrastructure.nats_events import EventPublisher, NatsInstanceNotifier
-from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
+from ipc_router.infrastructure.nats_server import (
+    NatsServerConfig,
+    NatsServerError,
+    NatsServerProcess,
+)
 
 _log = logging.getLogger("ipc_router")
 _leader_log = logging.getLogger("ipc_router.leadership")
@@ -192,8 +196,21 @@ def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
     Its ``max_file_store`` is what the router's caps reserve plus a quarter for the KV
     buckets' bookkeeping, not nats-server's default of 75 % of the free disk: the router's
     caps, not the disk it happens to start on, decide whether it starts.
+
+    With an auth directory, the server admits its identities only, with their permissions
+    (its ``authorization.conf``); without, anybody who reaches the address.
+
+    Raises:
+        NatsServerError: the auth directory's authorization file cannot be read.
     """
     reserved = config.limits.reserved
+    authorization = ""
+    if config.auth_dir is not None:
+        path = AuthDir(config.auth_dir).authorization_file
+        try:
+            authorization = path.read_text()
+        except OSError as e:
+            raise NatsServerError(f"cannot read {path}: {e.strerror}") from e
     return NatsServerProcess(
         NatsServerConfig(
             store_dir=store,
@@ -201,6 +218,7 @@ def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
             port=config.embedded_port,
             server_name=f"ipc-embedded-{config.router_id}",
             max_file_store=reserved + reserved // 4,
+            extra=authorization,
         )
     )
 

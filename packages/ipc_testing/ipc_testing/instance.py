@@ -18,6 +18,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from ipc_client_sdk import CallContext, IPCClient, RoleChange, Service, ServiceInstance
@@ -33,16 +34,24 @@ class InstanceProcess(ChildProcess):
         instance_id: its instance id.
         workdir: where its log and runs file go.
         resources: resources it claims.
+        env: variables set for it beyond this process's (``IPC_NATS_NKEY``, say).
     """
 
     def __init__(
-        self, nats_url: str, instance_id: str, workdir: Path, resources: tuple[str, ...] = ()
+        self,
+        nats_url: str,
+        instance_id: str,
+        workdir: Path,
+        resources: tuple[str, ...] = (),
+        *,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(workdir / f"{instance_id}.log")
         self.nats_url = nats_url
         self.instance_id = instance_id
         self.runs_path = workdir / f"{instance_id}.runs"
         self.resources = resources
+        self.env = dict(env or {})
 
     async def start(self, *, timeout: float = 20.0) -> None:
         """Start it and wait until it serves.
@@ -55,7 +64,7 @@ class InstanceProcess(ChildProcess):
         argv.append(str(self.runs_path))
         for resource in self.resources:
             argv += ["--resource", resource]
-        self.spawn(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.spawn(argv, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         if not await self.wait_for_output("serving", since=offset, timeout=timeout):
             raise RuntimeError(f"instance {self.instance_id} did not start: {self.log_tail(5)}")
 

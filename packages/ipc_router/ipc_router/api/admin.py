@@ -161,6 +161,10 @@ class OpsEndpoint:
     Each request is an ``AdminRequest``; each answer an ``AdminReply``. Any failure of an
     operation becomes an error reply, so the subscription keeps serving.
 
+    An operation in ``scoped`` may also arrive as ``<subject>.<op>.<service>``: NATS
+    permissions let a service's identity publish such subjects for its own service only, so
+    a request whose ``service`` argument is another is refused ``PERMISSION_DENIED``.
+
     Args:
         nc: the connection.
         subject: the wildcard subject (``<prefix>.admin.*``).
@@ -170,10 +174,19 @@ class OpsEndpoint:
     """
 
     def __init__(
-        self, nc: NATS, subject: str, queue: str, codec: Codec, ops: dict[str, OpHandler]
+        self,
+        nc: NATS,
+        subject: str,
+        queue: str,
+        codec: Codec,
+        ops: dict[str, OpHandler],
+        *,
+        scoped: frozenset[str] = frozenset(),
     ) -> None:
         self._nc = nc
         self._subject = subject
+        self._base = len(subject.rsplit(".", 1)[0]) + 1
+        self._scoped = scoped
         self._queue = queue
         self._codec = codec
         self._ops = ops
@@ -204,9 +217,9 @@ class OpsEndpoint:
         task.add_done_callback(self._running.discard)
 
     async def _answer(self, msg: Msg) -> None:
-        op = msg.subject.rsplit(".", 1)[-1]
+        op, _, scope = msg.subject[self._base :].partition(".")
         try:
-            reply = await self._handle(op, msg.data)
+            reply = await self._handle(op, msg.data, scope or None)
         except Exception as e:  # the endpoint must outlive any handler bug
             self._problems.exception("failed", "operation %s failed", clip(op))
             reply = _error(ErrorCode.INTERNAL, f"operation {op} failed: {type(e).__name__}")
@@ -220,15 +233,20 @@ class OpsEndpoint:
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
 
-    async def _handle(self, op: str, data: bytes) -> AdminReply:
+    async def _handle(self, op: str, data: bytes, scope: str | None) -> AdminReply:
         try:
             request = self._codec.decode_envelope(data, AdminRequest)
         except CodecError as e:
             return _error(e.code, e.message)
         handler = self._ops.get(op)
-        if handler is None or request.op != op:
+        if handler is None or request.op != op or (scope and op not in self._scoped):
             known = ", ".join(sorted(self._ops))
             return _error(ErrorCode.NOT_FOUND, f"unknown operation {op!r} (known: {known})")
+        if scope is not None and request.args.get("service") != scope:
+            return _error(
+                ErrorCode.PERMISSION_DENIED,
+                f"{op} on the subject of service {clip(scope)!r} must name that service",
+            )
         try:
             return AdminReply(ok=True, result=await handler(request.args))
         except IPCError as e:

@@ -7,13 +7,15 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ipc_client_sdk import Credentials, InvalidArgumentError
 from ipc_client_sdk.protocol import (
     CREDENTIAL_ENV_VARS,
     DEFAULT_PREFIX,
+    AuthDir,
+    AuthDirError,
     lift_url_credentials,
     parse_servers,
     validate_prefix,
@@ -34,6 +36,8 @@ class RouterConfig:
     ``nats_url`` None means: run the bundled nats-server (embedded mode) on
     ``embedded_host:embedded_port`` with its data under ``data_dir``. ``credentials`` are
     how the router authenticates to NATS (none by default; ``repr()`` hides secrets).
+    ``auth_dir``: an ``ipc auth`` directory; the embedded server then admits only its
+    identities, with their permissions (and ``credentials`` are its ``router.nk``).
     """
 
     nats_url: str | None
@@ -51,6 +55,7 @@ class RouterConfig:
     credentials: Credentials = field(default_factory=Credentials)
     limits: StorageLimits = field(default_factory=StorageLimits)
     """Caps on the router's streams and buckets (``--*-max-bytes``, ``--*-max-msgs``)."""
+    auth_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -174,8 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prefix",
         type=_prefix,
-        default=env("IPC_SUBJECT_PREFIX", DEFAULT_PREFIX),
-        help="subject prefix (env IPC_SUBJECT_PREFIX, default %(default)s)",
+        default=env("IPC_SUBJECT_PREFIX") or None,
+        help=f"subject prefix (env IPC_SUBJECT_PREFIX, default: the --auth-dir's, or "
+        f"{DEFAULT_PREFIX})",
+    )
+    p.add_argument(
+        "--auth-dir",
+        type=Path,
+        default=env("IPC_AUTH_DIR") or None,
+        help="an 'ipc auth init' directory (env IPC_AUTH_DIR): connect as its router.nk, "
+        "and run the embedded nats-server with its identities and permissions and at its "
+        "address",
     )
     p.add_argument(
         "--router-id",
@@ -188,12 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(env("IPC_DATA_DIR", str(DEFAULT_DATA_DIR))),
         help="embedded nats-server data folder (env IPC_DATA_DIR, default %(default)s)",
     )
-    p.add_argument("--embedded-host", default="127.0.0.1", help="embedded nats-server address")
+    p.add_argument(
+        "--embedded-host",
+        default=None,
+        help="embedded nats-server address (default: the --auth-dir's, or 127.0.0.1)",
+    )
     p.add_argument(
         "--embedded-port",
         type=_positive_int,
-        default=env("IPC_EMBEDDED_PORT", str(DEFAULT_EMBEDDED_PORT)),
-        help="embedded nats-server client port (env IPC_EMBEDDED_PORT, default %(default)s)",
+        default=env("IPC_EMBEDDED_PORT") or None,
+        help="embedded nats-server client port (env IPC_EMBEDDED_PORT, default: the "
+        f"--auth-dir's, or {DEFAULT_EMBEDDED_PORT})",
     )
     p.add_argument(
         "--replicas",
@@ -286,22 +305,48 @@ def _credentials(
     return ",".join(urls), credentials
 
 
+def _auth_dir(
+    p: argparse.ArgumentParser, ns: argparse.Namespace, credentials: Credentials
+) -> Credentials:
+    """Apply ``--auth-dir``: its prefix and address fill the unset flags, and the router
+    connects as its ``router.nk`` (TLS settings kept)."""
+    if ns.auth_dir is None:
+        return credentials
+    auth = AuthDir(ns.auth_dir)
+    try:
+        manifest = auth.load()
+    except AuthDirError as e:
+        p.error(str(e))
+    if credentials.identity != "none":
+        p.error(f"--auth-dir connects as {auth.seed_file('router')}; give no other identity")
+    if ns.prefix is not None and ns.prefix != manifest.prefix:
+        p.error(
+            f"--auth-dir {ns.auth_dir} is for prefix {manifest.prefix!r}, not {ns.prefix!r}: "
+            "its permissions would not fit"
+        )
+    ns.prefix = manifest.prefix
+    ns.embedded_host = ns.embedded_host or manifest.host
+    ns.embedded_port = ns.embedded_port or manifest.port
+    return replace(credentials, nkey_seed_file=auth.seed_file("router"))
+
+
 def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
     """Parse the command line (exits with status 2 and one message on bad input)."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     nats_url, credentials = _credentials(parser, ns)
+    credentials = _auth_dir(parser, ns, credentials)
     try:
         limits = StorageLimits(**{f.name: getattr(ns, f.name) for f in fields(StorageLimits)})
     except ValueError as e:
         parser.error(str(e))
     return RouterConfig(
         nats_url=nats_url,
-        prefix=ns.prefix,
+        prefix=ns.prefix or DEFAULT_PREFIX,
         router_id=ns.router_id,
         data_dir=ns.data_dir,
-        embedded_host=ns.embedded_host,
-        embedded_port=ns.embedded_port,
+        embedded_host=ns.embedded_host or "127.0.0.1",
+        embedded_port=ns.embedded_port or DEFAULT_EMBEDDED_PORT,
         replicas=ns.replicas,
         connect_timeout=ns.connect_timeout,
         heartbeat_timeout=ns.heartbeat_timeout,
@@ -310,4 +355,5 @@ def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
         log_level=ns.log_level,
         credentials=credentials,
         limits=limits,
+        auth_dir=ns.auth_dir,
     )

@@ -1,7 +1,9 @@
 """Instance control: registration, deregistration, heartbeats and the health sweep.
 
-- ``<prefix>.ctl.register`` / ``<prefix>.ctl.deregister``: request/reply (``AdminRequest``
-  with the ``Registration`` fields as ``args``), answered by one router.
+- ``<prefix>.ctl.register.<service>`` / ``<prefix>.ctl.deregister.<service>`` (and
+  ``drain``): request/reply (``AdminRequest`` with the ``Registration`` fields as
+  ``args``), answered by one router. The subject carries the service so that NATS
+  permissions can scope it; a request naming another service is refused.
   What only the instance itself may ask for carries its session, and is refused without
   it (``PERMISSION_DENIED``) or with another (``FAILED_PRECONDITION``): deregister, the
   drain of a stopping instance (``handover`` false) and heartbeats. Each refusal costs a
@@ -79,6 +81,9 @@ from ipc_router.infrastructure.nats_events import instance_state
 _log = logging.getLogger("ipc_router.control")
 
 CONTROL_QUEUE = "ipc-router-control"
+
+INSTANCE_OPS = frozenset({AdminOp.REGISTER, AdminOp.DEREGISTER, AdminOp.DRAIN})
+"""Operations an instance sends for its own service, on ``<prefix>.ctl.<op>.<service>``."""
 """Queue group of the control subscription: one router answers each registration."""
 
 
@@ -162,7 +167,9 @@ class ControlAPI:
             AdminOp.INSTANCES: self._instances,
             AdminOp.ROUTES: self._routes,
         }
-        self._endpoint = OpsEndpoint(nc, subjects.control_all, CONTROL_QUEUE, codec, ops)
+        self._endpoint = OpsEndpoint(
+            nc, subjects.control_all, CONTROL_QUEUE, codec, ops, scoped=INSTANCE_OPS
+        )
         self._heartbeats: Subscription | None = None
         self._problems = RateLimitedLog(_log)  # what instances cause: a flood costs few lines
 

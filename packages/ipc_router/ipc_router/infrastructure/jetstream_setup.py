@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, fields
 from functools import partial
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -252,6 +253,7 @@ def _bucket(
     ttl: float | None = None,
     max_value_size: int = -1,
     never_shorten_age: bool = False,
+    direct: bool = False,
 ) -> Asset:
     description = f"AegisIPC {purpose}"
     config = KeyValueConfig(
@@ -263,7 +265,11 @@ def _bucket(
         max_value_size=max_value_size,
         storage=StorageType.FILE,
         replicas=settings.replicas,
+        direct=direct,
     )
+    # Direct reads name the key in the subject, so NATS permissions can scope them (the
+    # stream's MSG.GET API takes the key in the body, and cannot be).
+    updatable: dict[str, Any] = {"allow_direct": True} if direct else {}
     return Asset(
         kind="bucket",
         name=bucket,
@@ -281,7 +287,8 @@ def _bucket(
             "max_age": ttl or 0.0,
             "discard": DiscardPolicy.NEW,
             "max_msgs_per_subject": history,
-        },
+        }
+        | updatable,
         create=lambda js: js.create_key_value(config),
         replicas=settings.replicas,
         never_shorten_age=never_shorten_age,
@@ -329,6 +336,7 @@ def _buckets(subjects: Subjects, settings: StorageSettings) -> list[Asset]:
             max_bytes=limits.results_max_bytes,
             ttl=settings.result_ttl_s,
             max_value_size=limits.max_message_size,
+            direct=True,  # a service reads only its own results: see _bucket
         ),
     ]
 
