@@ -85,6 +85,7 @@ def _names(subjects: Subjects) -> dict[str, str]:
         "routes": f"KV_{subjects.routes_bucket}",
         "leases": f"KV_{subjects.leases_bucket}",
         "results": f"KV_{subjects.results_bucket}",
+        "contracts": f"KV_{subjects.contracts_bucket}",
     }
 
 
@@ -141,6 +142,7 @@ def permissions(subjects: Subjects, identity: Identity) -> Grants:
             subjects.routes_bucket,
             subjects.leases_bucket,
             subjects.results_bucket,
+            subjects.contracts_bucket,
         )
         publish = [f"{p}.>", "_INBOX.>", f"{_API}.INFO"]
         publish += [f"$KV.{b}.>" for b in buckets]
@@ -160,6 +162,8 @@ def permissions(subjects: Subjects, identity: Identity) -> Grants:
         *(subjects.control(op, name) for op in _INSTANCE_OPS),
         f"{p}.pub.>",
         f"{p}.dlq.>",
+        # The contracts of the services it calls (``ipc call`` checks a request against them).
+        subjects.admin(AdminOp.DESCRIBE),
         f"$KV.{results}.{name}.>",
         f"{_API}.INFO",
         f"{_API}.STREAM.INFO.{streams['results']}",
