@@ -34,7 +34,7 @@ from ipc_client_sdk import (
     AuthenticationError,
     Credentials,
     IPCClient,
-    IPCError,
+    PermissionDeniedError,
     ServiceInstance,
 )
 from ipc_client_sdk.protocol import (
@@ -271,10 +271,11 @@ async def test_c_operator_operations_from_a_service_are_refused(deployment: Depl
     )
     assert own is not None
     assert CODEC.decode_envelope(own.data, AdminReply).error.code is ErrorCode.PERMISSION_DENIED  # type: ignore[union-attr]
-    # The SDK's admin client under svc_x's identity gets no answer either.
+    # The SDK's admin client under svc_x's identity is told at once that NATS refused it.
     async with d.stack.client("svc_x", request_timeout=DENIED) as sdk:
-        with pytest.raises(IPCError):
+        with pytest.raises(PermissionDeniedError) as refused:
             await sdk.admin.promote("service_b", "b2")
+        assert refused.value.subject == S.admin(AdminOp.PROMOTE)
     assert await _roles(d) == {"b1": "active", "b2": "standby"}
     assert d.b1.role == "active" and not d.b1.replaced
     assert (await _call(d)).instance_id == "b1"
