@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import enum
+from typing import NoReturn
+
+import typer
 
 
 class ExitCode(enum.IntEnum):
@@ -15,3 +18,9 @@ class ExitCode(enum.IntEnum):
     """The command line was wrong (Click's own code for usage errors)."""
     UNREACHABLE = 3
     """NATS or the router could not be reached."""
+
+
+def fail(message: str, code: ExitCode) -> NoReturn:
+    """Say ``message`` on stderr as ``ipc: error: ...`` and exit with ``code``."""
+    typer.echo(f"ipc: error: {message}", err=True)
+    raise typer.Exit(int(code))

@@ -12,12 +12,12 @@ spellings than JSON Schema's formats, and says so itself if a value is wrong).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
+if TYPE_CHECKING:  # loaded by the check itself: 'ipc describe' and '--help' need neither
+    from jsonschema.exceptions import ValidationError
 
-from ipc_client_sdk import ContractVersion
+    from ipc_client_sdk import ContractVersion
 
 _NUMBER_TOO = ("ext 2", "ext 4", "ext 5")
 """``x-msgpack`` kinds that Pydantic also reads from a number of seconds: datetime, time,
@@ -73,6 +73,9 @@ def as_sent_by_cli(schema: Any) -> Any:
 def _first_error(schema: dict[str, Any], request: Any) -> ValidationError | None:
     """The most relevant error of ``request`` against ``schema``, or None when it fits
     (or when the schema is not one this checker reads: the service's own check decides)."""
+    from jsonschema import Draft202012Validator  # noqa: PLC0415  # see the imports
+    from jsonschema.exceptions import SchemaError, best_match  # noqa: PLC0415
+
     relaxed = as_sent_by_cli(schema)
     try:
         Draft202012Validator.check_schema(relaxed)

@@ -9,12 +9,15 @@ printed. The permissions are ``ipc_client_sdk``'s model (``protocol.permissions`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from ipc_cli._exit import ExitCode
-from ipc_cli.main import _fail, _print_json, _settings, app
-from ipc_client_sdk.protocol import AuthDir, AuthDirError, AuthManifest, Identity, validate_prefix
+from ipc_cli._exit import ExitCode, fail
+from ipc_cli.main import _json_option, _settings, app
+
+if TYPE_CHECKING:  # imported when a command runs: `ipc --help` loads no SDK
+    from ipc_client_sdk.protocol import AuthDir, AuthManifest, Identity
 
 auth_app = typer.Typer(
     help="Write the NATS configuration and NKey identities of a secured deployment.",
@@ -49,18 +52,21 @@ def init(
     directory: Path = typer.Argument(..., help="Folder to create the configuration in."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address nats-server listens on."),
     port: int = typer.Option(4222, "--port", min=1, max=65535, help="Its client port."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (and only JSON) on stdout."),
+    as_json: bool = _json_option(),
 ) -> None:
     """Create DIR/nats.conf and the router and operator identities (router.nk,
     operator.nk, mode 0600). Uses the global --prefix."""
+    from ipc_cli._ops import print_json
+    from ipc_client_sdk.protocol import AuthDir, AuthDirError, validate_prefix
+
     settings = _settings(ctx, as_json)
     auth = AuthDir(directory)
     try:
         manifest = auth.init(prefix=validate_prefix(settings.prefix), host=host, port=port)
     except AuthDirError as e:
-        _fail(str(e), ExitCode.FAILED)
+        fail(str(e), ExitCode.FAILED)
     if settings.json:
-        _print_json(_summary(auth, manifest))
+        print_json(_summary(auth, manifest))
         return
     typer.echo(f"wrote {auth.config_file} (prefix {manifest.prefix!r}, {host}:{port})")
     for identity in manifest.identities:
@@ -81,19 +87,22 @@ def add_service(
         "--calls",
         help="A service it may call (repeat for more); none given: every service.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (and only JSON) on stdout."),
+    as_json: bool = _json_option(),
 ) -> None:
     """Add service NAME's identity (DIR/NAME.nk), or change whom it may call (its seed is
     kept), and rewrite DIR/nats.conf. A running nats-server picks the change up on
     'nats-server --signal reload' (or a restart)."""
+    from ipc_cli._ops import print_json
+    from ipc_client_sdk.protocol import AuthDir, AuthDirError
+
     settings = _settings(ctx, as_json)
     auth = AuthDir(directory)
     try:
         identity, created = auth.add_service(name, calls or None)
     except AuthDirError as e:
-        _fail(str(e), ExitCode.FAILED)
+        fail(str(e), ExitCode.FAILED)
     if settings.json:
-        _print_json(_identity_json(auth, identity) | {"created": created})
+        print_json(_identity_json(auth, identity) | {"created": created})
         return
     callees = "every service" if identity.calls is None else ", ".join(identity.calls)
     verb = "added" if created else "updated (seed kept)"

@@ -7,11 +7,15 @@ response models field by field. ``--json`` prints the full JSON Schemas.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from ipc_cli._schema import fields, type_name
-from ipc_cli.main import _json_option, _print_json, _run, _settings, app
-from ipc_client_sdk import ContractVersion, MethodDescription, ServiceDescription
+from ipc_cli.main import _json_option, _settings, app
+
+if TYPE_CHECKING:
+    from ipc_client_sdk import ContractVersion, MethodDescription, ServiceDescription
 
 
 @app.command("describe")
@@ -24,14 +28,16 @@ def describe(
     """Show the methods' contracts: request and response schemas, durability, summary, and
     which instances registered which version."""
     settings = _settings(ctx, as_json)
+    from ipc_cli._ops import print_json, run  # noqa: PLC0415  # see ipc_cli._ops
+
     if service is None:
-        found = _run(settings, lambda client, left: client.admin.describe_all(timeout=left))
+        found = run(settings, lambda client, left: client.admin.describe_all(timeout=left))
     else:
         name = service
-        one = _run(settings, lambda client, left: client.admin.describe(name, method, timeout=left))
+        one = run(settings, lambda client, left: client.admin.describe(name, method, timeout=left))
         found = [one]
     if settings.json:
-        _print_json(found if service is None else found[0])
+        print_json(found if service is None else found[0])
         return
     typer.echo("\n\n".join(_service_text(s) for s in found) or "no service is registered")
 

@@ -1,63 +1,34 @@
-"""``ipc``: the operators' command line. Talks to the router through the SDK only."""
+"""``ipc``: the operators' command line. Talks to the router through the SDK only.
+
+This module declares the commands and imports only Typer: a command imports what it runs
+(``_ops``: the SDK, Rich) when it runs, so that ``ipc --help`` and usage errors start fast.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
 import dataclasses
-import enum
-import json
-import math
-import os
-import signal
 import sys
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
-from decimal import Decimal
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel
-from rich.console import Console
-from rich.table import Table
 
-from ipc_cli._exit import ExitCode
-from ipc_cli._schema import example, request_problem
-from ipc_client_sdk import (
-    ContractVersion,
-    Credentials,
-    EventKind,
-    InvalidArgumentError,
-    IPCClient,
-    IPCConnectionError,
-    IPCError,
-    RemoteError,
-    RouterEvent,
-    RouterEvents,
-    RouterStatus,
-    RouterUnavailableError,
-)
-from ipc_client_sdk.protocol import (
-    CREDENTIAL_ENV_VARS,
-    DEFAULT_PREFIX,
-    DEFAULT_SERVERS,
-    validate_prefix,
-)
+from ipc_cli import __version__
+from ipc_cli._defaults import CREDENTIAL_ENV_VARS, DEFAULT_PREFIX, DEFAULT_SERVERS, EVENT_KINDS
+from ipc_cli._exit import ExitCode, fail
 
-EVENT_KINDS = tuple(kind.value for kind in EventKind)
+if TYPE_CHECKING:
+    from ipc_client_sdk import Credentials
 
 app = typer.Typer(
     name="ipc",
     help="AegisIPC operators' tool: inspect and steer the router over its admin subjects.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode=None,  # plain Click help: Rich is not imported for --help
     pretty_exceptions_enable=False,
 )
+
+_fail = fail  # the name the command modules use
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +39,19 @@ class Settings:
     timeout: float
     json: bool
     prefix: str
-    credentials: Credentials = dataclasses.field(default_factory=Credentials)
+    given_credentials: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    """Credential flags as given (None: not given, its variable applies)."""
+
+    def credentials(self) -> Credentials:
+        """The credentials from the flags and the ``IPC_NATS_*``/``IPC_TLS_*`` variables,
+        as the SDK and the router read them.
+
+        Raises:
+            InvalidArgumentError: they conflict (exit 2 through ``_ops.guarded``).
+        """
+        from ipc_client_sdk import Credentials  # noqa: PLC0415  # see the module docstring
+
+        return Credentials.from_env(None, **self.given_credentials)
 
 
 def _positive(value: float) -> float:
@@ -78,10 +61,20 @@ def _positive(value: float) -> float:
 
 
 def _prefix(value: str) -> str:
+    if value == DEFAULT_PREFIX:
+        return value  # valid, and checked without loading the SDK
+    from ipc_client_sdk.protocol import validate_prefix  # noqa: PLC0415
+
     try:
         return validate_prefix(value)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ipc {__version__}")
+        raise typer.Exit()
 
 
 _CREDENTIAL_FILES = frozenset({"nkey_seed_file", "creds_file", "tls_ca", "tls_cert", "tls_key"})
@@ -97,7 +90,6 @@ def _credential_option(flag: str, name: str, text: str) -> Any:
         metavar="FILE" if name in _CREDENTIAL_FILES else "TEXT",
         help=f"{text} (env {CREDENTIAL_ENV_VARS[name]})",
         show_default=False,
-        rich_help_panel="NATS credentials",
     )
 
 
@@ -105,16 +97,26 @@ def _credential_option(flag: str, name: str, text: str) -> Any:
 def _global(
     ctx: typer.Context,
     nats_url: str = typer.Option(
-        DEFAULT_SERVERS, "--nats-url", envvar="IPC_NATS_URL", help="NATS server URL(s)."
+        DEFAULT_SERVERS,
+        "--nats-url",
+        envvar="IPC_NATS_URL",
+        metavar="URL",
+        help="NATS server URL(s), comma-separated.",
     ),
     timeout: float = typer.Option(
-        5.0, "--timeout", callback=_positive, help="Seconds to wait for NATS and the router."
+        5.0,
+        "--timeout",
+        callback=_positive,
+        metavar="SECONDS",
+        help="Seconds to connect to NATS and for the router to answer an admin request "
+        "(a call's own limit is 'ipc call --call-timeout').",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (and only JSON) on stdout."),
     prefix: str = typer.Option(
         DEFAULT_PREFIX,
         "--prefix",
         envvar="IPC_SUBJECT_PREFIX",
+        metavar="PREFIX",
         callback=_prefix,
         help="Subject prefix of the deployment.",
     ),
@@ -132,103 +134,30 @@ def _global(
     tls_ca: str | None = _credential_option("--tls-ca", "tls_ca", "CA bundle (PEM)."),
     tls_cert: str | None = _credential_option("--tls-cert", "tls_cert", "Client cert (PEM)."),
     tls_key: str | None = _credential_option("--tls-key", "tls_key", "Client key (PEM)."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
-    try:
-        credentials = Credentials.from_env(
-            nkey_seed_file=nats_nkey,
-            creds_file=nats_creds,
-            user=nats_user,
-            password=nats_password,
-            token=nats_token,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-        )
-    except InvalidArgumentError as e:
-        raise typer.BadParameter(e.message) from None
     ctx.obj = Settings(
-        nats_url=nats_url, timeout=timeout, json=as_json, prefix=prefix, credentials=credentials
+        nats_url=nats_url,
+        timeout=timeout,
+        json=as_json,
+        prefix=prefix,
+        given_credentials={
+            "nkey_seed_file": nats_nkey,
+            "creds_file": nats_creds,
+            "user": nats_user,
+            "password": nats_password,
+            "token": nats_token,
+            "tls_ca": tls_ca,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+        },
     )
-
-
-def _run[T](
-    settings: Settings,
-    operation: Callable[[IPCClient, float], Awaitable[T]],
-    *,
-    extra: float = 0.0,
-) -> T:
-    """Connect, run one operation, close, all within ``--timeout`` (plus ``extra`` seconds
-    for an operation that waits by design: a call, a drain); turn every failure into one
-    line and an exit code.
-
-    ``operation`` gets the client and the seconds left for its request.
-    """
-
-    async def go() -> T:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.timeout + extra
-        client = IPCClient(
-            settings.nats_url,
-            name="ipc-cli",
-            prefix=settings.prefix,
-            connect_timeout=settings.timeout,
-            request_timeout=settings.timeout,
-            credentials=settings.credentials,
-        )
-        await client.connect()
-        try:
-            return await operation(client, max(0.05, deadline - loop.time()))
-        finally:
-            # Nothing of the CLI's is in flight: a short drain is enough.
-            await client.close(timeout=0.5)
-
-    return _guarded(go)
-
-
-def _guarded[T](go: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``go`` and turn every failure into one line on stderr and an exit code."""
-    try:
-        return asyncio.run(go())
-    except (IPCConnectionError, RouterUnavailableError) as e:
-        _fail(str(e), ExitCode.UNREACHABLE)
-    except InvalidArgumentError as e:  # a bad name, topic or id on the command line
-        _fail(str(e), ExitCode.USAGE)
-    except IPCError as e:
-        _fail(str(e), ExitCode.FAILED)
-    except ValueError as e:  # bad --nats-url and the like
-        _fail(str(e), ExitCode.USAGE)
-
-
-def _fail(message: str, code: ExitCode) -> NoReturn:
-    typer.echo(f"ipc: error: {message}", err=True)
-    raise typer.Exit(int(code))
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(_jsonable(value), indent=2, sort_keys=True, allow_nan=False))
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values for whatever a call or an admin operation returned."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return _jsonable(value.value)
-    if isinstance(value, Decimal | uuid.UUID):
-        return str(value)  # exact: a Decimal never goes through float
-    if isinstance(value, datetime | date | dtime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value).replace("inf", "Infinity").replace("nan", "NaN")  # JSON has none
-    return value
 
 
 def _settings(ctx: typer.Context, as_json: bool) -> Settings:
@@ -238,44 +167,12 @@ def _settings(ctx: typer.Context, as_json: bool) -> Settings:
     return settings
 
 
-def _parse_json(text: str, what: str) -> Any:
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not JSON")
-
-    try:
-        value = json.loads(text, parse_constant=refuse)
-    except ValueError as e:  # JSONDecodeError included
-        _fail(f"{what} is not JSON: {e}", ExitCode.USAGE)
-    if _has_infinite(value):
-        _fail(f"{what} has a number too large for a float", ExitCode.USAGE)
-    return value
-
-
-def _has_infinite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_infinite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_infinite(v) for v in value)
-    return False
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    _console().print(table)
-
-
-def _console() -> Console:
-    """A terminal's own width; piped into a file or another program, wide enough that
-    nothing is cut (Rich would assume 80 columns)."""
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        return Console()
-    return Console(width=200)
+def _progress_option() -> Any:
+    return typer.Option(
+        False,
+        "--progress",
+        help="Say on stderr what it waits for, each second (always when stderr is a terminal).",
+    )
 
 
 def _json_option() -> Any:
@@ -286,20 +183,24 @@ def _json_option() -> Any:
 def status(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     """Show the router: identity, version, uptime, NATS server and counts."""
     settings = _settings(ctx, as_json)
-    result = _run(settings, lambda client, left: client.admin.status(timeout=left))
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    result = _ops.run(settings, lambda client, left: client.admin.status(timeout=left))
     if settings.json:
-        _print_json(result)
+        _ops.print_json(result)
         return
-    _console().print(_status_table(result))
+    _ops.console().print(_ops.status_table(result))
 
 
 @app.command()
 def services(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     """List the registered services: mode, active instance, instances, methods."""
     settings = _settings(ctx, as_json)
-    found = _run(settings, lambda client, left: client.admin.services(timeout=left))
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    found = _ops.run(settings, lambda client, left: client.admin.services(timeout=left))
     if settings.json:
-        _print_json(found)
+        _ops.print_json(found)
         return
     rows = [
         [
@@ -312,7 +213,7 @@ def services(ctx: typer.Context, as_json: bool = _json_option()) -> None:
         ]
         for s in found
     ]
-    _table(
+    _ops.table(
         "services",
         ["service", "mode", "active", "healthy/instances", "claimed resources", "methods"],
         rows,
@@ -327,9 +228,11 @@ def instances(
 ) -> None:
     """List instances: role, health, heartbeat age, epoch, calls in flight, resources."""
     settings = _settings(ctx, as_json)
-    found = _run(settings, lambda client, left: client.admin.instances(service, timeout=left))
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    found = _ops.run(settings, lambda client, left: client.admin.instances(service, timeout=left))
     if settings.json:
-        _print_json(found)
+        _ops.print_json(found)
         return
     rows = [
         [
@@ -346,7 +249,7 @@ def instances(
         for i in found
     ]
     columns = ["service", "instance", "role", "health", "heartbeat", "epoch", "in flight"]
-    _table("instances", [*columns, "owns", "standby for"], rows)
+    _ops.table("instances", [*columns, "owns", "standby for"], rows)
 
 
 @app.command()
@@ -358,17 +261,19 @@ def routes(
 ) -> None:
     """Show where resources go: claims (owner, then standbys) and sticky assignments."""
     settings = _settings(ctx, as_json)
-    found = _run(
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    found = _ops.run(
         settings,
         lambda client, left: client.admin.routes(service, resource=resource, timeout=left),
     )
     if settings.json:
-        _print_json(found)
+        _ops.print_json(found)
         return
     rows = [
         [r.service, r.resource, r.kind, r.instance, ", ".join(r.standbys) or "-"] for r in found
     ]
-    _table("routes", ["service", "resource", "kind", "instance", "standbys"], rows)
+    _ops.table("routes", ["service", "resource", "kind", "instance", "standbys"], rows)
 
 
 @app.command()
@@ -379,17 +284,23 @@ def promote(
     drain: float = typer.Option(
         10.0, "--drain", help="Seconds to wait for the calls in flight to the current active."
     ),
+    progress: bool = _progress_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Make an instance the active of its service and of every resource it claims."""
     settings = _settings(ctx, as_json)
-    result = _run(
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    waiting = f"promoting {service}/{instance}: waiting for the current active's calls"
+    result = _ops.run(
         settings,
-        lambda client, _: client.admin.promote(service, instance, drain=drain),
+        lambda client, _: _ops.with_progress(
+            client.admin.promote(service, instance, drain=drain), waiting, progress
+        ),
         extra=drain + 10.0,
     )
     if settings.json:
-        _print_json(result)
+        _ops.print_json(result)
         return
     demoted = ", ".join(result.demoted) or "nobody"
     typer.echo(
@@ -407,19 +318,27 @@ def drain(
         30.0, "--wait", help="Seconds to wait for its calls in flight to finish."
     ),
     cancel: bool = typer.Option(False, "--cancel", help="Route to it again."),
+    progress: bool = _progress_option(),
     as_json: bool = _json_option(),
 ) -> None:
     """Stop routing new calls to an instance, hand its roles to standbys, and report when
     its calls in flight are done."""
     settings = _settings(ctx, as_json)
-    result = _run(
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    waiting = f"draining {instance}: waiting for its calls in flight to finish"
+    result = _ops.run(
         settings,
-        lambda client, _: client.admin.drain(instance, service=service, wait=wait, cancel=cancel),
+        lambda client, _: _ops.with_progress(
+            client.admin.drain(instance, service=service, wait=wait, cancel=cancel),
+            waiting,
+            progress and not cancel,
+        ),
         extra=wait + 10.0,
     )
     name = f"{result.service}/{result.instance_id}"
     if settings.json:
-        _print_json(result)
+        _ops.print_json(result)
     elif cancel:
         typer.echo(f"{name} takes calls again (as {result.role})")
     elif result.drained:
@@ -436,14 +355,27 @@ def drain(
 def call(
     ctx: typer.Context,
     target: str = typer.Argument(..., help="SERVICE.METHOD"),
-    payload: str = typer.Argument("null", help="The request, as JSON."),
+    payload: str | None = typer.Argument(
+        None,
+        help="The request, as JSON. Required unless the method's contract takes none "
+        "('null' sends null).",
+        show_default=False,
+    ),
     resource_id: str | None = typer.Option(None, "--resource-id", help="Route by resource."),
     call_timeout: float = typer.Option(
-        10.0, "--timeout", callback=_positive, help="Seconds the call may take."
+        10.0,
+        "--call-timeout",
+        "--timeout",
+        callback=_positive,
+        metavar="SECONDS",
+        help="Seconds the call itself may take, handler included (the global 'ipc --timeout' "
+        "is for connecting and admin requests).",
     ),
     call_id: str | None = typer.Option(None, "--call-id", help="Your id, for a safe retry."),
     direct: bool = typer.Option(
-        False, "--direct", help="Straight to the instance, at most once (durable=False)."
+        False,
+        "--direct",
+        help="Straight to the instance, at most once (durable=False).",
     ),
     show_example: bool = typer.Option(
         False,
@@ -461,58 +393,31 @@ def call(
 
     The request is checked first against the request schema the method's instances
     registered (exit 2 if it fits none); a method without a registered contract is called
-    unchecked.
+    unchecked. With no request, the method must take none (its contract says so).
     """
     settings = _settings(ctx, as_json)
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
     if show_example:
-        _print_json(_run(settings, lambda client, _: _example_of(client, target, settings)))
+        _ops.print_json(
+            _ops.run(settings, lambda client, _: _ops.example_of(client, target, settings))
+        )
         return
     if direct and call_id is not None:
         _fail("--call-id asks for exactly once, which --direct cannot give", ExitCode.USAGE)
-    request = _parse_json(payload, "the request")
-
-    async def checked_call(client: IPCClient, _: float) -> Any:
-        if check:
-            versions = await _contract_of(client, target, settings.timeout)
-            problem = request_problem(target, versions, request)
-            if problem is not None:
-                raise InvalidArgumentError(problem)  # exit 2, nothing sent
-        return await client.call(
-            target,
-            request,
-            resource_id=resource_id,
-            timeout=call_timeout,
-            call_id=call_id,
-            durable=False if direct else None,
-        )
-
-    result = _run(settings, checked_call, extra=call_timeout + 1.0)
-    _print_json(result)
-
-
-async def _contract_of(client: IPCClient, target: str, timeout: float) -> list[ContractVersion]:
-    """The contract versions registered for ``target`` (SERVICE.METHOD); none when it has
-    none, or when the router cannot say (an older router, no router: the call decides)."""
-    service, dot, method = target.partition(".")
-    if not dot:
-        return []
-    try:
-        found = await client.admin.describe(service, method, timeout=timeout)
-    except (RemoteError, RouterUnavailableError, InvalidArgumentError):
-        return []
-    return [v for m in found.methods for v in m.versions]
-
-
-async def _example_of(client: IPCClient, target: str, settings: Settings) -> Any:
-    service, dot, method = target.partition(".")
-    if not dot:
-        raise InvalidArgumentError(f"target must be 'service.method', got {target!r}")
-    found = await client.admin.describe(service, method, timeout=settings.timeout)
-    contract = found.methods[0].contract if found.methods else None
-    if contract is None or contract.request is None:
-        why = "schemas were too large to register" if contract else "instances registered none"
-        raise IPCError(f"{target} has no request schema to build an example from (its {why})")
-    return example(contract.request)
+    call = _ops.Call(
+        target=target,
+        request=_ops.NO_REQUEST if payload is None else _ops.parse_json(payload, "the request"),
+        resource_id=resource_id,
+        timeout=call_timeout,
+        call_id=call_id,
+        direct=direct,
+        check=check,
+    )
+    result = _ops.run(
+        settings, lambda client, _: call.run(client, settings.timeout), extra=call_timeout + 1.0
+    )
+    _ops.print_json(result)
 
 
 @app.command()
@@ -525,13 +430,15 @@ def publish(
 ) -> None:
     """Publish an event on a topic."""
     settings = _settings(ctx, as_json)
-    value = _parse_json(event, "the event")
-    sequence = _run(
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
+    value = _ops.parse_json(event, "the event")
+    sequence = _ops.run(
         settings,
         lambda client, left: client.publish(topic, value, event_id=event_id, timeout=left),
     )
     if settings.json:
-        _print_json({"topic": topic, "sequence": sequence})
+        _ops.print_json({"topic": topic, "sequence": sequence})
     else:
         typer.echo(f"published on {topic} (stream sequence {sequence})")
 
@@ -546,6 +453,8 @@ def watch(
 ) -> None:
     """Print the router's events as they happen, until Ctrl-C."""
     settings = _settings(ctx, as_json)
+    from ipc_cli import _ops  # noqa: PLC0415  # see _ops
+
     kinds = [k.strip() for k in kind.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(EVENT_KINDS))
     if not kinds or unknown:
@@ -555,120 +464,16 @@ def watch(
             ExitCode.USAGE,
         )
 
-    async def go() -> None:
-        client = IPCClient(
-            settings.nats_url,
-            name="ipc-cli-watch",
-            prefix=settings.prefix,
-            connect_timeout=settings.timeout,
-            request_timeout=settings.timeout,
-            credentials=settings.credentials,
-        )
-        await client.connect()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)  # main thread only
-        try:
-            await client.admin.status(timeout=settings.timeout)  # a router is there
-            # A supervisor must see a lost connection: events missed meanwhile are not
-            # replayed, so the stream raises after an outage and watch exits 3.
-            outage = max(settings.timeout, 5.0)
-            async with client.admin.events(kinds=kinds, max_outage=outage) as events:
-                # On stderr, so that stdout stays pure events (JSON lines with --json).
-                typer.echo(f"watching {', '.join(kinds)} events; Ctrl-C stops", err=True)
-                await _until(stop, _print_events(events, settings.json))
-        finally:
-            await client.close(timeout=0.5)
-
-    _guarded(go)
-
-
-async def _print_events(events: RouterEvents, as_json: bool) -> None:
-    async for event in events:
-        typer.echo(_event_line(event, as_json))
-        sys.stdout.flush()
-
-
-async def _until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` until it ends (its error is raised) or ``stop`` is set."""
-    working = asyncio.create_task(work)
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (working, stopping):
-            task.cancel()
-        await asyncio.gather(working, stopping, return_exceptions=True)
-    if not working.cancelled():
-        working.result()
-
-
-def _event_line(event: RouterEvent, as_json: bool) -> str:
-    if as_json:
-        return json.dumps(event.model_dump(mode="json", exclude={"v"}), sort_keys=True)
-    at = time.strftime("%H:%M:%S", time.localtime(event.at)) + f".{int(event.at * 1000) % 1000:03d}"
-    who = f"{event.service}/{event.instance_id}"
-    if event.kind == "role":
-        scope = f"resource {event.resource}" if event.resource else "the service"
-        return (
-            f"{at} role     {who} is {event.role} of {scope} (epoch {event.epoch}, {event.reason})"
-        )
-    return f"{at} {event.kind:<8} {who} {event.state}"
-
-
-def _routing_role(leader: bool | None) -> str:
-    if leader is None:
-        return "unknown (older router)"
-    return (
-        "leader (registers instances, routes calls)" if leader else "standby (waits for the lease)"
-    )
-
-
-def _status_table(s: RouterStatus) -> Table:
-    table = Table(title="AegisIPC router", show_header=False, title_justify="left")
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    nats = s.nats
-    cluster = nats.cluster or "-"
-    rows = [
-        ("router id", s.router_id),
-        ("version", f"{s.version} (protocol v{s.protocol_version})"),
-        ("subject prefix", s.subject_prefix),
-        ("started", s.started_at.isoformat(timespec="seconds")),
-        ("uptime", _duration(s.uptime_s)),
-        ("nats server", f"{nats.server_name or '-'} v{nats.version or '?'}"),
-        ("nats url", nats.connected_url or "-"),
-        ("nats cluster", cluster),
-        ("jetstream", "enabled" if nats.jetstream else "DISABLED"),
-        ("embedded nats", "yes" if nats.embedded else "no"),
-        ("routing", _routing_role(s.leader)),
-        ("services", str(s.services)),
-        ("instances", str(s.instances)),
-    ]
-    for field, value in rows:
-        table.add_row(field, value)
-    return table
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d {hours}h {minutes}m"
-    if hours:
-        return f"{hours}h {minutes}m {secs}s"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{seconds:.1f}s"
+    _ops.guarded(lambda: _ops.watch(settings, kinds))
 
 
 def main() -> None:
-    """Console entry point of ``ipc``: usage errors are one line too (exit 2)."""
+    """Console entry point of ``ipc``: usage errors are one line too (exit 2); no command
+    prints the help and exits 0."""
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")  # Click's no_args_is_help exits 2 with an empty "error:"
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="ipc")
     except typer.Abort:
         typer.echo("ipc: interrupted", err=True)
         sys.exit(130)

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import typer
 
-from ipc_cli._exit import ExitCode
-from ipc_cli.main import Settings, _fail, _guarded, app
-from ipc_client_sdk import InvalidArgumentError, IPCClient
-from ipc_client_sdk._launch import load_service, serve_until_signalled
+from ipc_cli._exit import ExitCode, fail
+from ipc_cli.main import Settings, app
 
 
 @app.command("run")
@@ -36,26 +34,23 @@ def run(
 ) -> None:
     """Serve a Service object as one instance until SIGINT/SIGTERM, then stop gracefully."""
     settings: Settings = ctx.obj
+    # Loaded when the command runs: see ipc_cli._ops.
+    from ipc_cli._ops import client_for, guarded  # noqa: PLC0415
+    from ipc_client_sdk import InvalidArgumentError  # noqa: PLC0415
+    from ipc_client_sdk._launch import load_service, serve_until_signalled  # noqa: PLC0415
+
     sys.path.insert(0, str(app_dir.resolve()))
     try:
         service = load_service(target)
     except InvalidArgumentError as e:
-        _fail(str(e), ExitCode.USAGE)
+        fail(str(e), ExitCode.USAGE)
     iid = instance_id or f"{socket.gethostname()}-{os.getpid()}"
     claimed = [r.strip() for item in resources for r in item.split(",") if r.strip()]
 
     async def go() -> None:
-        client = IPCClient(
-            settings.nats_url,
-            name=f"{service.name}-{iid}",
-            prefix=settings.prefix,
-            connect_timeout=settings.timeout,
-            request_timeout=settings.timeout,
-            credentials=settings.credentials,
-        )
-        async with client:
+        async with client_for(settings, f"{service.name}-{iid}") as client:
             await serve_until_signalled(
                 client, service, instance_id=iid, resources=claimed, say=typer.echo
             )
 
-    _guarded(go)
+    guarded(go)

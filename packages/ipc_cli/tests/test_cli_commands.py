@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from typer.testing import CliRunner, Result
 
 from ipc_cli._exit import ExitCode
-from ipc_cli.main import _jsonable, app
+from ipc_cli._ops import jsonable as _jsonable
+from ipc_cli.main import app
 from ipc_client_sdk import CallContext, IPCClient, Service
 from ipc_router.infrastructure.process import ChildProcess
 from ipc_testing import NatsServerProcess, RouterProcess, eventually, free_port

@@ -380,7 +380,8 @@ class RouterEvent(Envelope):
 
     ``kind`` is ``role`` (``role``, ``epoch``, ``resource``: None for the service, and
     ``reason``: failover, handover, promote, removed, registered), ``health`` (``state``:
-    healthy or unhealthy) or ``registry`` (``state``: registered, deregistered, reaped).
+    healthy or unhealthy) or ``registry`` (``state``: registered, deregistered, reaped,
+    draining, undrained: routed to again).
     """
 
     kind: str

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +124,18 @@ class RateLimitedLog:
         self.log(logging.ERROR, kind, msg, *args, exc_info=True)
 
     def log(
-        self, level: int, kind: str, msg: str, *args: Any, exc_info: bool | BaseException = False
+        self,
+        level: int,
+        kind: str,
+        msg: str,
+        *args: Any,
+        exc_info: bool | BaseException = False,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         """Log ``msg % args`` at ``level`` now, or count it in ``kind``'s next summary.
 
         The arguments are formatted only when a line is written; clip peer-supplied ones.
+        ``extra`` are the line's structured fields (``service``, ``instance``, ``call_id``).
         """
         if not self.logger.isEnabledFor(level):
             return
@@ -143,7 +150,7 @@ class RateLimitedLog:
                 window = None
         if window is None:
             self._windows[kind] = _Window(opened=now)
-            self.logger.log(level, msg, *args, exc_info=exc_info)
+            self.logger.log(level, msg, *args, exc_info=exc_info, extra=extra)
             return
         window.suppressed += 1
         window.level = max(window.level, level)

@@ -118,9 +118,18 @@ async def open_nats(
     per_server = max(0.2, connect_timeout / len(urls))
     nc = NATS()
     refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    # Nothing listens on any server: fail at once rather than retry for the whole timeout
+    # (a server that is down answers a connect with a refusal; a silent one is waited for).
+    nobody: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    refusals = 0  # consecutive TCP refusals in the first connect: each server once, in turn
     warned: set[str] = set()  # each kind of warning once per outage, not once per attempt
 
     async def on_error(e: Exception) -> None:
+        nonlocal refusals
+        if not refused.done() and not nobody.done():
+            refusals = refusals + 1 if isinstance(e, ConnectionRefusedError) else 0
+            if refusals >= len(urls):
+                nobody.set_result(str(e) or "connection refused")
         reason = refusal(e)
         if reason is None:
             text = str(e)
@@ -163,9 +172,11 @@ async def open_nats(
         )
     )
     try:
-        first: set[asyncio.Future[Any]] = {connecting, refused}
+        first: set[asyncio.Future[Any]] = {connecting, refused, nobody}
         await asyncio.wait(first, timeout=connect_timeout, return_when=FIRST_COMPLETED)
         if not connecting.done():
+            if nobody.done():
+                raise IPCConnectionError(label, f"nothing listens ({nobody.result()})")
             if refused.done():
                 hint = "" if creds.identity != "none" else f" ({NO_CREDENTIALS_HINT})"
                 raise AuthenticationError(label, refused.result() + hint)
@@ -176,6 +187,8 @@ async def open_nats(
         connecting.cancel()
         await asyncio.gather(connecting, return_exceptions=True)
         await _close_quietly(nc)
+        if isinstance(e, IPCConnectionError):
+            raise
         if isinstance(e, TimeoutError):  # say what the last attempt ran into, if anything
             reason = str(last) if last else f"no answer within {connect_timeout:g}s"
             raise IPCConnectionError(label, reason) from e

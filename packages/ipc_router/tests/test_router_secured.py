@@ -127,5 +127,7 @@ async def test_router_auth_dir_runs_the_embedded_server_with_its_identities(
         with pytest.raises(AuthenticationError):
             async with IPCClient(url, credentials=Credentials()):
                 pass
+        log = router.log_tail(200)
+        assert "WITHOUT AUTHENTICATION" not in log and "admits only the identities" in log
     finally:
         await router.stop()

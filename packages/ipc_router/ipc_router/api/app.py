@@ -152,6 +152,13 @@ class Router(AsyncService):
             store,
             server.log_path,
         )
+        if self.config.auth_dir is not None:
+            _log.info(
+                "the embedded nats-server admits only the identities of %s, with their "
+                "permissions",
+                self.config.auth_dir,
+            )
+            return
         host = self.config.embedded_host
         reach = (
             f"it listens on {host} only (this machine)"

@@ -1,32 +1,61 @@
-"""Router configuration: command-line flags, each with an environment variable fallback."""
+"""Router configuration: flags, environment variables and a TOML file, merged by
+pydantic-settings from the declarations in ``settings.py``.
+
+Precedence: a flag, then its environment variable, then its key in the config file
+(``--config FILE`` or ``IPC_CONFIG``), then the default. Bad input of any source exits 2
+with one line naming the flag, variable or key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import secrets
 import socket
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+import stat
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+from pydantic import TypeAdapter, ValidationError
 
 from ipc_client_sdk import Credentials, InvalidArgumentError
 from ipc_client_sdk.protocol import (
-    CREDENTIAL_ENV_VARS,
     DEFAULT_PREFIX,
     AuthDir,
     AuthDirError,
     lift_url_credentials,
     parse_servers,
-    validate_prefix,
+)
+from ipc_router import __version__
+from ipc_router.api.settings import (
+    CONFIG_FILE,
+    DEFAULT_DATA_DIR,
+    DEFAULT_EMBEDDED_PORT,
+    GROUP_HELP,
+    RouterSettings,
+    env_var,
+    option,
+    shown_default,
 )
 from ipc_router.infrastructure.jetstream_setup import DEFAULT_LEASE_TTL, StorageLimits
-from ipc_router.infrastructure.sizes import format_size, parse_size
 
-DEFAULT_DATA_DIR = Path(".ipc")
-DEFAULT_EMBEDDED_PORT = 4222
-"""Seconds a dead leader's lease outlives it: with it, a standby router leads about 1.5 s
-after the leader's kill -9, inside the SDK's default 5 s call timeout."""
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_EMBEDDED_PORT",
+    "ConfigError",
+    "RouterConfig",
+    "build_parser",
+    "default_router_id",
+    "load_settings",
+    "parse_config",
+]
+
+CONFIG_ENV = "IPC_CONFIG"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +67,7 @@ class RouterConfig:
     how the router authenticates to NATS (none by default; ``repr()`` hides secrets).
     ``auth_dir``: an ``ipc auth`` directory; the embedded server then admits only its
     identities, with their permissions (and ``credentials`` are its ``router.nk``).
+    ``warnings`` are said once logging is set up (a secret in a file others can read).
     """
 
     nats_url: str | None
@@ -52,10 +82,12 @@ class RouterConfig:
     call_ack_wait: float = 1.0
     lease_ttl: float = DEFAULT_LEASE_TTL
     log_level: str = "INFO"
+    log_format: str = "text"
     credentials: Credentials = field(default_factory=Credentials)
     limits: StorageLimits = field(default_factory=StorageLimits)
     """Caps on the router's streams and buckets (``--*-max-bytes``, ``--*-max-msgs``)."""
     auth_dir: Path | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -68,292 +100,280 @@ def default_router_id() -> str:
     return f"router-{host}-{secrets.token_hex(2)}"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+class ConfigError(ValueError):
+    """A setting that is wrong, with the flag, variable or file key that gave it."""
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+_FIELDS = RouterSettings.model_fields
 
 
-def _heartbeat_timeout(text: str) -> float:
-    value = _positive_float(text)
-    if not 0.3 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"must be between 0.3 and 60 seconds, got {text}")
-    return value
+def _flag_type(name: str) -> Any:
+    """Validates a flag's text as its field would, so that ``--help`` parses to typed
+    values and a bad flag is refused by argparse with the flag's name."""
+    info = _FIELDS[name]
+    annotation: Any = info.annotation
+    if info.metadata:
+        annotation = Annotated[annotation, *info.metadata]
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+
+    def convert(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(_reason(e.errors()[0])) from None
+        except ValueError as e:  # a validator's own (a size, a prefix)
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name  # argparse names it in "invalid <name> value"
+    return convert
 
 
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _reason(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{message} (got {error['input']!r})" if isinstance(error["input"], str) else message
 
 
-_LIMIT_HELP = {
-    "calls_max_bytes": "the calls stream; full: a new call is refused (the caller gets "
-    "StoreFullError), an accepted one is never dropped",
-    "calls_max_msgs": "calls waiting in the calls stream; full: as above",
-    "events_max_bytes": "the events stream; full: the oldest events are discarded",
-    "events_max_msgs": "events kept; full: the oldest are discarded",
-    "dead_letters_max_bytes": "the dead-letter stream; full: the oldest are discarded",
-    "dead_letters_max_msgs": "dead letters kept; full: the oldest are discarded",
-    "registry_max_bytes": "the registry bucket; full: new instances are not saved",
-    "contracts_max_bytes": "the contracts bucket; full: new instances' method contracts are "
-    "not saved (they are registered all the same)",
-    "routes_max_bytes": "the routes bucket; full: new claims and assignments are not saved",
-    "leases_max_bytes": "the router lease bucket",
-    "results_max_bytes": "the results bucket; full: new calls are refused unrun "
-    "(StoreFullError), never run twice",
-    "max_message_size": "the largest call, event or result a stream or bucket stores",
-}
+class _Parser(argparse.ArgumentParser):
+    """Says a usage error in one line (the usage itself is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_limit_flags(p: argparse.ArgumentParser) -> None:
-    """``--calls-max-bytes`` ... ``--max-message-size``: one flag and one environment
-    variable (``IPC_CALLS_MAX_BYTES`` ...) per ``StorageLimits`` field."""
-    defaults = StorageLimits()
-    group = p.add_argument_group(
-        "storage limits",
-        "caps on the router's JetStream streams and buckets; sizes in bytes or with a unit "
-        "(512MiB, 2GiB; KB/MB/GB are powers of 1000). Their sum is reserved in JetStream "
-        "and must fit nats-server's max_file_store",
-    )
-    for f in fields(StorageLimits):
-        default = getattr(defaults, f.name)
-        is_size = not f.name.endswith("_msgs")
-        env_name = f"IPC_{f.name.upper()}"
-        group.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=_size if is_size else _positive_int,
-            metavar="SIZE" if is_size else "COUNT",
-            default=os.environ.get(env_name) or str(default),
-            help=f"{_LIMIT_HELP[f.name]} (env {env_name}, default "
-            f"{format_size(default) if is_size else default})",
-        )
-
-
-def _lease_ttl(text: str) -> float:
-    value = _positive_float(text)
-    if not 0.5 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"must be between 0.5 and 60 seconds, got {text}")
-    return value
-
-
-def _prefix(text: str) -> str:
-    try:
-        return validate_prefix(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _metavar(name: str) -> str:
+    """A value's name in ``--help``: what it is rather than the field's name."""
+    info = _FIELDS[name]
+    given = option(name, info, "metavar")
+    if given:
+        return str(given)
+    choices = typing.get_args(info.annotation)
+    if typing.get_origin(info.annotation) is typing.Literal:
+        return "{" + ",".join(map(str, choices)) + "}"
+    kinds = {float: "SECONDS", Path: "DIR"}
+    for kind in (info.annotation, *choices):
+        if typing.get_origin(kind) is Annotated:
+            kind = typing.get_args(kind)[0]
+        if kind in kinds:
+            return kinds[kind]
+        if kind is int:
+            return "SIZE" if name.endswith(("_bytes", "_size")) else "N"
+    return name.split("_")[-1].upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ipc-router`` command line."""
-    env = os.environ.get
-    p = argparse.ArgumentParser(
+    """The ``ipc-router`` command line: one flag per ``RouterSettings`` field (absent from
+    the namespace unless given, so that the environment and the file can fill it),
+    ``--config`` and ``--version``."""
+    p = _Parser(
         prog="ipc-router",
         description=(
             "AegisIPC router: service registry, routing and failover on NATS JetStream. "
             "With no NATS URL it starts the bundled nats-server itself."
         ),
+        epilog=(
+            "Each flag has an environment variable and a key in the config file (the flag "
+            "without its dashes, in snake_case: --calls-max-bytes is calls_max_bytes). "
+            "Precedence: flag > environment variable > config file > default."
+        ),
     )
+    p.add_argument("--version", action="version", version=f"ipc-router {__version__}")
     p.add_argument(
-        "--nats-url",
-        default=env("IPC_NATS_URL") or None,
-        help="NATS server URL(s), comma-separated (env IPC_NATS_URL). "
-        "Unset: run the bundled nats-server.",
-    )
-    p.add_argument(
-        "--prefix",
-        type=_prefix,
-        default=env("IPC_SUBJECT_PREFIX") or None,
-        help=f"subject prefix (env IPC_SUBJECT_PREFIX, default: the --auth-dir's, or "
-        f"{DEFAULT_PREFIX})",
-    )
-    p.add_argument(
-        "--auth-dir",
+        "--config",
+        metavar="FILE",
         type=Path,
-        default=env("IPC_AUTH_DIR") or None,
-        help="an 'ipc auth init' directory (env IPC_AUTH_DIR): connect as its router.nk, "
-        "and run the embedded nats-server with its identities and permissions and at its "
-        "address",
+        default=argparse.SUPPRESS,
+        help=f"TOML file with any of the settings below as keys (env {CONFIG_ENV})",
     )
-    p.add_argument(
-        "--router-id",
-        default=env("IPC_ROUTER_ID", ""),
-        help="env IPC_ROUTER_ID; default: generated",
-    )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(env("IPC_DATA_DIR", str(DEFAULT_DATA_DIR))),
-        help="embedded nats-server data folder (env IPC_DATA_DIR, default %(default)s)",
-    )
-    p.add_argument(
-        "--embedded-host",
-        default=None,
-        help="embedded nats-server address (default: the --auth-dir's, or 127.0.0.1)",
-    )
-    p.add_argument(
-        "--embedded-port",
-        type=_positive_int,
-        default=env("IPC_EMBEDDED_PORT") or None,
-        help="embedded nats-server client port (env IPC_EMBEDDED_PORT, default: the "
-        f"--auth-dir's, or {DEFAULT_EMBEDDED_PORT})",
-    )
-    p.add_argument(
-        "--replicas",
-        type=_positive_int,
-        default=env("IPC_REPLICAS", "1"),
-        help="JetStream replicas of the router's streams and buckets (3 on a 3-node cluster)",
-    )
-    _add_limit_flags(p)
-    p.add_argument(
-        "--connect-timeout",
-        type=_positive_float,
-        default=env("IPC_CONNECT_TIMEOUT", "5"),
-        help="seconds to reach NATS at start (env IPC_CONNECT_TIMEOUT, default %(default)s)",
-    )
-    p.add_argument(
-        "--heartbeat-timeout",
-        type=_heartbeat_timeout,
-        default=env("IPC_HEARTBEAT_TIMEOUT", "1.5"),
-        help="seconds without a heartbeat before an instance is unhealthy and its roles fail "
-        "over; instances fence themselves after 0.8 of it (0.3 to 60; env "
-        "IPC_HEARTBEAT_TIMEOUT, default %(default)s)",
-    )
-    p.add_argument(
-        "--call-ack-wait",
-        type=_positive_float,
-        default=env("IPC_CALL_ACK_WAIT", "1"),
-        help="seconds before a call taken by a router that died is delivered again; calls "
-        "in hand longer are kept alive (env IPC_CALL_ACK_WAIT, default %(default)s)",
-    )
-    p.add_argument(
-        "--lease-ttl",
-        type=_lease_ttl,
-        default=env("IPC_LEASE_TTL", str(DEFAULT_LEASE_TTL)),
-        help="seconds the router leadership lease lives without renewal: a standby leads "
-        "about this long after the leader dies. Set when the leases bucket is created "
-        "(0.5 to 60; env IPC_LEASE_TTL, default %(default)s)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=env("IPC_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-    )
-    _add_credential_flags(p)
+    groups: dict[str, Any] = {}
+    for name, info in _FIELDS.items():
+        group_name = option(name, info, "group")
+        target: Any = p
+        if group_name:
+            if group_name not in groups:
+                groups[group_name] = p.add_argument_group(group_name, GROUP_HELP[group_name])
+            target = groups[group_name]
+        default = shown_default(name, info)
+        text = f"{info.description} (env {env_var(info)}"
+        target.add_argument(
+            option(name, info, "flag"),
+            dest=name,
+            type=_flag_type(name),
+            metavar=_metavar(name),
+            default=argparse.SUPPRESS,
+            help=(text + (f", default {default})" if default else ")")).replace("%", "%%"),
+        )
     return p
 
 
-_CREDENTIAL_FLAGS = (
-    ("--nats-nkey", "nkey_seed_file", "FILE", "NKey seed file to authenticate with"),
-    ("--nats-creds", "creds_file", "FILE", "NATS .creds file (user JWT and seed)"),
-    ("--nats-user", "user", "NAME", "user name (with a password)"),
-    ("--nats-password", "password", "SECRET", "password; prefer the variable: flags show in ps"),
-    ("--nats-token", "token", "SECRET", "token; prefer the variable: flags show in ps"),
-    ("--tls-ca", "tls_ca", "FILE", "PEM bundle of the CAs that sign the NATS servers' certs"),
-    ("--tls-cert", "tls_cert", "FILE", "PEM client certificate (with --tls-key)"),
-    ("--tls-key", "tls_key", "FILE", "PEM key of the client certificate"),
-)
-"""(flag, ``Credentials`` field, metavar, help): one identity at most, plus TLS."""
+def load_settings(flags: Mapping[str, Any], config_file: Path | None) -> RouterSettings:
+    """The settings from ``flags``, the environment and ``config_file``, in that order.
 
-
-def _add_credential_flags(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group(
-        "NATS credentials",
-        "At most one identity (NKey, .creds, user and password, or token), plus TLS. "
-        "Each flag falls back to its variable; the help never shows a value.",
-    )
-    for flag, name, metavar, text in _CREDENTIAL_FLAGS:
-        group.add_argument(
-            flag,
-            dest=f"cred_{name}",
-            metavar=metavar,
-            default=None,
-            help=f"{text} (env {CREDENTIAL_ENV_VARS[name]})",
-        )
-
-
-def _credentials(
-    p: argparse.ArgumentParser, ns: argparse.Namespace
-) -> tuple[str | None, Credentials]:
-    """The NATS URL without credentials, and the credentials from flags, variables and the
-    URL (moved out of it so that every cluster node gets them; see ``Credentials``)."""
-    given = {name: getattr(ns, f"cred_{name}") for _, name, _, _ in _CREDENTIAL_FLAGS}
+    Raises:
+        ConfigError: the file cannot be read, has an unknown key, or a value is wrong.
+    """
+    file_data = _read_file(config_file) if config_file is not None else {}
+    token = CONFIG_FILE.set(config_file)
     try:
-        credentials = Credentials.from_env(**given)
-        if ns.nats_url is None:
-            return None, credentials
-        urls, credentials = lift_url_credentials(parse_servers(ns.nats_url), credentials)
-    except (InvalidArgumentError, ValueError) as e:
-        p.error(e.message if isinstance(e, InvalidArgumentError) else str(e))
-    return ",".join(urls), credentials
+        return RouterSettings(**flags)
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise ConfigError(
+            _where(str(error["loc"][0]), flags, file_data, config_file) + ": " + _reason(error)
+        ) from None
+    except ValueError as e:  # a validator's own, outside pydantic's error wrapping
+        raise ConfigError(str(e)) from None
+    finally:
+        CONFIG_FILE.reset(token)
 
 
-def _auth_dir(
-    p: argparse.ArgumentParser, ns: argparse.Namespace, credentials: Credentials
-) -> Credentials:
-    """Apply ``--auth-dir``: its prefix and address fill the unset flags, and the router
-    connects as its ``router.nk`` (TLS settings kept)."""
-    if ns.auth_dir is None:
-        return credentials
-    auth = AuthDir(ns.auth_dir)
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read the config file {path}: {e.strerror or e}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not TOML: {e}") from None
+    for key in data:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {path}{hint}")
+    return data
+
+
+def _where(
+    name: str, flags: Mapping[str, Any], file_data: Mapping[str, Any], path: Path | None
+) -> str:
+    """Which source gave the setting ``name`` (a field name or its variable)."""
+    for field_name, info in _FIELDS.items():
+        env = env_var(info)
+        if name not in (field_name, env):
+            continue
+        if field_name in flags:
+            return str(option(field_name, info, "flag"))
+        if os.environ.get(env):
+            return env
+        if field_name in file_data:
+            return f"{field_name} in {path}"
+        return field_name
+    return name
+
+
+def secret_warnings(config_file: Path | None) -> tuple[str, ...]:
+    """A warning when the config file holds a secret and others may read it."""
+    if config_file is None:
+        return ()
+    try:
+        data = tomllib.loads(config_file.read_text())
+        mode = config_file.stat().st_mode
+    except (OSError, tomllib.TOMLDecodeError):
+        return ()
+    held = [k for k in data if k in _FIELDS and option(k, _FIELDS[k], "secret")]
+    if not held or not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return ()
+    return (
+        f"{config_file} holds {' and '.join(held)} and others may read it (mode "
+        f"{stat.S_IMODE(mode):o}): chmod 600 it, or give the secret in its variable",
+    )
+
+
+def to_config(settings: RouterSettings, warnings: tuple[str, ...] = ()) -> RouterConfig:
+    """The ``RouterConfig`` of merged settings.
+
+    Raises:
+        ConfigError: the credentials conflict, a URL is bad, or a storage cap cannot hold
+            one message.
+    """
+    try:
+        credentials = Credentials(
+            nkey_seed_file=settings.nats_nkey,
+            creds_file=settings.nats_creds,
+            user=settings.nats_user,
+            password=settings.nats_password,
+            token=settings.nats_token,
+            tls_ca=settings.tls_ca,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+        )
+        nats_url = settings.nats_url or None
+        if nats_url is not None:
+            urls, credentials = lift_url_credentials(parse_servers(nats_url), credentials)
+            nats_url = ",".join(urls)
+        limits = settings.storage_limits()
+    except InvalidArgumentError as e:
+        raise ConfigError(e.message) from None
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    prefix, host, port = settings.prefix, settings.embedded_host, settings.embedded_port
+    if settings.auth_dir is not None:
+        prefix, host, port, credentials = _apply_auth_dir(settings, credentials)
+    return RouterConfig(
+        nats_url=nats_url,
+        prefix=prefix,
+        router_id=settings.router_id,
+        data_dir=settings.data_dir,
+        embedded_host=host,
+        embedded_port=port,
+        replicas=settings.replicas,
+        connect_timeout=settings.connect_timeout,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        call_ack_wait=settings.call_ack_wait,
+        lease_ttl=settings.lease_ttl,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        credentials=credentials,
+        limits=limits,
+        auth_dir=settings.auth_dir,
+        warnings=warnings,
+    )
+
+
+def _apply_auth_dir(
+    settings: RouterSettings, credentials: Credentials
+) -> tuple[str, str, int, Credentials]:
+    """``--auth-dir``: its prefix and address stand where no setting gave one, and the
+    router connects as its ``router.nk`` (TLS settings kept).
+
+    Raises:
+        ConfigError: the folder is unreadable, another identity is given, or another
+            prefix is.
+    """
+    assert settings.auth_dir is not None
+    auth = AuthDir(settings.auth_dir)
     try:
         manifest = auth.load()
     except AuthDirError as e:
-        p.error(str(e))
+        raise ConfigError(str(e)) from None
     if credentials.identity != "none":
-        p.error(f"--auth-dir connects as {auth.seed_file('router')}; give no other identity")
-    if ns.prefix is not None and ns.prefix != manifest.prefix:
-        p.error(
-            f"--auth-dir {ns.auth_dir} is for prefix {manifest.prefix!r}, not {ns.prefix!r}: "
-            "its permissions would not fit"
+        raise ConfigError(
+            f"--auth-dir connects as {auth.seed_file('router')}; give no other identity"
         )
-    ns.prefix = manifest.prefix
-    ns.embedded_host = ns.embedded_host or manifest.host
-    ns.embedded_port = ns.embedded_port or manifest.port
-    return replace(credentials, nkey_seed_file=auth.seed_file("router"))
+    given = settings.model_fields_set
+    if "prefix" in given and settings.prefix != manifest.prefix:
+        raise ConfigError(
+            f"--auth-dir {settings.auth_dir} is for prefix {manifest.prefix!r}, not "
+            f"{settings.prefix!r}: its permissions would not fit"
+        )
+    host = settings.embedded_host if "embedded_host" in given else manifest.host
+    port = settings.embedded_port if "embedded_port" in given else manifest.port
+    return (
+        manifest.prefix,
+        host,
+        port,
+        replace(credentials, nkey_seed_file=auth.seed_file("router")),
+    )
 
 
 def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
-    """Parse the command line (exits with status 2 and one message on bad input)."""
+    """Parse the command line, the environment and the config file (exits with status 2
+    and one message on bad input)."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    nats_url, credentials = _credentials(parser, ns)
-    credentials = _auth_dir(parser, ns, credentials)
+    flags = vars(parser.parse_args(argv))
+    config_file: Path | None = flags.pop("config", None)
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = Path(os.environ[CONFIG_ENV])
     try:
-        limits = StorageLimits(**{f.name: getattr(ns, f.name) for f in fields(StorageLimits)})
-    except ValueError as e:
+        settings = load_settings(flags, config_file)
+        return to_config(settings, secret_warnings(config_file))
+    except ConfigError as e:
         parser.error(str(e))
-    return RouterConfig(
-        nats_url=nats_url,
-        prefix=ns.prefix or DEFAULT_PREFIX,
-        router_id=ns.router_id,
-        data_dir=ns.data_dir,
-        embedded_host=ns.embedded_host or "127.0.0.1",
-        embedded_port=ns.embedded_port or DEFAULT_EMBEDDED_PORT,
-        replicas=ns.replicas,
-        connect_timeout=ns.connect_timeout,
-        heartbeat_timeout=ns.heartbeat_timeout,
-        call_ack_wait=ns.call_ack_wait,
-        lease_ttl=ns.lease_ttl,
-        log_level=ns.log_level,
-        credentials=credentials,
-        limits=limits,
-        auth_dir=ns.auth_dir,
-    )

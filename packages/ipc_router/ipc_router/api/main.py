@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 
 from ipc_router.api.app import Router, RouterStartError
 from ipc_router.api.config import RouterConfig, parse_config
+from ipc_router.infrastructure.logs import configure_logging
 
 _log = logging.getLogger("ipc_router")
 
@@ -43,9 +43,7 @@ async def run(config: RouterConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of ``ipc-router``."""
     config = parse_config(argv)
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format)
+    for warning in config.warnings:
+        _log.warning("%s", warning)
     return asyncio.run(run(config))

@@ -148,6 +148,7 @@ class CallRelay:
                 "call %s delivered again (delivery %d)",
                 request.call_id,
                 attempts.delivery,
+                extra={"call_id": request.call_id, "service": request.service},
             )
         while True:
             remaining = self._time_left(attempts)
@@ -280,6 +281,7 @@ class CallRelay:
                 "call %s: instance %s failed while holding it; routing it again",
                 request.call_id,
                 route.instance_id,
+                extra=_fields(request, route.instance_id),
             )
             return None
         except nats.errors.NoRespondersError:
@@ -320,6 +322,7 @@ class CallRelay:
             request.call_id,
             route.instance_id,
             clip(refused),
+            extra=_fields(request, route.instance_id),
         )
         backoff = 0.02 * 2 ** min(attempts.refusals, 5)
         await self._registry.wait_changed(min(remaining, backoff))
@@ -331,3 +334,8 @@ def _unknown(instance_id: str) -> str:
         f"instance {instance_id!r} failed while it held the call and no other instance could "
         "take it; whether it ran is unknown (check downstream by call_id)"
     )
+
+
+def _fields(request: CallRequest, instance_id: str) -> dict[str, str]:
+    """A call's structured log fields."""
+    return {"call_id": request.call_id, "service": request.service, "instance": instance_id}

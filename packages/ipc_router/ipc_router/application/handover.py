@@ -45,7 +45,7 @@ from ipc_router.application.errors import (
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.membership import HeartbeatReports
 from ipc_router.application.ports import InstanceNotifier
-from ipc_router.application.registry import InstanceRegistry
+from ipc_router.application.registry import InstanceRegistry, log_fields
 from ipc_router.domain import InstanceRecord, Role, UnknownInstanceError
 
 _log = logging.getLogger("ipc_router.control")
@@ -335,7 +335,12 @@ class Handovers:
                 if record is not None and record.draining:
                     await self._registry.hand_over(service, instance_id)
         except Exception:  # a background task: log, never lose it silently
-            _log.exception("handing over %s.%s failed", service, instance_id)
+            _log.exception(
+                "handing over %s.%s failed",
+                service,
+                instance_id,
+                extra=log_fields(service, instance_id),
+            )
         finally:
             self._handing_over.pop((service, instance_id), None)
 

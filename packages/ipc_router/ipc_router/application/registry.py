@@ -120,6 +120,7 @@ class InstanceRegistry:
                 event.resource if event.resource is not None else "the service",
                 event.epoch,
                 event.reason,
+                extra=log_fields(event.service, event.instance_id),
             )
             self._events.emit(event)
         self._dirty_claims |= claims
@@ -152,6 +153,7 @@ class InstanceRegistry:
             outcome.record.role.value,
             len(outcome.claimed),
             len(outcome.standby_for),
+            extra=log_fields(outcome.record.service, outcome.record.instance_id),
         )
         return outcome
 
@@ -161,7 +163,7 @@ class InstanceRegistry:
         if record is not None:
             self._events.emit(InstanceEvent("registry", service, instance_id, "deregistered"))
             await self._save(*keys)
-            _log.info("deregistered %s", record.key)
+            _log.info("deregistered %s", record.key, extra=log_fields(service, instance_id))
         return record
 
     async def drain(self, service: str, instance_id: str) -> InstanceRecord:
@@ -171,13 +173,18 @@ class InstanceRegistry:
             UnknownInstanceError: no such instance.
         """
         record = self.table.drain(service, instance_id)
+        self._events.emit(InstanceEvent("registry", service, instance_id, "draining"))
+        _log.info("draining %s", record.key, extra=log_fields(service, instance_id))
         self._settle()
         await self._save({(service, instance_id)})
         return record
 
     async def undrain(self, service: str, instance_id: str) -> None:
         """Route to an instance again (a handover called off or completed)."""
+        before = self.table.get(service, instance_id)
         self.table.undrain(service, instance_id, self._clock.monotonic())
+        if before is not None and before.draining:
+            self._events.emit(InstanceEvent("registry", service, instance_id, "undrained"))
         self._settle()  # it may have taken a role nobody held
         await self._save({(service, instance_id)})
 
@@ -224,7 +231,11 @@ class InstanceRegistry:
             self._settle()  # a resync: save and announce the new epoch
             await self._save()
         if changed is not None:
-            _log.info("instance %s is healthy again", changed.key)
+            _log.info(
+                "instance %s is healthy again",
+                changed.key,
+                extra=log_fields(service, instance_id),
+            )
             self._events.emit(InstanceEvent("health", service, instance_id, "healthy"))
             self._settle()
             await self._save({(service, instance_id)})
@@ -243,6 +254,7 @@ class InstanceRegistry:
                 "instance %s missed heartbeats for %.1fs; unhealthy",
                 record.key,
                 self.table.heartbeat_timeout,
+                extra=log_fields(record.service, record.instance_id),
             )
             self._dirty_records.add((record.service, record.instance_id))
             self._events.emit(
@@ -253,6 +265,7 @@ class InstanceRegistry:
                 "instance %s silent for %.0fs; removed with its claims",
                 record.key,
                 self.table.reap_after,
+                extra=log_fields(record.service, record.instance_id),
             )
             _, (records, claims, assignments) = self._remove(record.service, record.instance_id)
             self._events.emit(
@@ -288,7 +301,11 @@ class InstanceRegistry:
         """An instance did not take a call delivered to it: stop routing to it now."""
         record = self.table.mark_unhealthy(service, instance_id)
         if record is not None:
-            _log.warning("instance %s is not listening on its inbox; unhealthy", record.key)
+            _log.warning(
+                "instance %s is not listening on its inbox; unhealthy",
+                record.key,
+                extra=log_fields(service, instance_id),
+            )
             self._events.emit(InstanceEvent("health", service, instance_id, "unhealthy"))
             self._settle()
             await self._save({(service, instance_id)})
@@ -391,3 +408,8 @@ class InstanceRegistry:
             for resource, instance_id in before.items()
             if after.get(resource) != instance_id
         }
+
+
+def log_fields(service: str, instance_id: str) -> dict[str, str]:
+    """An instance's structured log fields (``extra=``: JSON logs show them as keys)."""
+    return {"service": service, "instance": instance_id}

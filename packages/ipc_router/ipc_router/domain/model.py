@@ -114,11 +114,12 @@ class RegistryCounts:
 
 @dataclass(frozen=True, slots=True)
 class InstanceEvent:
-    """An instance was registered, deregistered, or changed health."""
+    """An instance was registered, deregistered, drained or undrained, or changed health."""
 
     kind: str
     """``registry`` or ``health``."""
     service: str
     instance_id: str
     state: str
-    """``registered``, ``deregistered``, ``reaped``, ``healthy`` or ``unhealthy``."""
+    """``registered``, ``deregistered``, ``reaped``, ``draining``, ``undrained`` (routed to
+    again), ``healthy`` or ``unhealthy``."""
