@@ -23,6 +23,7 @@ from ipc_router.infrastructure.sizes import format_size, parse_size
 
 DEFAULT_DATA_DIR = Path(".ipc")
 DEFAULT_EMBEDDED_PORT = 4222
+DEFAULT_METRICS_HOST = "127.0.0.1"
 """Seconds a dead leader's lease outlives it: with it, a standby router leads about 1.5 s
 after the leader's kill -9, inside the SDK's default 5 s call timeout."""
 
@@ -51,6 +52,10 @@ class RouterConfig:
     credentials: Credentials = field(default_factory=Credentials)
     limits: StorageLimits = field(default_factory=StorageLimits)
     """Caps on the router's streams and buckets (``--*-max-bytes``, ``--*-max-msgs``)."""
+    metrics_port: int | None = None
+    """The HTTP port of ``/metrics``, ``/healthz`` and ``/readyz``; None: not served."""
+    metrics_host: str = DEFAULT_METRICS_HOST
+    """The address that port listens on."""
 
     def __post_init__(self) -> None:
         if not self.router_id:
@@ -238,7 +243,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
     )
     _add_credential_flags(p)
+    _add_metrics_flags(p)
     return p
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text}")
+    return value
+
+
+def _add_metrics_flags(p: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` and ``--metrics-host``: the HTTP port of the metrics and probes."""
+    env = os.environ.get
+    group = p.add_argument_group(
+        "metrics and health probes",
+        "an HTTP port serving /metrics (Prometheus), /healthz and /readyz",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=env("IPC_METRICS_PORT") or None,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (env IPC_METRICS_PORT; "
+        "default: off)",
+    )
+    group.add_argument(
+        "--metrics-host",
+        default=env("IPC_METRICS_HOST", DEFAULT_METRICS_HOST),
+        metavar="HOST",
+        help="address of the metrics port (env IPC_METRICS_HOST, default %(default)s: this "
+        "machine only; 0.0.0.0 in a container)",
+    )
 
 
 _CREDENTIAL_FLAGS = (
@@ -310,4 +347,6 @@ def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
         log_level=ns.log_level,
         credentials=credentials,
         limits=limits,
+        metrics_port=ns.metrics_port,
+        metrics_host=ns.metrics_host,
     )
