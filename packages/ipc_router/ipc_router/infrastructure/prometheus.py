@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from ipc_client_sdk.protocol import ErrorCode
+from ipc_client_sdk.protocol import DURATION_BUCKETS, ErrorCode
 from ipc_router.application.ports import CallsBacklog, RouterState
 from ipc_router.domain import Health, InstanceEvent, Role, RoleEvent
 
@@ -38,25 +38,6 @@ OTHER = "_other"
 
 DEFAULT_MAX_LABEL_SETS = 256
 """Distinct (service, method) pairs labelled at most, per router."""
-
-DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-"""Seconds: from a sub-millisecond local call to a slow handler."""
 
 FAILOVER_REASONS = frozenset({"failover", "handover", "promote", "removed"})
 """Role-change reasons that move an active role from one instance to another."""
