@@ -4,6 +4,9 @@ leader, a standby and a router whose NATS died; and the bounds on label values."
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,6 +32,8 @@ from ipc_testing.fakes import make_instance
 from ipc_testing.instance import InstanceProcess
 from ipc_testing.metrics import parse, value
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
+
+DOCKERFILE_TEXT = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
 
 pytestmark = pytest.mark.slow  # in-process routers with their timers
 
@@ -260,3 +265,18 @@ def test_reply_outcome_reads_only_the_error_code() -> None:
     assert reply_outcome(codec.encode_envelope(failed)) == "aborted"
     assert reply_outcome(b"\x81\xa5error\x81\xa4code\xa3bad") == "other"
     assert reply_outcome(b"error but not msgpack \xc1") == "other"
+
+
+async def test_the_images_health_check_passes_on_a_ready_router(router: Router) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as the container runs it."""
+    text = DOCKERFILE_TEXT
+    line = text[text.index("HEALTHCHECK") :].split("CMD", 1)[1].split("\n", 1)[0]
+    argv = json.loads(line)
+    env = {**os.environ, "IPC_METRICS_PORT": str(router.http_port)}
+    check = await asyncio.create_subprocess_exec(sys.executable, *argv[1:], env=env)
+    assert await check.wait() == 0
+    env["IPC_METRICS_PORT"] = str(free_port())  # nothing listens: unhealthy
+    check = await asyncio.create_subprocess_exec(
+        sys.executable, *argv[1:], env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await check.wait() != 0
