@@ -262,13 +262,16 @@ async def bench(
                 for suffix, client in clients.items():
                     calls["durable" + suffix] = ipc_call(client, True)
                     calls["direct" + suffix] = ipc_call(client, False)
-                measured = [
-                    path + suffix
-                    for path in paths
-                    for suffix in deployments
-                    if path != "raw" or not suffix
-                ]
-                for _ in range(rounds):
+                for n in range(rounds):
+                    # Metrics on and off take turns going first, so neither always runs
+                    # in the wake of the other.
+                    suffixes = list(deployments)[:: -1 if n % 2 else 1]
+                    measured = [
+                        path + suffix
+                        for path in paths
+                        for suffix in suffixes
+                        if path != "raw" or not suffix
+                    ]
                     for level in levels:
                         for path in measured:
                             procs = {"caller": os.getpid(), "nats-server": server.pid}
