@@ -1,7 +1,7 @@
 """RPC benchmark: AegisIPC's call paths against raw nats-py request/reply, in one run.
 
     uv run python benchmarks/rpc.py [--duration 3] [--rounds 3] [--paths raw,durable,direct]
-                                    [--concurrency 1,200] [--json]
+                                    [--concurrency 1,200] [--metrics] [--json]
 
 It starts its own nats-server (JetStream on, file storage), then measures, with the same
 order-like payload (about 200 bytes of MessagePack) and the caller in this process:
@@ -22,6 +22,13 @@ machine's load hits them alike; each figure is the median over the rounds. It pr
 per second, p50, p99 and p99.9, each figure's ratio to raw measured in the same run, and
 the CPU time each process spent per call. Every call must succeed: a failure is counted and
 printed, and the script exits 1.
+
+``--metrics`` measures what instrumentation costs: each AegisIPC path also runs as
+``durable+m`` / ``direct+m`` through a second deployment on the same nats-server (its own
+subject prefix), whose router serves ``/metrics`` (scraped every 5 s meanwhile) and whose
+caller and instance keep SDK metrics (``IPCClient(metrics=True)``). Both deployments run in
+the same rounds, taking turns, and the script prints each path's figures with metrics on
+as a ratio to the same path with them off.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from pydantic import BaseModel
 
 from _bench import Peer, Result, measure, median_result, serve_until_term
 from ipc_client_sdk import CallContext, IPCClient, Service
-from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess
+from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess, free_port
 from ipc_testing.router import RouterProcess
 
 SERVICE = "orders"
@@ -55,6 +62,10 @@ METHOD = "place"
 ACCOUNT = "acc_1"
 RAW_SUBJECT = "bench.raw.place"
 PATHS = ("raw", "durable", "direct")
+METERED = "+m"
+"""Suffix of a path measured through the deployment with metrics on (``--metrics``)."""
+METRICS_PREFIX = "ipcm"
+SCRAPE_EVERY = 5.0
 SCRIPT = str(Path(__file__).resolve())
 
 
@@ -125,15 +136,16 @@ async def serve_raw(url: str) -> None:
     await nc.drain()
 
 
-async def serve_ipc(url: str, instance_id: str) -> None:
-    """An AegisIPC instance of ``orders`` claiming the account."""
+async def serve_ipc(url: str, instance_id: str, prefix: str = "ipc", metrics: str = "") -> None:
+    """An AegisIPC instance of ``orders`` claiming the account (with SDK metrics when
+    ``metrics`` is ``on``)."""
     svc = Service(SERVICE)
 
     @svc.method(METHOD)
     async def place(order: Order, ctx: CallContext) -> OrderAck:
         return answer(order, ctx.instance_id)
 
-    async with IPCClient(url, name=instance_id) as client:
+    async with IPCClient(url, name=instance_id, prefix=prefix, metrics=metrics == "on") as client:
         instance = await client.serve(
             svc, instance_id=instance_id, resources=[ACCOUNT], concurrency=256
         )
@@ -141,27 +153,88 @@ async def serve_ipc(url: str, instance_id: str) -> None:
         await instance.stop()
 
 
+class Deployment:
+    """One router, one instance process and one caller under a subject prefix."""
+
+    def __init__(self, workdir: Path, url: str, prefix: str, *, metrics: bool) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.metrics = metrics
+        self.metrics_port = free_port() if metrics else None
+        args = ["--prefix", prefix]
+        if self.metrics_port is not None:
+            args += ["--metrics-port", str(self.metrics_port)]
+        self.router = RouterProcess(
+            url, workdir / f"router-{prefix}.log", router_id=f"bench-{prefix}", args=tuple(args)
+        )
+        self.peer = Peer(workdir / f"instance-{prefix}.log", SCRIPT)
+        self.client: IPCClient | None = None
+
+    async def start(self) -> IPCClient:
+        """Start the router and the instance; connect the caller."""
+        await self.router.start()
+        await self.peer.start(
+            "serve-ipc", self.url, "o1", self.prefix, "on" if self.metrics else "off"
+        )
+        self.client = IPCClient(
+            self.url, name=f"bench-caller-{self.prefix}", prefix=self.prefix, metrics=self.metrics
+        )
+        return await self.client.connect()
+
+    async def stop(self) -> None:
+        """Stop what started."""
+        if self.client is not None:
+            await self.client.close()
+        await self.peer.stop()
+        await self.router.stop()
+
+    async def scrape(self) -> int:
+        """Read the router's ``/metrics`` once; its size in bytes (0: no metrics)."""
+        if self.metrics_port is None:
+            return 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+        page = await reader.read()
+        writer.close()
+        return len(page)
+
+
 async def bench(
-    paths: list[str], levels: list[int], duration: float, warmup: float, rounds: int
+    paths: list[str],
+    levels: list[int],
+    duration: float,
+    warmup: float,
+    rounds: int,
+    *,
+    metrics: bool = False,
 ) -> list[Result]:
     """Measure every path at every level ``rounds`` times, interleaved (so that a change in
-    the machine's load hits all paths alike), and keep each figure's median."""
+    the machine's load hits all paths alike), and keep each figure's median. With
+    ``metrics``, each AegisIPC path is measured with metrics on as well (``<path>+m``)."""
     runs: dict[tuple[str, int], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="ipc-rpc-bench-") as tmp:
         workdir = Path(tmp)
         server = NatsServerProcess(NatsServerConfig(store_dir=workdir / "nats", port=0))
         await server.start()
-        router = RouterProcess(server.url, workdir / "router.log")
         raw_peer = Peer(workdir / "raw.log", SCRIPT)
-        ipc_peer = Peer(workdir / "instance.log", SCRIPT)
+        plain = Deployment(workdir, server.url, "ipc", metrics=False)
+        metered = Deployment(workdir, server.url, METRICS_PREFIX, metrics=True)
+        deployments = {"": plain, METERED: metered} if metrics else {"": plain}
         orders = [make_order(n) for n in range(1000)]
         raw_orders = [o.model_dump(mode="json") for o in orders]  # plain values
+        scraper: asyncio.Task[None] | None = None
         try:
             await raw_peer.start("serve-raw", server.url)
-            await router.start()
-            await ipc_peer.start("serve-ipc", server.url, "o1")
+            clients = {suffix: await d.start() for suffix, d in deployments.items()}
             nc = await nats.connect(server.url, name="bench-raw-caller")
-            client = await IPCClient(server.url, name="bench-caller").connect()
+            if metrics:
+
+                async def scrape_forever() -> None:
+                    while True:
+                        await asyncio.sleep(SCRAPE_EVERY)
+                        await metered.scrape()
+
+                scraper = asyncio.create_task(scrape_forever())
             try:
 
                 async def raw_call(n: int) -> object:
@@ -170,7 +243,9 @@ async def bench(
                     msg = await nc.request(RAW_SUBJECT, data, timeout=10)
                     return msgpack.unpackb(msg.data)
 
-                def ipc_call(durable: bool) -> Callable[[int], Awaitable[object]]:
+                def ipc_call(
+                    client: IPCClient, durable: bool
+                ) -> Callable[[int], Awaitable[object]]:
                     async def one(n: int) -> object:
                         return await client.call(
                             f"{SERVICE}.{METHOD}",
@@ -183,28 +258,42 @@ async def bench(
 
                     return one
 
-                calls = {"raw": raw_call, "durable": ipc_call(True), "direct": ipc_call(False)}
-                for _ in range(rounds):
+                calls: dict[str, Callable[[int], Awaitable[object]]] = {"raw": raw_call}
+                for suffix, client in clients.items():
+                    calls["durable" + suffix] = ipc_call(client, True)
+                    calls["direct" + suffix] = ipc_call(client, False)
+                for n in range(rounds):
+                    # Metrics on and off take turns going first, so neither always runs
+                    # in the wake of the other.
+                    suffixes = list(deployments)[:: -1 if n % 2 else 1]
+                    measured = [
+                        path + suffix
+                        for path in paths
+                        for suffix in suffixes
+                        if path != "raw" or not suffix
+                    ]
                     for level in levels:
-                        for path in paths:
+                        for path in measured:
                             procs = {"caller": os.getpid(), "nats-server": server.pid}
+                            deployment = metered if path.endswith(METERED) else plain
                             if path == "raw":
                                 procs["responder"] = raw_peer.pid
                             else:
-                                procs["instance"] = ipc_peer.pid
-                            if path == "durable":
-                                procs["router"] = router.pid
+                                procs["instance"] = deployment.peer.pid
+                            if path.startswith("durable"):
+                                procs["router"] = deployment.router.pid
                             result = await measure(
                                 path, level, calls[path], duration, warmup, cpu_of=procs
                             )
                             runs.setdefault((path, level), []).append(result)
             finally:
+                if scraper is not None:
+                    scraper.cancel()
                 await nc.close()
-                await client.close()
         finally:
-            await ipc_peer.stop()
+            for deployment in deployments.values():
+                await deployment.stop()
             await raw_peer.stop()
-            await router.stop()
             await server.stop()
     return [median_result(rs) for rs in runs.values()]
 
@@ -263,6 +352,37 @@ def cpu_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def metrics_cost(results: list[Result]) -> dict[tuple[str, int], dict[str, float]]:
+    """Each path's figures with metrics on as a ratio to the same path with them off."""
+    off = {(r.path, r.concurrency): r for r in results if not r.path.endswith(METERED)}
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for r in results:
+        if not r.path.endswith(METERED):
+            continue
+        path = r.path.removesuffix(METERED)
+        base = off.get((path, r.concurrency))
+        if base is not None:
+            out[(path, r.concurrency)] = {
+                "per_second": _ratio(r.per_second, base.per_second),
+                "p50": _ratio(r.p50_ms, base.p50_ms),
+                "p99": _ratio(r.p99_ms, base.p99_ms),
+                "cpu_per_call": _ratio(sum(r.cpu_us.values()), sum(base.cpu_us.values())),
+            }
+    return out
+
+
+def metrics_lines(results: list[Result]) -> list[str]:
+    """The instrumentation's cost, one line per path and level."""
+    lines: list[str] = []
+    for (path, level), ratio in sorted(metrics_cost(results).items()):
+        lines.append(
+            f"metrics on/off, {path} x{level}: throughput {ratio['per_second']:.3f} "
+            f"(cost {1 - ratio['per_second']:+.1%}), p50 {ratio['p50']:.2f}x, "
+            f"p99 {ratio['p99']:.2f}x, CPU per call {ratio['cpu_per_call']:.2f}x"
+        )
+    return lines
+
+
 def targets(results: list[Result]) -> list[str]:
     """The issue's targets, each with its measured ratio and whether it was met."""
     rel = ratios(results)
@@ -289,7 +409,7 @@ def main() -> None:
         asyncio.run(serve_raw(sys.argv[2]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "serve-ipc":
-        asyncio.run(serve_ipc(sys.argv[2], sys.argv[3]))
+        asyncio.run(serve_ipc(*sys.argv[2:6]))
         return
     parser = argparse.ArgumentParser(prog="benchmarks/rpc.py", description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
@@ -297,6 +417,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
     parser.add_argument("--concurrency", default="1,200", help="comma-separated levels")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also measure each AegisIPC path with router and SDK metrics on (<path>+m)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args()
     paths = [p for p in args.paths.split(",") if p]
@@ -310,7 +435,9 @@ def main() -> None:
     if not levels or min(levels) < 1 or args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
         parser.error("concurrency and rounds must be >= 1, duration > 0, warmup >= 0")
     started = time.monotonic()
-    results = asyncio.run(bench(paths, levels, args.duration, args.warmup, args.rounds))
+    results = asyncio.run(
+        bench(paths, levels, args.duration, args.warmup, args.rounds, metrics=args.metrics)
+    )
     took = time.monotonic() - started
     if args.json:
         print(
@@ -319,6 +446,7 @@ def main() -> None:
                     "results": [asdict(r) for r in results],
                     "ratios": {f"{p}@{c}": v for (p, c), v in ratios(results).items()},
                     "targets": targets(results),
+                    "metrics_cost": {f"{p}@{c}": v for (p, c), v in metrics_cost(results).items()},
                     "seconds": round(took, 1),
                 },
                 indent=2,
@@ -328,7 +456,7 @@ def main() -> None:
         print(table(results))
         print()
         print(cpu_table(results))
-        for line in targets(results):
+        for line in targets(results) + metrics_lines(results):
             print(line)
         print(f"({took:.0f}s in all)")
     if any(r.failed for r in results):

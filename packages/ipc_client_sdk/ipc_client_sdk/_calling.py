@@ -42,6 +42,7 @@ from ipc_client_sdk._errors import (
     StoreFullError,
 )
 from ipc_client_sdk._link import Link
+from ipc_client_sdk._metrics import outcome_of
 from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._replies import (
     STORE_FULL_DETAIL,
@@ -61,6 +62,15 @@ call goes through the router."""
 
 _NO_STREAM_GRACE = 1.0
 """Seconds to keep trying while no stream answers (a leader election) before giving up."""
+
+
+class _Path:
+    """Which path a call took, for its metrics: direct until it falls back to the router."""
+
+    __slots__ = ("direct",)
+
+    def __init__(self) -> None:
+        self.direct = False
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -100,9 +110,35 @@ class Caller:
         call_id: str | None,
         durable: bool | None = None,
     ) -> Any:
-        """See ``IPCClient.call``."""
-        link = self._link
+        """See ``IPCClient.call``; counted in the client's metrics."""
         service, method = parse_target(target)
+        started = time.perf_counter()
+        path = _Path()
+        try:
+            result = await self._call(
+                service, method, payload, resource_id, timeout, returns, call_id, durable, path
+            )
+        except BaseException as e:
+            seconds = time.perf_counter() - started
+            self._link.metrics.call_done(service, method, path.direct, outcome_of(e), seconds)
+            raise
+        seconds = time.perf_counter() - started
+        self._link.metrics.call_done(service, method, path.direct, "ok", seconds)
+        return result
+
+    async def _call(
+        self,
+        service: str,
+        method: str,
+        payload: Any,
+        resource_id: str | None,
+        timeout: float | None,
+        returns: Any,
+        call_id: str | None,
+        durable: bool | None,
+        path: _Path,
+    ) -> Any:
+        link = self._link
         link.nats  # noqa: B018  # raises ClientStateError unless the client is open
         timeout = link.request_timeout if timeout is None else timeout
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
@@ -144,9 +180,11 @@ class Caller:
             found = routes.lookup(service, method, resource_id) if direct else None
             if found is not None:
                 request = CallRequest(**fields, epoch=found.epoch, direct=True)
+                path.direct = True
                 raw = await self._call_direct(found, request, timeout)
                 if raw is not None:
                     return self._result(raw, call_id, service, returns)
+                path.direct = False
                 # Refused unrun, or nobody there: the router routes it, exactly once.
         replies = link.replies
         try:

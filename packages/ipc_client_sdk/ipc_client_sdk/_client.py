@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from ipc_client_sdk._admin import AdminClient
 from ipc_client_sdk._calling import Caller
@@ -13,6 +13,7 @@ from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._credentials import Credentials, lift_url_credentials
 from ipc_client_sdk._errors import ClientStateError, InvalidArgumentError
 from ipc_client_sdk._link import ClientState, Link
+from ipc_client_sdk._metrics import client_metrics
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
 from ipc_client_sdk._pubsub import (
     EventHandler,
@@ -24,6 +25,9 @@ from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, check_ready_timeout
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 _log = logging.getLogger("ipc_client_sdk")
 
@@ -49,10 +53,15 @@ class IPCClient:
             ``Credentials.from_env()``, the ``IPC_NATS_*``/``IPC_TLS_*`` variables, so a
             service gets its identity from its deployment; ``Credentials()`` for none.
             Credentials written in a URL (``nats://user:pass@host``) are moved here.
+        metrics: Prometheus metrics of this client's calls, handlers and events (the
+            ``ipc-client-sdk[metrics]`` extra): True keeps them in a registry of the
+            client's own (``metrics_registry``), a ``prometheus_client.CollectorRegistry``
+            registers them there; False (default): none.
 
     Raises:
         InvalidArgumentError: conflicting credentials (two identities, or one in a URL and
-            one in ``credentials`` or the variables).
+            one in ``credentials`` or the variables); metrics asked for without
+            ``prometheus-client`` installed.
     """
 
     def __init__(
@@ -65,6 +74,7 @@ class IPCClient:
         request_timeout: float = 5.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         credentials: Credentials | None = None,
+        metrics: bool | CollectorRegistry = False,
     ) -> None:
         if connect_timeout <= 0 or request_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -79,6 +89,7 @@ class IPCClient:
             subjects=Subjects(prefix),
             codec=Codec(max_payload),
             request_timeout=request_timeout,
+            metrics=client_metrics(metrics),
         )
         self._admin = AdminClient(self._link)
         self._caller = Caller(self._link)
@@ -89,6 +100,13 @@ class IPCClient:
     def servers(self) -> list[str]:
         """The NATS URLs this client connects to."""
         return self._link.servers
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """The Prometheus registry this client's metrics are in (None: metrics are off).
+        Serve it with ``prometheus_client.start_http_server(port, registry=...)`` or
+        ``generate_latest(registry)``."""
+        return self._link.metrics.registry
 
     @property
     def credentials(self) -> Credentials:

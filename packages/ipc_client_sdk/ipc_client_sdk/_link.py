@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from ipc_client_sdk._codec import Codec
 from ipc_client_sdk._errors import ClientStateError
+from ipc_client_sdk._metrics import NoClientMetrics
 from ipc_client_sdk._permissions import Permissions
 from ipc_client_sdk._replies import ReplyInbox
 from ipc_client_sdk._subjects import Subjects
@@ -40,6 +41,7 @@ class Link:
         request_timeout: default seconds to wait for an answer.
         permissions: the operations in flight that NATS may refuse (the connection's error
             callback fails them with ``PermissionDeniedError``).
+        metrics: what the client counts (nothing unless ``IPCClient(metrics=...)``).
     """
 
     servers: list[str]
@@ -48,6 +50,7 @@ class Link:
     codec: Codec
     request_timeout: float
     permissions: Permissions = field(default_factory=Permissions)
+    metrics: NoClientMetrics = field(default_factory=NoClientMetrics)
     _state: ClientState = field(default=ClientState.UNOPENED, init=False)
     _nc: NATS | None = field(default=None, init=False)
     _replies: ReplyInbox | None = field(default=None, init=False)

@@ -399,11 +399,13 @@ class Subscription:
         try:
             published = codec.decode_envelope(msg.data, Published)
         except CodecError as e:
+            self._link.metrics.event_handled("unfit")
             unreadable = _unreadable(msg, self._link)
             return unreadable, _Unfit(ErrorInfo(code=e.code, message=e.message))
         try:
             return published, codec.decode(published.payload, self._model)
         except CodecError as e:
+            self._link.metrics.event_handled("unfit")
             return published, _Unfit(ErrorInfo(code=e.code, message=e.message))
 
     async def _invoke(
@@ -427,10 +429,13 @@ class Subscription:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # we are being stopped
+            self._link.metrics.event_handled("error")
             return ErrorInfo(code=ErrorCode.CANCELLED, message="the handler was cancelled")
         except IPCError as e:
+            self._link.metrics.event_handled("error")
             return e.to_info()
         except Exception as e:
+            self._link.metrics.event_handled("error")
             _problems.exception(
                 f"handler {self.name}",
                 "subscriber %s failed on event %s",
@@ -438,6 +443,7 @@ class Subscription:
                 clip(published.event_id),
             )
             return ErrorInfo(code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}"[:500])
+        self._link.metrics.event_handled("ok")
         return None
 
     async def _dead_letter(self, event: Published, error: ErrorInfo, deliveries: int) -> bool:
@@ -480,6 +486,7 @@ class Subscription:
                 clip(e),
             )
             return False
+        link.metrics.dead_lettered()
         return True
 
 
@@ -511,6 +518,7 @@ async def publish(
         deadline=time.time() + timeout,
         what=f"the event on {topic}",
     )
+    link.metrics.event_published()
     return ack.seq
 
 

@@ -23,6 +23,7 @@ from ipc_client_sdk._contracts import CallReply, CallRequest, ErrorCode, ErrorIn
 from ipc_client_sdk._errors import CodecError, IPCError
 from ipc_client_sdk._ledger import ResultLedger
 from ipc_client_sdk._logs import RateLimitedLog, clip
+from ipc_client_sdk._metrics import NoClientMetrics
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
 
 _log = logging.getLogger("ipc_client_sdk.serving")
@@ -61,6 +62,7 @@ class CallRunner:
         ledger: claims and outcomes in the results bucket.
         admit: checked before a call is claimed; a reason to refuse it makes the reply a
             ``FAILED_PRECONDITION`` that the router routes again.
+        metrics: times each handler run.
     """
 
     def __init__(
@@ -71,8 +73,10 @@ class CallRunner:
         ledger: ResultLedger,
         *,
         admit: Admission | None = None,
+        metrics: NoClientMetrics | None = None,
     ) -> None:
         self._codec = codec
+        self._metrics = metrics or NoClientMetrics()
         self._service = service
         self._name = service.name
         self.instance_id = instance_id
@@ -236,8 +240,12 @@ class CallRunner:
             delivery=request.delivery,
         )
         codec = self._codec
+        started = time.perf_counter()
         try:
-            result = await spec.invoke(argument, ctx)
+            try:
+                result = await spec.invoke(argument, ctx)
+            finally:
+                self._metrics.handler_done(self._name, spec.name, time.perf_counter() - started)
             payload = codec.encode(result)
         except IPCError as e:
             error = self.error(

@@ -247,6 +247,7 @@ class ServiceInstance:
                 self.instance_id,
             ),
             admit=self._admit,
+            metrics=link.metrics,
         )
         subjects = link.subjects
         inbox = subjects.instance_inbox(self.service, self.instance_id, self._session)

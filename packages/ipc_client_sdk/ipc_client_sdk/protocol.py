@@ -43,6 +43,7 @@ from ipc_client_sdk._contracts import (
 from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
 from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._logs import RateLimitedLog, clip
+from ipc_client_sdk._metrics import DURATION_BUCKETS
 from ipc_client_sdk._nats import (
     DEFAULT_SERVERS,
     close_nats,
@@ -69,6 +70,7 @@ __all__ = [
     "ENVELOPE_OVERHEAD",
     "LEASE_FRACTION",
     "MAX_CONTRACTS_BYTES",
+    "DURATION_BUCKETS",
     "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",

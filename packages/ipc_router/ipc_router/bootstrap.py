@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -38,13 +38,20 @@ from ipc_router.application.handover import Handovers
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.leadership import Leadership
 from ipc_router.application.membership import HeartbeatReports, Membership
-from ipc_router.application.ports import Clock
+from ipc_router.application.ports import (
+    CallsBacklog,
+    Clock,
+    MeteredEvents,
+    NoRouterMetrics,
+    RouterMetrics,
+)
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
 from ipc_router.application.upkeep import RegistryUpkeep
 from ipc_router.domain import InstanceRecord, RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.infrastructure.jetstream_probe import JetStreamProbe
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
 from ipc_router.infrastructure.kv_lease import JetStreamLease
 from ipc_router.infrastructure.kv_registry import (
@@ -58,6 +65,7 @@ from ipc_router.infrastructure.nats_server import (
     NatsServerError,
     NatsServerProcess,
 )
+from ipc_router.infrastructure.prometheus import PrometheusRouterMetrics
 
 _log = logging.getLogger("ipc_router")
 _leader_log = logging.getLogger("ipc_router.leadership")
@@ -72,6 +80,11 @@ class CallPath(Protocol):
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Stop taking calls; those in hand get ``grace`` seconds."""
+        ...
+
+    @property
+    def inflight(self) -> int:
+        """Calls taken and not yet answered."""
         ...
 
 
@@ -126,6 +139,7 @@ def durable_call_path(parts: LeaderParts) -> CallPath:
         ack_wait=w.config.call_ack_wait,
         tracker=parts.tracker,
         in_term=parts.in_term,
+        metrics=w.deps.metrics,
     )
 
 
@@ -143,6 +157,16 @@ class RouterDependencies:
     """Builds the leader's call path (where another data path plugs in)."""
     clock: Clock = field(default_factory=SystemClock)
     codec: Codec = field(default_factory=Codec)
+    metrics: RouterMetrics = field(default_factory=NoRouterMetrics)
+    """What the router counts (``with_metrics`` puts Prometheus here for --metrics-port)."""
+
+
+def with_metrics(config: RouterConfig, deps: RouterDependencies) -> RouterDependencies:
+    """``deps`` with Prometheus metrics in a registry of this router's own when
+    ``--metrics-port`` is set and no other metrics were given."""
+    if config.metrics_port is None or not isinstance(deps.metrics, NoRouterMetrics):
+        return deps
+    return replace(deps, metrics=PrometheusRouterMetrics())
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,14 +251,47 @@ class RouterServices:
     """What every router serves on its connection: the admin endpoint, and the
     leadership that runs the leader's duties while it holds the lease."""
 
-    def __init__(self, admin: OpsEndpoint, leadership: Leadership) -> None:
+    def __init__(
+        self,
+        admin: OpsEndpoint,
+        leadership: Leadership,
+        duties: LeaderDuties,
+        probe: JetStreamProbe,
+    ) -> None:
         self._admin = admin
         self._leadership = leadership
+        self._duties = duties
+        self.probe = probe
+        """Asks JetStream about the router's assets (for ``/readyz``)."""
 
     @property
     def leading(self) -> bool:
         """Whether this router leads now."""
         return self._leadership.leading
+
+    @property
+    def lease_reachable(self) -> bool:
+        """Whether the last try for (or renewal of) the lease reached the store."""
+        return self._leadership.lease_reachable
+
+    # --- RouterState (read by the metrics) ---------------------------------------------------
+    def instances(self) -> list[InstanceRecord]:
+        """The leader's registered instances (none while not leading)."""
+        table = self._duties.table
+        return table.instances() if table is not None and self.leading else []
+
+    def calls_in_flight(self) -> int:
+        """Calls this router has taken and not yet answered."""
+        return self._duties.calls_in_flight
+
+    def knows(self, service: str, method: str) -> bool:
+        """Whether a registered instance serves ``service.method``."""
+        table = self._duties.table
+        return table is not None and table.knows(service, method)
+
+    async def calls_backlog(self) -> CallsBacklog | None:
+        """The calls stream's backlog."""
+        return await self.probe.calls_backlog()
 
     async def start(self) -> None:
         """Answer the admin subjects, then try for the lease."""
@@ -261,9 +318,8 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
         started_at=started_at,
     )
     lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
-    leadership = Leadership(
-        lease, LeaderDuties(w, lambda: leadership.in_term()), w.storage.lease_ttl_s
-    )
+    duties = LeaderDuties(w, lambda: leadership.in_term())
+    leadership = Leadership(lease, duties, w.storage.lease_ttl_s)
     get_status = GetRouterStatus(
         identity,
         w.instance_repository(),
@@ -273,7 +329,11 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
     )
     describe = DescribeContracts(w.instance_repository(), w.contract_repository())
     admin = admin_endpoint(w.nc, w.subjects, w.codec, get_status, describe)
-    return RouterServices(admin, leadership)
+    services = RouterServices(
+        admin, leadership, duties, JetStreamProbe(w.nc.jetstream(), w.subjects)
+    )
+    w.deps.metrics.observe(services)
+    return services
 
 
 class LeaderDuties:
@@ -294,6 +354,16 @@ class LeaderDuties:
         self._upkeep: RegistryUpkeep | None = None
         self._control: ControlAPI | None = None
         self._calls: CallPath | None = None
+
+    @property
+    def table(self) -> RoutingTable | None:
+        """The routing table while leading."""
+        return self._registry.table if self._registry is not None else None
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls the call path has taken and not yet answered."""
+        return self._calls.inflight if self._calls is not None else 0
 
     async def start(self) -> None:
         """Load the saved routing state, then open registration and the call path.
@@ -318,7 +388,7 @@ class LeaderDuties:
             w.instance_repository(),
             JetStreamRouteRepository(w.stores.routes, w.subjects.routes_bucket, w.codec),
             w.deps.clock,
-            self._events,
+            MeteredEvents(self._events, w.deps.metrics),
         )
         restored = await registry.restore()
         if restored:
@@ -341,7 +411,9 @@ class LeaderDuties:
             w.instance_lease,
             in_term=self._in_term,
         )
-        self._upkeep = RegistryUpkeep(registry, lambda: w.nc.is_connected, self._in_term)
+        self._upkeep = RegistryUpkeep(
+            registry, lambda: w.nc.is_connected, self._in_term, metrics=w.deps.metrics
+        )
         await self._control.start()
         self._upkeep.start()
         self._calls = w.deps.call_path(LeaderParts(w, registry, tracker, self._in_term))

@@ -131,6 +131,11 @@ def test_routers_run_flags_and_variables_the_code_reads() -> None:
         assert {n: c["condition"] for n, c in router["depends_on"].items()} == dict.fromkeys(
             NODES, "service_healthy"
         )
+        # the probe asks this router's own HTTP port whether it is ready
+        port = int(env["IPC_METRICS_PORT"])
+        probe = " ".join(router["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/readyz" in probe, probe
+        assert probe.startswith("CMD python -c ")  # the image has python, not wget or curl
         build = router["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
         assert "ports" not in router  # nothing of a router's is reached from outside
@@ -160,6 +165,10 @@ def test_dockerfile_runs_commands_that_exist() -> None:
     assert "uv.lock" not in text
     for var in re.findall(r"\b(IPC_[A-Z_]+)=", text):
         assert var in router_env_vars(), var
+    # the health check asks the metrics port the image turns on whether it is ready
+    assert "IPC_METRICS_PORT=9464" in text and "EXPOSE 9464" in text
+    check = text[text.index("HEALTHCHECK") :]
+    assert '"python", "-c"' in check and "/readyz" in check and "IPC_METRICS_PORT" in check
 
 
 def test_node_config_passes_nats_servers_own_check(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 from ipc_client_sdk import IPCConnectionError
 from ipc_client_sdk.protocol import Subjects, close_nats, servers_label
 from ipc_router.api.config import RouterConfig
+from ipc_router.api.http import HttpEndpoint, MetricsPage
 from ipc_router.bootstrap import (
     RouterDependencies,
     RouterServices,
@@ -28,6 +29,7 @@ from ipc_router.bootstrap import (
     build_router,
     embedded_server,
     storage_settings,
+    with_metrics,
 )
 from ipc_router.infrastructure.jetstream_setup import (
     ProvisioningError,
@@ -68,7 +70,7 @@ class Router(AsyncService):
 
     def __init__(self, config: RouterConfig, deps: RouterDependencies | None = None) -> None:
         self.config = config
-        self.deps = deps or RouterDependencies()
+        self.deps = with_metrics(config, deps or RouterDependencies())
         self.subjects = Subjects(config.prefix)
         self.codec = self.deps.codec
         self.embedded: NatsServerProcess | None = None
@@ -80,6 +82,7 @@ class Router(AsyncService):
         self._stopping = False
         self._connected = False  # nats-py also calls closed_cb when a first connect fails
         self._store_lock: TextIO | None = None
+        self._http: HttpEndpoint | None = None
         self.lost = asyncio.Event()
         """Set when the NATS connection closed for good while the router was running."""
 
@@ -99,6 +102,7 @@ class Router(AsyncService):
             RouterStartError: NATS unreachable, embedded server failed, JetStream refused.
         """
         try:
+            await self._start_http()
             if self.config.nats_url is None:
                 await self._start_embedded()
             nc = self._nc = await self.deps.connect(self.config, self.nats_url, self._on_closed)
@@ -130,6 +134,54 @@ class Router(AsyncService):
             self.subjects.prefix,
             self.config.credentials.identity,
         )
+
+    @property
+    def http_port(self) -> int | None:
+        """The port of ``/metrics``, ``/healthz`` and ``/readyz`` (None: not served)."""
+        return self._http.port if self._http is not None else None
+
+    async def _start_http(self) -> None:
+        """Serve the probes (and the metrics) from the start: they say 503 until ready."""
+        port = self.config.metrics_port
+        if port is None:
+            return
+        metrics = self.deps.metrics
+        http = HttpEndpoint(
+            self.config.metrics_host,
+            port,
+            self,
+            metrics if isinstance(metrics, MetricsPage) else None,
+        )
+        try:
+            await http.start()
+        except OSError as e:
+            raise RouterStartError(
+                f"cannot serve metrics on {self.config.metrics_host}:{port}: {e.strerror or e}"
+                " (is another router using that port? pick another with --metrics-port)"
+            ) from e
+        self._http = http
+
+    def liveness(self) -> str | None:
+        """Why the router is not alive (``/healthz``): its NATS connection is down."""
+        nc = self._nc
+        if nc is None:
+            return "stopping" if self._stopping else "starting: not connected to NATS yet"
+        if not nc.is_connected:
+            return "not connected to NATS"
+        return None
+
+    async def readiness(self) -> str | None:
+        """Why the router is not ready (``/readyz``): its streams and buckets are missing,
+        or it is a standby that cannot reach the lease (it could not take over)."""
+        services = self._services
+        if services is None:
+            return "starting"
+        missing = await services.probe.missing()
+        if missing is not None:
+            return missing
+        if services.leading or services.lease_reachable:
+            return None
+        return "standby router cannot reach the lease bucket"
 
     async def _start_embedded(self) -> None:
         store = self.config.data_dir.resolve() / "nats"
@@ -204,6 +256,9 @@ class Router(AsyncService):
     async def stop(self) -> None:
         """Finish in-flight calls, drain NATS, stop the embedded server. Idempotent."""
         self._stopping = True
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self._services is not None:
             await self._services.stop()
             self._services = None

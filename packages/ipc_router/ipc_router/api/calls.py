@@ -69,6 +69,7 @@ from ipc_router.api.relay import (
     Refused,
 )
 from ipc_router.application.inflight import InflightTracker
+from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import Health
 
@@ -127,6 +128,7 @@ class CallConsumer:
         tracker: counts the calls in flight to each instance (for handovers).
         in_term: whether this router's leadership term still runs; calls are taken and
             routed only while it does.
+        metrics: counts the calls answered, their outcome and routed time.
     """
 
     def __init__(
@@ -141,9 +143,11 @@ class CallConsumer:
         ack_wait: float = 5.0,
         tracker: InflightTracker | None = None,
         in_term: Callable[[], bool] = lambda: True,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._nc = nc
         self._in_term = in_term
+        self._metrics = metrics = metrics or NoRouterMetrics()
         self._js = js
         self._subjects = subjects
         self._codec = codec
@@ -173,6 +177,7 @@ class CallConsumer:
             self._replies,
             self._awaiting,
             in_term,
+            metrics,
         )
 
     async def start(self) -> None:
@@ -392,6 +397,7 @@ class CallConsumer:
 
     # --- one call ------------------------------------------------------------------------
     async def _process(self, msg: Msg) -> None:
+        started = time.perf_counter()
         reply_to = (msg.headers or {}).get(REPLY_TO_HEADER)
         try:
             request = self._codec.decode_envelope(msg.data, CallRequest)
@@ -417,6 +423,7 @@ class CallConsumer:
             )
             await msg.term()
             return
+        refused: ErrorCode | None = None
         try:
             reply = await self._relay.relay(msg, request)
         except OutOfTerm:
@@ -426,6 +433,7 @@ class CallConsumer:
                 await msg.nak(delay=RETRY_LATER)
             return
         except Refused as e:
+            refused = e.code
             reply = self._refusal(request, e.code, e.message)
         except nats.errors.Error as e:
             # Lost the connection mid-call: leave the message un-acked for redelivery.
@@ -439,7 +447,8 @@ class CallConsumer:
         except Exception:
             # A bug must not turn the call into a poison message redelivered for a day.
             self._problems.exception("routing", "routing call %s failed", clip(request.call_id))
-            reply = self._refusal(request, ErrorCode.INTERNAL, "the router failed the call")
+            refused = ErrorCode.INTERNAL
+            reply = self._refusal(request, refused, "the router failed the call")
         try:
             await self._nc.publish(reply_to, reply)
             await msg.ack()
@@ -450,6 +459,12 @@ class CallConsumer:
                 clip(request.call_id),
                 clip(e),
             )
+            return
+        seconds = time.perf_counter() - started
+        if refused is None:
+            self._metrics.call_answered(request.service, request.method, reply, seconds)
+        else:
+            self._metrics.call_refused(request.service, request.method, refused, seconds)
 
     def _refusal(self, request: CallRequest, code: ErrorCode, message: str) -> bytes:
         return self._codec.encode_envelope(

@@ -36,6 +36,7 @@ from ipc_router.api.settings import (
     CONFIG_FILE,
     DEFAULT_DATA_DIR,
     DEFAULT_EMBEDDED_PORT,
+    DEFAULT_METRICS_HOST,
     GROUP_HELP,
     RouterSettings,
     env_var,
@@ -87,6 +88,10 @@ class RouterConfig:
     limits: StorageLimits = field(default_factory=StorageLimits)
     """Caps on the router's streams and buckets (``--*-max-bytes``, ``--*-max-msgs``)."""
     auth_dir: Path | None = None
+    metrics_port: int | None = None
+    """The HTTP port of ``/metrics``, ``/healthz`` and ``/readyz``; None: not served."""
+    metrics_host: str = DEFAULT_METRICS_HOST
+    """The address that port listens on."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -324,6 +329,8 @@ def to_config(settings: RouterSettings, warnings: tuple[str, ...] = ()) -> Route
         credentials=credentials,
         limits=limits,
         auth_dir=settings.auth_dir,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         warnings=warnings,
     )
 

@@ -33,6 +33,7 @@ from ipc_client_sdk.protocol import (
     validate_token,
 )
 from ipc_router.application.inflight import InflightTracker
+from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import FailoverPendingError, Route, RoutingError, UnknownMethodError
 
@@ -109,6 +110,7 @@ class CallRelay:
             which cancels a wait whose instance failed.
         in_term: whether this router's leadership term still runs (asked before each
             delivery to an instance).
+        metrics: counts redeliveries.
     """
 
     def __init__(
@@ -120,8 +122,10 @@ class CallRelay:
         replies: ReplyInbox,
         awaiting: Awaiting,
         in_term: Callable[[], bool] = lambda: True,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._in_term = in_term
+        self._metrics = metrics or NoRouterMetrics()
         self._subjects = subjects
         self._codec = codec
         self._registry = registry
@@ -142,6 +146,7 @@ class CallRelay:
         self._check(msg, request)
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
         if attempts.delivery > 1:
+            self._metrics.call_redelivered()
             self._problems.log(
                 logging.INFO,
                 "redelivered",

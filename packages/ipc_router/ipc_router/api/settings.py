@@ -32,10 +32,13 @@ from ipc_router.infrastructure.sizes import format_size, parse_size
 
 DEFAULT_DATA_DIR = Path(".ipc")
 DEFAULT_EMBEDDED_PORT = 4222
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 LIMITS = "storage limits"
 CREDENTIALS = "NATS credentials"
+METRICS = "metrics and health probes"
 GROUP_HELP = {
+    METRICS: "An HTTP port serving /metrics (Prometheus), /healthz and /readyz.",
     LIMITS: "Caps on the router's JetStream streams and buckets; sizes in bytes or with a "
     "unit (512MiB, 2GiB; KB/MB/GB are powers of 1000). Their sum is reserved in JetStream "
     "and must fit nats-server's max_file_store.",
@@ -60,6 +63,7 @@ def _prefix(value: Any) -> Any:
 Size = Annotated[PositiveInt, BeforeValidator(_size)]
 """Bytes: a whole number, or a string with a unit (``"512MiB"``)."""
 Count = PositiveInt
+Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Prefix = Annotated[str, BeforeValidator(_prefix)]
 LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)]
@@ -183,6 +187,20 @@ class RouterSettings(BaseSettings):
     log_level: LogLevel = setting("INFO", "log level", env="IPC_LOG_LEVEL")
     log_format: Literal["text", "json"] = setting(
         "text", "log lines as text, or one JSON object per line", env="IPC_LOG_FORMAT"
+    )
+    metrics_port: Port | None = setting(
+        None,
+        "serve /metrics, /healthz and /readyz on this port (default: off)",
+        env="IPC_METRICS_PORT",
+        metavar="PORT",
+        group=METRICS,
+    )
+    metrics_host: str = setting(
+        DEFAULT_METRICS_HOST,
+        "address of the metrics port: this machine only by default; 0.0.0.0 in a container",
+        env="IPC_METRICS_HOST",
+        metavar="HOST",
+        group=METRICS,
     )
 
     calls_max_bytes: Size | None = _limit(

@@ -79,11 +79,18 @@ class Leadership:
         self._leading = False
         self._term_ends = 0.0  # monotonic; 0 while no lease is held
         self._task: asyncio.Task[None] | None = None
+        self._store_down = False
 
     @property
     def leading(self) -> bool:
         """Whether this router runs the routing duties now."""
         return self._leading
+
+    @property
+    def lease_reachable(self) -> bool:
+        """Whether the last try for (or renewal of) the lease reached the store: a standby
+        that cannot reach it could not take over."""
+        return not self._store_down
 
     def in_term(self) -> bool:
         """Whether this router may act as the leader right now: it holds the lease and its
@@ -100,6 +107,7 @@ class Leadership:
         try:
             await self._try_to_lead()
         except StoreUnavailableError as e:
+            self._store_down = True
             _log.warning(
                 "cannot try for the lease yet (%s); retrying every %gs", e, self._try_every
             )
@@ -119,7 +127,6 @@ class Leadership:
         await self._lease.release()
 
     async def _run(self) -> None:
-        store_down = False
         while True:
             await asyncio.sleep(self._renew_every if self._leading else self._try_every)
             try:
@@ -127,11 +134,11 @@ class Leadership:
                     await self._renew()
                 else:
                     await self._try_to_lead()
-                store_down = False
+                self._store_down = False
             except StoreUnavailableError as e:
-                if not store_down:  # once per outage, not every try
+                if not self._store_down:  # once per outage, not every try
                     _log.warning("cannot reach the lease (%s); retrying", e)
-                store_down = True
+                self._store_down = True
             except Exception:  # the loop must survive anything one pass hits
                 _log.exception("leadership check failed")
 

@@ -184,3 +184,109 @@ class DiscardEvents:
 
     def emit(self, event: RoleEvent | InstanceEvent) -> None:
         """Drop ``event``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallsBacklog:
+    """The calls stream's consumer, as JetStream counts it."""
+
+    pending: int
+    """Calls stored and not yet delivered to a router."""
+    unacked: int
+    """Calls delivered to a router and not yet answered (acked)."""
+
+
+class RouterState(Protocol):
+    """What a router is doing, read when its metrics are scraped (on the event loop)."""
+
+    @property
+    def leading(self) -> bool:
+        """Whether this router leads now."""
+        ...
+
+    def instances(self) -> list[InstanceRecord]:
+        """The leader's registered instances; empty on a router that does not lead."""
+        ...
+
+    def calls_in_flight(self) -> int:
+        """Calls this router has taken and not yet answered."""
+        ...
+
+    def knows(self, service: str, method: str) -> bool:
+        """Whether a registered instance serves ``service.method`` (the leader's table)."""
+        ...
+
+    async def calls_backlog(self) -> CallsBacklog | None:
+        """The calls stream's backlog; None when JetStream does not say in time."""
+        ...
+
+
+class RouterMetrics(Protocol):
+    """What the router counts as it works: Prometheus in production (``--metrics-port``),
+    nothing by default. A Protocol so that the call path and the use cases neither import
+    a metrics library nor pay for one that is off.
+
+    Every method is called on the call path or the control path: it returns at once,
+    never raises and does no I/O. Names (service, method) are passed as received; bounding
+    the label values is the implementation's job.
+    """
+
+    def call_answered(self, service: str, method: str, reply: bytes, seconds: float) -> None:
+        """A call was answered with its instance's ``reply`` (an encoded ``CallReply``),
+        ``seconds`` after the router took it."""
+        ...
+
+    def call_refused(self, service: str, method: str, code: str, seconds: float) -> None:
+        """The router answered a call itself with the error ``code`` (an ``ErrorCode``)."""
+        ...
+
+    def call_redelivered(self) -> None:
+        """JetStream delivered a call again (a router died or let it go while it held it)."""
+        ...
+
+    def heartbeats_missed(self, count: int) -> None:
+        """The health sweep found ``count`` instances silent past the heartbeat timeout."""
+        ...
+
+    def instance_event(self, event: RoleEvent | InstanceEvent) -> None:
+        """A role, health or registry change the registry announced."""
+        ...
+
+    def observe(self, state: RouterState) -> None:
+        """Read the router's gauges (leader, instances, calls in flight) from ``state``."""
+        ...
+
+
+class NoRouterMetrics:
+    """A ``RouterMetrics`` that counts nothing (metrics off, and unit tests)."""
+
+    def call_answered(self, service: str, method: str, reply: bytes, seconds: float) -> None:
+        """Count nothing."""
+
+    def call_refused(self, service: str, method: str, code: str, seconds: float) -> None:
+        """Count nothing."""
+
+    def call_redelivered(self) -> None:
+        """Count nothing."""
+
+    def heartbeats_missed(self, count: int) -> None:
+        """Count nothing."""
+
+    def instance_event(self, event: RoleEvent | InstanceEvent) -> None:
+        """Count nothing."""
+
+    def observe(self, state: RouterState) -> None:
+        """Read nothing."""
+
+
+class MeteredEvents:
+    """An ``EventSink`` that shows each event to the metrics, then passes it on."""
+
+    def __init__(self, sink: EventSink, metrics: RouterMetrics) -> None:
+        self._sink = sink
+        self._metrics = metrics
+
+    def emit(self, event: RoleEvent | InstanceEvent) -> None:
+        """Count ``event``, then queue it in the wrapped sink."""
+        self._metrics.instance_event(event)
+        self._sink.emit(event)

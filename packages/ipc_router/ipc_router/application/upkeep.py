@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import InstanceRegistry
 
 _log = logging.getLogger("ipc_router.control")
@@ -22,6 +23,7 @@ class RegistryUpkeep:
         listening: whether the router hears heartbeats now (its connection is up).
         in_term: whether this router's leadership term still runs: after it ended, nothing
             is expired or saved (another router may lead by now).
+        metrics: counts the instances each sweep finds silent.
     """
 
     def __init__(
@@ -29,8 +31,11 @@ class RegistryUpkeep:
         registry: InstanceRegistry,
         listening: Callable[[], bool],
         in_term: Callable[[], bool] = lambda: True,
+        *,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._registry = registry
+        self._metrics = metrics or NoRouterMetrics()
         self._listening = listening
         self._in_term = in_term
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,7 +78,7 @@ class RegistryUpkeep:
                     deaf = False
                     self._registry.grace_all()
                     continue
-                await self._registry.expire()
+                self._metrics.heartbeats_missed(len(await self._registry.expire()))
             except Exception:  # keep sweeping whatever one pass hit
                 _log.exception("health sweep failed")
 

@@ -252,6 +252,11 @@ class RoutingTable:
         table = self._services.get(service)
         return dict(table.assignments) if table else {}
 
+    def knows(self, service: str, method: str) -> bool:
+        """Whether an instance registered for ``service`` serves ``method``."""
+        table = self._services.get(service)
+        return table is not None and any(table.serves(r, method) for r in table.instances.values())
+
     def take_events(self) -> list[RoleEvent]:
         """The role changes since the last call, oldest first."""
         events, self._events = self._events, []
