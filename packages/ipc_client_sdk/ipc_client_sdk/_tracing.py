@@ -92,6 +92,15 @@ def recording() -> bool:
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
+def _in_trace() -> bool:
+    """Whether the code runs in a trace (a current span with a valid context)."""
+    if _API not in sys.modules:
+        return False
+    from opentelemetry import trace
+
+    return trace.get_current_span().get_span_context().is_valid
+
+
 def _get_tracer() -> Tracer:
     global _tracer
     from opentelemetry import trace
@@ -123,18 +132,20 @@ def sending_call(
     service: str, method: str, call_id: str, resource_id: str | None
 ) -> AbstractContextManager[Traced | None]:
     """The caller's CLIENT span for one call; None when nothing is traced."""
-    if not _loaded():
+    record = recording()
+    if not (record or _in_trace()):
         return _OFF
     attributes = _call_attributes(service, method, call_id, "send")
     attributes["messaging.operation.name"] = "call"
     if resource_id is not None:
         attributes["ipc.resource_id"] = resource_id
-    return _sending(f"{service}/{method}", "CLIENT", attributes)
+    return _sending(f"{service}/{method}", "CLIENT", attributes, record)
 
 
 def sending_event(topic: str, subject: str, event_id: str) -> AbstractContextManager[Traced | None]:
     """The publisher's PRODUCER span for one event; None when nothing is traced."""
-    if not _loaded():
+    record = recording()
+    if not (record or _in_trace()):
         return _OFF
     attributes: dict[str, AttributeValue] = {
         "messaging.system": "nats",
@@ -143,20 +154,18 @@ def sending_event(topic: str, subject: str, event_id: str) -> AbstractContextMan
         "messaging.destination.name": subject,
         "messaging.message.id": event_id,
     }
-    return _sending(f"publish {topic}", "PRODUCER", attributes)
+    return _sending(f"publish {topic}", "PRODUCER", attributes, record)
 
 
 @contextlib.contextmanager
 def _sending(
-    name: str, kind: str, attributes: dict[str, AttributeValue]
-) -> Iterator[Traced | None]:
+    name: str, kind: str, attributes: dict[str, AttributeValue], record: bool
+) -> Iterator[Traced]:
+    """A span of this process when it records (``record``); else only the context this
+    code runs in (a handler's), passed on."""
     from opentelemetry import propagate, trace
 
-    if not recording():
-        # No provider: pass on the context this code runs in (a handler's), if any.
-        if not trace.get_current_span().get_span_context().is_valid:
-            yield None
-            return
+    if not record:
         passed = Traced()
         propagate.inject(passed.headers)
         yield passed
@@ -185,12 +194,13 @@ def serving_call(
 ) -> AbstractContextManager[Traced | None]:
     """The instance's SERVER span around one call, child of the caller's (or the
     router's); None when nothing is traced."""
-    if not _loaded() and not (headers and TRACEPARENT in headers):
+    record = recording()
+    if not (record or (headers and TRACEPARENT in headers)):
         return _OFF
     attributes = _call_attributes(service, method, call_id, "process")
     attributes["ipc.instance_id"] = instance_id
     attributes["ipc.delivery"] = delivery
-    return _receiving(headers, f"{service}/{method}", "SERVER", attributes)
+    return _receiving(headers, f"{service}/{method}", "SERVER", attributes, record)
 
 
 def handling_event(
@@ -203,7 +213,8 @@ def handling_event(
 ) -> AbstractContextManager[Traced | None]:
     """A subscriber's CONSUMER span around one handler run, child of the publisher's;
     None when nothing is traced."""
-    if not _loaded() and not (headers and TRACEPARENT in headers):
+    record = recording()
+    if not (record or (headers and TRACEPARENT in headers)):
         return _OFF
     attributes: dict[str, AttributeValue] = {
         "messaging.system": "nats",
@@ -213,7 +224,7 @@ def handling_event(
         "messaging.consumer.group.name": subscriber,
         "ipc.deliveries": deliveries,
     }
-    return _receiving(headers, f"process {topic}", "CONSUMER", attributes)
+    return _receiving(headers, f"process {topic}", "CONSUMER", attributes, record)
 
 
 def continue_routed(
@@ -268,11 +279,12 @@ def _receiving(
     name: str,
     kind: str,
     attributes: dict[str, AttributeValue],
+    record: bool,
 ) -> Iterator[Traced | None]:
     from opentelemetry import context, propagate, trace
 
     parent: Context | None = propagate.extract(headers) if headers else None
-    if recording():
+    if record:
         with _get_tracer().start_as_current_span(
             name, context=parent, kind=trace.SpanKind[kind], attributes=attributes
         ) as span:
