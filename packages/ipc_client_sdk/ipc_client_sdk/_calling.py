@@ -52,6 +52,7 @@ from ipc_client_sdk._replies import (
 )
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
+from ipc_client_sdk._tracing import Traced, sending_call
 
 _PUBLISH_ATTEMPT_TIMEOUT = 2.0
 """Seconds one publish attempt waits for JetStream's ack before it is repeated."""
@@ -172,6 +173,34 @@ class Caller:
             "deadline": deadline,
             "caller": link.name,
         }
+        with sending_call(service, method, call_id, resource_id) as traced:
+            return await self._dispatch(
+                fields,
+                may_go_direct=may_go_direct,
+                durable=durable,
+                timeout=timeout,
+                returns=returns,
+                traced=traced,
+                path=path,
+            )
+
+    async def _dispatch(
+        self,
+        fields: dict[str, Any],
+        *,
+        may_go_direct: bool,
+        durable: bool | None,
+        timeout: float,
+        returns: Any,
+        traced: Traced | None,
+        path: _Path,
+    ) -> Any:
+        """Send the call (direct when it may and the cache finds the instance, else
+        durably) and return its result."""
+        link = self._link
+        service, method, call_id = fields["service"], fields["method"], fields["call_id"]
+        resource_id, deadline = fields["resource_id"], fields["deadline"]
+        trace_headers = traced.headers if traced is not None else None
         if may_go_direct:
             routes = self._routes
             direct = await routes.ready(min(timeout / 2, _CACHE_WAIT)) and (
@@ -181,7 +210,10 @@ class Caller:
             if found is not None:
                 request = CallRequest(**fields, epoch=found.epoch, direct=True)
                 path.direct = True
-                raw = await self._call_direct(found, request, timeout)
+                if traced is not None:
+                    traced.set("ipc.path", "direct")
+                    traced.set("ipc.instance_id", found.instance_id)
+                raw = await self._call_direct(found, request, timeout, trace_headers)
                 if raw is not None:
                     return self._result(raw, call_id, service, returns)
                 path.direct = False
@@ -193,10 +225,12 @@ class Caller:
             raise connection_error(link.servers, e) from e
         request = CallRequest(**fields, reply_to=reply_to)
         token = reply_to.rsplit(".", 1)[-1]
+        subject = link.subjects.call(service, method)
+        if traced is not None:
+            traced.set("ipc.path", "durable")
+            traced.set("messaging.destination.name", subject)
         try:
-            await self._publish(
-                link.subjects.call(service, method), request, reply_to, token, deadline
-            )
+            await self._publish(subject, request, reply_to, token, deadline, trace_headers)
             try:
                 async with asyncio.timeout_at(_loop_time_at(deadline)):
                     answer = await future
@@ -209,7 +243,13 @@ class Caller:
         return self._result(answer.data, call_id, service, returns)
 
     async def _publish(
-        self, subject: str, request: CallRequest, reply_to: str, token: str, deadline: float
+        self,
+        subject: str,
+        request: CallRequest,
+        reply_to: str,
+        token: str,
+        deadline: float,
+        trace_headers: dict[str, str] | None = None,
     ) -> None:
         """Publish into the calls stream until it acks.
 
@@ -223,7 +263,7 @@ class Caller:
             self._link.codec.encode_envelope(request),
             msg_id=request.call_id,
             deadline=deadline,
-            headers={REPLY_TO_HEADER: reply_to},
+            headers={**(trace_headers or {}), REPLY_TO_HEADER: reply_to},
             what="the call",
             call_id=request.call_id,
             service=request.service,
@@ -237,7 +277,11 @@ class Caller:
         return self._route_cache
 
     async def _call_direct(
-        self, target: Target, request: CallRequest, timeout: float
+        self,
+        target: Target,
+        request: CallRequest,
+        timeout: float,
+        trace_headers: dict[str, str] | None = None,
     ) -> bytes | None:
         """Send a call straight to the instance the cache names (at most once); its reply,
         or None when it was not run there (refused unrun, or nobody listens)."""
@@ -247,7 +291,10 @@ class Caller:
         inbox = link.subjects.instance_inbox(service, target.instance_id, target.session)
         try:
             msg = await link.replies.request(
-                inbox, link.codec.encode_envelope(request), timeout=deadline - time.time()
+                inbox,
+                link.codec.encode_envelope(request),
+                timeout=deadline - time.time(),
+                headers=trace_headers,
             )
         except nats.errors.NoRespondersError:
             return None  # the process is gone: the router knows what to do

@@ -54,6 +54,7 @@ from ipc_client_sdk._nats import connection_error
 from ipc_client_sdk._permissions import jetstream_api
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, ReadyWait
 from ipc_client_sdk._subjects import validate_call_id, validate_token, validate_topic
+from ipc_client_sdk._tracing import current_trace_id, failed, handling_event, sending_event
 
 _log = logging.getLogger("ipc_client_sdk.pubsub")
 _problems = RateLimitedLog(_log)  # per event, whoever publishes them: few lines
@@ -82,6 +83,8 @@ class EventContext:
         publisher: the publishing client's name, if it gave one.
         sequence: its sequence number in the events stream (durable subscriptions only).
         deliveries: 1 on the first delivery; more when it is being retried or replayed.
+        trace_id: the OpenTelemetry trace the event belongs to (32 hex digits), or None
+            when the publisher sent no trace context and this process records no spans.
     """
 
     topic: str
@@ -90,6 +93,7 @@ class EventContext:
     publisher: str | None
     sequence: int | None
     deliveries: int
+    trace_id: str | None = None
 
 
 EventHandler = Callable[..., Awaitable[None]]
@@ -273,7 +277,7 @@ class Subscription:
             await self._dead_letter(read[0], read[1].error, 1)
             return
         published, value = read
-        error = await self._invoke(published, value, sequence=None, deliveries=1)
+        error = await self._invoke(published, value, sequence=None, deliveries=1, msg=msg)
         if error is not None:
             await self._dead_letter(published, error, 1)
 
@@ -351,7 +355,7 @@ class Subscription:
         while True:
             async with _keep_alive(msg):
                 error = await self._invoke(
-                    published, value, sequence=sequence, deliveries=deliveries
+                    published, value, sequence=sequence, deliveries=deliveries, msg=msg
                 )
             if error is None:
                 await msg.ack()
@@ -409,9 +413,21 @@ class Subscription:
             return published, _Unfit(ErrorInfo(code=e.code, message=e.message))
 
     async def _invoke(
-        self, published: Published, value: Any, *, sequence: int | None, deliveries: int
+        self, published: Published, value: Any, *, sequence: int | None, deliveries: int, msg: Msg
     ) -> ErrorInfo | None:
-        """Run the handler once; the error it raised, or None."""
+        """Run the handler once, in a span continuing the publisher's trace (carried in
+        ``msg``'s headers); the error it raised, or None."""
+        with handling_event(
+            msg.headers, published.topic, msg.subject, published.event_id, self.name, deliveries
+        ):
+            error = await self._run_handler(published, value, sequence, deliveries)
+            if error is not None:
+                failed(code=error.code.value, message=error.message)
+            return error
+
+    async def _run_handler(
+        self, published: Published, value: Any, sequence: int | None, deliveries: int
+    ) -> ErrorInfo | None:
         try:
             if self._wants_context:
                 ctx = EventContext(
@@ -421,6 +437,7 @@ class Subscription:
                     publisher=published.publisher,
                     sequence=sequence,
                     deliveries=deliveries,
+                    trace_id=current_trace_id(),
                 )
                 await self._handler(value, ctx)
             else:
@@ -436,6 +453,7 @@ class Subscription:
             return e.to_info()
         except Exception as e:
             self._link.metrics.event_handled("error")
+            failed(e)
             _problems.exception(
                 f"handler {self.name}",
                 "subscriber %s failed on event %s",
@@ -510,14 +528,17 @@ async def publish(
         published_at=time.time(),
         publisher=link.name,
     )
-    ack = await publish_acked(
-        link,
-        link.subjects.topic(topic),
-        codec.encode_envelope(event),
-        msg_id=event_id,
-        deadline=time.time() + timeout,
-        what=f"the event on {topic}",
-    )
+    subject = link.subjects.topic(topic)
+    with sending_event(topic, subject, event_id) as traced:
+        ack = await publish_acked(
+            link,
+            subject,
+            codec.encode_envelope(event),
+            msg_id=event_id,
+            deadline=time.time() + timeout,
+            what=f"the event on {topic}",
+            headers=traced.headers if traced is not None else None,
+        )
     link.metrics.event_published()
     return ack.seq
 

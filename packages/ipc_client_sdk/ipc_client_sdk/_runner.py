@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ipc_client_sdk._codec import Codec
@@ -25,6 +25,7 @@ from ipc_client_sdk._ledger import ResultLedger
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._metrics import NoClientMetrics
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
+from ipc_client_sdk._tracing import current_trace_id, failed, serving_call
 
 _log = logging.getLogger("ipc_client_sdk.serving")
 
@@ -85,20 +86,36 @@ class CallRunner:
         self._admit = admit
         self._problems = RateLimitedLog(_log)  # per call, whoever sends them: few lines
 
-    async def handle(self, data: bytes) -> tuple[bytes, str | None]:
+    async def handle(
+        self, data: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[bytes, str | None]:
         """Handle one delivered call; return the encoded reply, and the reason when the call
-        was refused unrun (fenced or stale epoch). Never raises ``Exception``."""
+        was refused unrun (fenced or stale epoch). Never raises ``Exception``.
+
+        ``headers``: the message's, where the caller's trace context travels; the call runs
+        in a span that continues it (see ``_tracing``).
+        """
         try:
             request = self._codec.decode_envelope(data, CallRequest)
         except CodecError as e:
             return self.error("", e.code, e.message), None
-        refused = self._admit(request) if self._admit is not None else None
-        if refused is not None:
+        with serving_call(
+            headers,
+            request.service,
+            request.method,
+            request.call_id,
+            self.instance_id,
+            request.delivery,
+        ) as traced:
+            refused = self._admit(request) if self._admit is not None else None
+            if refused is None:
+                try:
+                    return await self._handle(request), None
+                except _Refused as e:
+                    refused = e.reason
+            if traced is not None:
+                traced.set("ipc.refused", refused)
             return self._refusal(request, refused), refused
-        try:
-            return await self._handle(request), None
-        except _Refused as e:
-            return self._refusal(request, e.reason), e.reason
 
     def _refusal(self, request: CallRequest, reason: str) -> bytes:
         message = _REFUSALS.get(reason, "call {call_id} refused ({reason})").format(
@@ -238,6 +255,7 @@ class CallRunner:
             caller=request.caller,
             epoch=request.epoch,
             delivery=request.delivery,
+            trace_id=current_trace_id(),
         )
         codec = self._codec
         started = time.perf_counter()
@@ -248,11 +266,13 @@ class CallRunner:
                 self._metrics.handler_done(self._name, spec.name, time.perf_counter() - started)
             payload = codec.encode(result)
         except IPCError as e:
+            failed(e, code=e.code.value, message=e.message)
             error = self.error(
                 request.call_id, e.code, e.message, details=e.details, retryable=e.retryable
             )
             return error, not e.retryable
         except Exception as e:
+            failed(e)
             # One traceback per method and interval: a caller's bad input can fail every call.
             self._problems.exception(
                 f"handler {spec.name}",

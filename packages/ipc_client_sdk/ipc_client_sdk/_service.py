@@ -45,6 +45,8 @@ class CallContext:
         caller: the caller's connection name, if it gave one.
         epoch: the routing epoch the call was routed under.
         delivery: 1 on the first delivery; more when the call was delivered again.
+        trace_id: the OpenTelemetry trace the call belongs to (32 hex digits), or None
+            when the caller sent no trace context and this process records no spans.
     """
 
     call_id: str
@@ -56,6 +58,7 @@ class CallContext:
     caller: str | None = None
     epoch: int | None = None
     delivery: int = 1
+    trace_id: str | None = None
 
     def remaining(self) -> float | None:
         """Seconds left before the caller's deadline (negative once passed), or None."""

@@ -600,7 +600,7 @@ class ServiceInstance:
 
     async def _serve_one(self, msg: Msg) -> None:
         assert self._runner is not None
-        reply, refused = await self._runner.handle(msg.data)
+        reply, refused = await self._runner.handle(msg.data, msg.headers)
         await self._respond(msg, reply, refused)
 
     async def _respond(self, msg: Msg, reply: bytes, refused: str | None = None) -> None:

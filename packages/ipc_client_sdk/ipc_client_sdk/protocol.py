@@ -61,6 +61,7 @@ from ipc_client_sdk._subjects import (
     validate_prefix,
     validate_token,
 )
+from ipc_client_sdk._tracing import TRACE_HEADERS, Traced, continue_routed, failed
 
 __all__ = [
     "CREDENTIAL_ENV_VARS",
@@ -75,6 +76,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",
     "REPLY_TO_HEADER",
+    "TRACE_HEADERS",
     "AdminOp",
     "AuthDir",
     "AuthDirError",
@@ -114,9 +116,12 @@ __all__ = [
     "ServiceDescription",
     "ServiceInfo",
     "Subjects",
+    "Traced",
     "clip",
     "close_nats",
+    "continue_routed",
     "contract_version",
+    "failed",
     "new_call_id",
     "lift_url_credentials",
     "open_nats",

@@ -28,7 +28,10 @@ from ipc_client_sdk.protocol import (
     RateLimitedLog,
     ReplyInbox,
     Subjects,
+    Traced,
     clip,
+    continue_routed,
+    failed,
     validate_call_id,
     validate_token,
 )
@@ -137,14 +140,37 @@ class CallRelay:
     async def relay(self, msg: Msg, request: CallRequest) -> bytes:
         """Route the call and return the instance's reply bytes.
 
+        The caller's trace continues in a span of this router's, when it has a tracer
+        provider; the instance gets the trace headers either way (``continue_routed``).
+
         Raises:
             Refused: a terminal error for the caller.
             Later: the call cannot be routed yet; leave it for redelivery.
             OutOfTerm: the leadership term ended; leave it for the next leader.
             nats.errors.Error: the router's own connection failed.
         """
+        delivery = msg.metadata.num_delivered
+        with continue_routed(
+            msg.headers, request.service, request.method, request.call_id, msg.subject, delivery
+        ) as traced:
+            try:
+                return await self._relay(msg, request, traced)
+            except Refused as e:
+                failed(code=e.code.value, message=e.message)
+                raise
+            except (Later, OutOfTerm) as e:
+                if traced is not None:
+                    traced.set("ipc.outcome", "later" if isinstance(e, Later) else "out-of-term")
+                raise
+            except Exception as e:
+                failed(e)
+                raise
+
+    async def _relay(self, msg: Msg, request: CallRequest, traced: Traced | None) -> bytes:
+        """``relay``'s steps, in its span."""
         self._check(msg, request)
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
+        headers = traced.headers if traced is not None else None
         if attempts.delivery > 1:
             self._metrics.call_redelivered()
             self._problems.log(
@@ -162,7 +188,9 @@ class CallRelay:
                 continue  # waited for the table to change
             if not self._in_term():
                 raise OutOfTerm
-            answer = await self._deliver(request, route, attempts, remaining)
+            if traced is not None:
+                traced.set("ipc.instance_id", route.instance_id)
+            answer = await self._deliver(request, route, attempts, remaining, headers)
             if answer is not None:
                 return answer
 
@@ -231,7 +259,12 @@ class CallRelay:
             raise Refused(ErrorCode.UNAVAILABLE, str(e)) from e
 
     async def _deliver(
-        self, request: CallRequest, route: Route, attempts: _Attempts, remaining: float
+        self,
+        request: CallRequest,
+        route: Route,
+        attempts: _Attempts,
+        remaining: float,
+        headers: dict[str, str] | None = None,
     ) -> bytes | None:
         """Send the call to the routed instance; its answer, or None to route it again."""
         forwarded = request.model_copy(
@@ -247,7 +280,7 @@ class CallRelay:
         except ValueError:  # a record from an SDK without sessions: cannot be reached
             await self._registry.mark_unreachable(request.service, route.instance_id)
             return None
-        answer = await self._send(request, route, attempts, inbox, forwarded, remaining)
+        answer = await self._send(request, route, attempts, inbox, forwarded, remaining, headers)
         if answer is None or await self._refused_unrun(request, route, attempts, answer, remaining):
             return None
         return answer.data
@@ -260,6 +293,7 @@ class CallRelay:
         inbox: str,
         forwarded: CallRequest,
         remaining: float,
+        headers: dict[str, str] | None = None,
     ) -> Msg | None:
         """One request to the instance's inbox, counted in flight while it waits; None when
         the instance failed while it held the call or was not listening."""
@@ -269,6 +303,7 @@ class CallRelay:
                 inbox,
                 self._codec.encode_envelope(forwarded),
                 timeout=remaining,
+                headers=headers,
                 pending=self._awaiting,
                 tag=(request.service, route.instance_id, route.session),
             )
