@@ -134,7 +134,11 @@ async def open_nats(
         if reason is None:
             text = str(e)
             denied = permissions.violated(text) if permissions is not None else False
-            if (denied or "permissions violation" in text.lower()) and len(warned) < 64:
+            if denied:
+                # The refused operation raises PermissionDeniedError: that is the report.
+                logger.debug("NATS refused an operation: %s", text.removeprefix("nats: "))
+            elif "permissions violation" in text.lower() and len(warned) < 64:
+                # Nobody awaits it (a heartbeat, a result write): say it, once per subject.
                 if text not in warned:
                     warned.add(text)
                     logger.warning("NATS refused an operation: %s", text.removeprefix("nats: "))
