@@ -150,11 +150,14 @@ class Deployment:
 
 @asynccontextmanager
 async def deployment(
-    workdir: Path, args: argparse.Namespace, config: NatsServerConfig | None = None
+    workdir: Path,
+    args: argparse.Namespace,
+    config: NatsServerConfig | None = None,
+    caps: tuple[str, ...] = (),
 ) -> AsyncIterator[Deployment]:
     """Start everything, keep the load running, stop everything on the way out."""
     server = NatsServerProcess(config or NatsServerConfig(store_dir=workdir / "nats", port=0))
-    router_args = tuple(args.router_args.split())
+    router_args = (*caps, *args.router_args.split())
     concurrency = args.concurrency
     await server.start()
     routers = [
@@ -364,7 +367,19 @@ class Filler(BaseModel):
 
 async def bench_store(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     config = SmallStore(store_dir=workdir / "nats", port=0, max_file_store=args.store_mib * MiB)
-    async with deployment(workdir, args, config) as d:
+    # The router's caps must fit the small store (it refuses to start otherwise): events get
+    # half of it, the rest a few MiB each.
+    caps = (
+        f"--events-max-bytes={args.store_mib // 2}MiB",
+        "--calls-max-bytes=4MiB",
+        "--dead-letters-max-bytes=1MiB",
+        "--registry-max-bytes=1MiB",
+        "--routes-max-bytes=1MiB",
+        "--contracts-max-bytes=1MiB",
+        "--leases-max-bytes=64KiB",
+        "--results-max-bytes=4MiB",
+    )
+    async with deployment(workdir, args, config, caps) as d:
         event = Filler(blob=b"x" * (MiB - 1024))
         started = time.monotonic()
         published, refusal = 0, ""
