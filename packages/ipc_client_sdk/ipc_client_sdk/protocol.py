@@ -43,7 +43,6 @@ from ipc_client_sdk._contracts import (
 from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
 from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._logs import RateLimitedLog, clip
-from ipc_client_sdk._metrics import DURATION_BUCKETS
 from ipc_client_sdk._nats import (
     DEFAULT_SERVERS,
     close_nats,
@@ -61,6 +60,15 @@ from ipc_client_sdk._subjects import (
     validate_prefix,
     validate_token,
 )
+from ipc_client_sdk._tally import (
+    DURATION_BUCKETS,
+    OTHER,
+    CallTally,
+    LabelCap,
+    Latencies,
+    counter_family,
+    histogram_family,
+)
 from ipc_client_sdk._tracing import TRACE_HEADERS, Traced, continue_routed, failed
 
 __all__ = [
@@ -72,6 +80,12 @@ __all__ = [
     "LEASE_FRACTION",
     "MAX_CONTRACTS_BYTES",
     "DURATION_BUCKETS",
+    "OTHER",
+    "CallTally",
+    "LabelCap",
+    "Latencies",
+    "counter_family",
+    "histogram_family",
     "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",

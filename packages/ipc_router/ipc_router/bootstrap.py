@@ -42,7 +42,6 @@ from ipc_router.application.ports import (
     CallsBacklog,
     Clock,
     MeteredEvents,
-    NoRouterMetrics,
     RouterMetrics,
 )
 from ipc_router.application.registry import InstanceRegistry
@@ -51,6 +50,7 @@ from ipc_router.application.upkeep import RegistryUpkeep
 from ipc_router.domain import InstanceRecord, RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.infrastructure.counters import RouterCounters
 from ipc_router.infrastructure.jetstream_probe import JetStreamProbe
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
 from ipc_router.infrastructure.kv_lease import JetStreamLease
@@ -157,14 +157,15 @@ class RouterDependencies:
     """Builds the leader's call path (where another data path plugs in)."""
     clock: Clock = field(default_factory=SystemClock)
     codec: Codec = field(default_factory=Codec)
-    metrics: RouterMetrics = field(default_factory=NoRouterMetrics)
-    """What the router counts (``with_metrics`` puts Prometheus here for --metrics-port)."""
+    metrics: RouterMetrics = field(default_factory=RouterCounters)
+    """What the router counts: in-memory counters, read by the ``stats`` operation
+    (``with_metrics`` shows them as Prometheus series for --metrics-port)."""
 
 
 def with_metrics(config: RouterConfig, deps: RouterDependencies) -> RouterDependencies:
-    """``deps`` with Prometheus metrics in a registry of this router's own when
-    ``--metrics-port`` is set and no other metrics were given."""
-    if config.metrics_port is None or not isinstance(deps.metrics, NoRouterMetrics):
+    """``deps`` with the counters also shown as Prometheus series, in a registry of this
+    router's own, when ``--metrics-port`` is set and no other metrics were given."""
+    if config.metrics_port is None or type(deps.metrics) is not RouterCounters:
         return deps
     return replace(deps, metrics=PrometheusRouterMetrics())
 
