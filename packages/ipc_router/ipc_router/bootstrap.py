@@ -45,6 +45,7 @@ from ipc_router.application.ports import (
     RouterMetrics,
 )
 from ipc_router.application.registry import InstanceRegistry
+from ipc_router.application.stats import CallStatistics
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
 from ipc_router.application.upkeep import RegistryUpkeep
 from ipc_router.domain import InstanceRecord, RoutingTable
@@ -319,7 +320,8 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
         started_at=started_at,
     )
     lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
-    duties = LeaderDuties(w, lambda: leadership.in_term())
+    stats = CallStatistics(w.deps.metrics, w.deps.clock, w.config.router_id)
+    duties = LeaderDuties(w, lambda: leadership.in_term(), stats)
     leadership = Leadership(lease, duties, w.storage.lease_ttl_s)
     get_status = GetRouterStatus(
         identity,
@@ -344,11 +346,13 @@ class LeaderDuties:
     Args:
         w: the connection and settings.
         in_term: whether the leadership term still runs (the duties act only then).
+        stats: the figures of the ``stats`` operation (the router's, across its terms).
     """
 
-    def __init__(self, w: Wiring, in_term: Callable[[], bool]) -> None:
+    def __init__(self, w: Wiring, in_term: Callable[[], bool], stats: CallStatistics) -> None:
         self._w = w
         self._in_term = in_term
+        self._stats = stats
         self._events: EventPublisher | None = None
         self._registry: InstanceRegistry | None = None
         self._handovers: Handovers | None = None
@@ -411,12 +415,14 @@ class LeaderDuties:
             tracker,
             w.instance_lease,
             in_term=self._in_term,
+            stats=self._stats,
         )
         self._upkeep = RegistryUpkeep(
             registry, lambda: w.nc.is_connected, self._in_term, metrics=w.deps.metrics
         )
         await self._control.start()
         self._upkeep.start()
+        self._stats.start()
         self._calls = w.deps.call_path(LeaderParts(w, registry, tracker, self._in_term))
         await self._calls.start()
 
@@ -424,6 +430,7 @@ class LeaderDuties:
         """Stop the sweep, handovers, registration and heartbeats, then the call path; calls
         in flight get ``grace`` seconds (calls abandoned after that are redelivered, and the
         results bucket answers any that already ran)."""
+        await self._stats.stop()
         if self._upkeep is not None:
             await self._upkeep.stop()
             self._upkeep = None
