@@ -278,7 +278,7 @@ class RouterMetrics(Protocol):
 
 
 class NoRouterMetrics:
-    """A ``RouterMetrics`` that counts nothing (metrics off, and unit tests)."""
+    """A ``RouterMetrics`` that counts nothing (parts built outside ``bootstrap.py``, unit tests)."""
 
     def call_answered(self, service: str, method: str, reply: bytes, seconds: float) -> None:
         """Count nothing."""
