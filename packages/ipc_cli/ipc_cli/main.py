@@ -490,3 +490,4 @@ def main() -> None:
 from ipc_cli import auth as _auth_command  # noqa: E402, F401
 from ipc_cli import describe as _describe_command  # noqa: E402, F401
 from ipc_cli import run as _run_command  # noqa: E402, F401
+from ipc_cli import stats as _stats_command  # noqa: E402, F401

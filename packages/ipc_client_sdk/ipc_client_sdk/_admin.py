@@ -16,6 +16,7 @@ from ipc_client_sdk._contracts import (
     InstanceInfo,
     Promotion,
     RouteInfo,
+    RouterStats,
     RouterStatus,
     ServiceDescription,
     ServiceInfo,
@@ -198,6 +199,25 @@ class AdminClient:
         result = await self.request(AdminOp.DESCRIBE, {}, timeout=timeout)
         codec = self._link.codec
         return [codec.validate(s, ServiceDescription) for s in result.get("services", [])]
+
+    async def stats(
+        self, service: str | None = None, *, timeout: float | None = None
+    ) -> RouterStats:
+        """The leading router's call counters, per (service, method): calls, errors, rates
+        (over the time it has led, and over its last 10 s window) and latency percentiles
+        estimated from its histogram; the numbers its ``/metrics`` shows.
+
+        Args:
+            service: only this service's methods (None: every method counted).
+
+        Raises:
+            InvalidArgumentError: a bad name. RemoteError: ``UNAVAILABLE`` when no router
+                leads. RouterUnavailableError: no router answered.
+        """
+        args = {} if service is None else {"service": _token(service, "service")}
+        result = await self.request(AdminOp.STATS, args, timeout=timeout)
+        stats: RouterStats = self._link.codec.validate(result, RouterStats)
+        return stats
 
     def events(
         self,

@@ -59,6 +59,7 @@ class AdminOp(StrEnum):
     REGISTER = "register"
     DEREGISTER = "deregister"
     DESCRIBE = "describe"
+    STATS = "stats"
 
 
 class EventKind(StrEnum):
@@ -459,3 +460,45 @@ class RouterStatus(BaseModel):
     instances: int
     leader: bool | None = None
     """Whether the answering router leads (registers instances and routes calls)."""
+
+
+class CallStats(BaseModel):
+    """One method's calls over some seconds (part of ``MethodStats``)."""
+
+    calls: int
+    errors: int
+    """Calls whose outcome was not ``ok``."""
+    rate: float
+    """Calls per second."""
+    error_rate: float | None = None
+    """``errors / calls`` (0 to 1); None without calls."""
+    p50_s: float | None = None
+    """Median routed time in seconds, estimated from the histogram's buckets."""
+    p90_s: float | None = None
+    p99_s: float | None = None
+    outcomes: dict[str, int] = Field(default_factory=dict)
+    """Calls by outcome: ``ok`` or an error code in lower case."""
+
+
+class MethodStats(BaseModel):
+    """One (service, method) pair as the leading router counted it: ``_other`` for calls
+    to names no registered instance serves, and past the router's label cap."""
+
+    service: str
+    method: str
+    total: CallStats
+    """Since the router started; the rate over the seconds it has led."""
+    window: CallStats | None = None
+    """The last full window; None until the router has led for one."""
+
+
+class RouterStats(BaseModel):
+    """The result of the ``stats`` admin operation: the leading router's counters, the
+    numbers its ``/metrics`` shows."""
+
+    router_id: str
+    led_s: float
+    """Seconds the router has led since it started."""
+    window_s: float | None = None
+    """Length of the last full window (10 s); None before the first one ends."""
+    methods: list[MethodStats] = Field(default_factory=list)

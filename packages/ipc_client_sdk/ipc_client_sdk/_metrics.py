@@ -21,35 +21,35 @@ calls and handlers, later ones under ``_other``; no event topic is a label.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ipc_client_sdk._errors import InvalidArgumentError, IPCError
+from ipc_client_sdk._tally import (
+    DURATION_BUCKETS,
+    OTHER,
+    CallTally,
+    LabelCap,
+    Latencies,
+    counter_family,
+    histogram_family,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
-OTHER = "_other"
+__all__ = [
+    "CLIENT_METRICS",
+    "DURATION_BUCKETS",
+    "OTHER",
+    "NoClientMetrics",
+    "PrometheusClientMetrics",
+    "client_metrics",
+    "outcome_of",
+]
 
 DEFAULT_MAX_LABEL_SETS = 256
 """Distinct (service, method) pairs labelled at most, for calls and for handlers."""
-
-DURATION_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 
 CLIENT_METRICS = (
     "ipc_client_calls_total",
@@ -88,6 +88,10 @@ class NoClientMetrics:
 class PrometheusClientMetrics(NoClientMetrics):
     """A client's Prometheus series, in ``registry``.
 
+    Each call and handler run updates plain counters (``_tally``: no lock, the client runs
+    on one event loop); a collector registered in ``registry`` turns them into metric
+    families when the registry is rendered.
+
     Args:
         registry: where the series are registered (one client per registry: the names
             would clash).
@@ -97,94 +101,117 @@ class PrometheusClientMetrics(NoClientMetrics):
     def __init__(
         self, registry: CollectorRegistry, *, max_label_sets: int = DEFAULT_MAX_LABEL_SETS
     ) -> None:
-        from prometheus_client import Counter, Histogram
-
         self.registry = registry
         self._max = max_label_sets
-        self._calls = Counter(
-            "ipc_client_calls",
-            "Calls this client made, by service, method, path (durable or direct) and outcome",
-            ["service", "method", "path", "outcome"],
-            registry=registry,
-        )
-        self._call_seconds = Histogram(
-            "ipc_client_call_duration_seconds",
-            "Seconds a call took, as its caller saw it",
-            ["service", "method", "path"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self._handler_seconds = Histogram(
-            "ipc_handler_duration_seconds",
-            "Seconds the handlers this client serves ran",
-            ["service", "method"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self._published = Counter(
-            "ipc_events_published", "Events this client published (stored)", registry=registry
-        )
-        self._handled = Counter(
-            "ipc_events_handled",
-            "Events this client's subscribers handled, by outcome (ok, error, unfit)",
-            ["outcome"],
-            registry=registry,
-        )
-        self._dead = Counter(
-            "ipc_dead_letters", "Events this client's subscribers dead-lettered", registry=registry
-        )
-        self._call_children: dict[tuple[str, str, bool, str], tuple[Any, Any]] = {}
-        self._call_pairs: set[tuple[str, str]] = set()
-        self._handler_children: dict[tuple[str, str], Any] = {}
-        self._handled_children: dict[str, Any] = {}
+        self._call_pairs = LabelCap(max_label_sets)
+        self._calls: dict[tuple[str, str, bool], CallTally] = {}
+        self._handlers: dict[tuple[str, str], Latencies] = {}
+        self.published = 0
+        self.handled: dict[str, int] = {}
+        self.dead = 0
+        registry.register(_ClientCollector(self))
 
     def call_done(
         self, service: str, method: str, direct: bool, outcome: str, seconds: float
     ) -> None:
         """Count one call."""
-        key = (service, method, direct, outcome)
-        children = self._call_children.get(key)
-        if children is None:
-            if (service, method) not in self._call_pairs:
-                if len(self._call_pairs) >= self._max:
-                    service = method = OTHER
-                else:
-                    self._call_pairs.add((service, method))
-            path = "direct" if direct else "durable"
-            children = (
-                self._calls.labels(service, method, path, outcome),
-                self._call_seconds.labels(service, method, path),
-            )
-            if service != OTHER:
-                self._call_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        tally = self._calls.get((service, method, direct))
+        if tally is None:
+            tally = self._call_tally(service, method, direct)
+        tally.add(outcome, seconds)
+
+    def _call_tally(self, service: str, method: str, direct: bool) -> CallTally:
+        """The tally of a key not seen yet (over the cap: the ``_other`` one, cached under
+        its own key only, so that forged names cannot grow the cache)."""
+        if not self._call_pairs.admit((service, method)):
+            service = method = OTHER
+        return self._calls.setdefault((service, method, direct), CallTally())
 
     def handler_done(self, service: str, method: str, seconds: float) -> None:
         """Time one handler run (the service's own, declared methods)."""
-        child = self._handler_children.get((service, method))
-        if child is None:
-            if len(self._handler_children) >= self._max:
+        tally = self._handlers.get((service, method))
+        if tally is None:
+            if len(self._handlers) >= self._max:
                 service = method = OTHER
-            child = self._handler_seconds.labels(service, method)
-            if service != OTHER:
-                self._handler_children[(service, method)] = child
-        child.observe(seconds)
+            tally = self._handlers.setdefault((service, method), Latencies())
+        tally.observe(seconds)
 
     def event_published(self) -> None:
         """Count one published event."""
-        self._published.inc()
+        self.published += 1
 
     def event_handled(self, outcome: str) -> None:
         """Count one event handled (``ok``, ``error`` or ``unfit``)."""
-        child = self._handled_children.get(outcome)
-        if child is None:
-            child = self._handled_children[outcome] = self._handled.labels(outcome)
-        child.inc()
+        self.handled[outcome] = self.handled.get(outcome, 0) + 1
 
     def dead_lettered(self) -> None:
         """Count one dead letter stored."""
-        self._dead.inc()
+        self.dead += 1
+
+    def families(self) -> list[Metric]:
+        """The series as metric families, as counted now."""
+        calls = sorted(self._calls.items())
+        return [
+            counter_family(
+                "ipc_client_calls",
+                "Calls this client made, by service, method, path (durable or direct) and outcome",
+                ("service", "method", "path", "outcome"),
+                (
+                    ((service, method, _path(direct), outcome), count)
+                    for (service, method, direct), tally in calls
+                    for outcome, count in sorted(tally.outcomes.items())
+                ),
+            ),
+            histogram_family(
+                "ipc_client_call_duration_seconds",
+                "Seconds a call took, as its caller saw it",
+                ("service", "method", "path"),
+                (((s, m, _path(direct)), tally) for (s, m, direct), tally in calls),
+            ),
+            histogram_family(
+                "ipc_handler_duration_seconds",
+                "Seconds the handlers this client serves ran",
+                ("service", "method"),
+                sorted(self._handlers.items()),
+            ),
+            counter_family(
+                "ipc_events_published",
+                "Events this client published (stored)",
+                (),
+                [((), self.published)],
+            ),
+            counter_family(
+                "ipc_events_handled",
+                "Events this client's subscribers handled, by outcome (ok, error, unfit)",
+                ("outcome",),
+                (((outcome,), count) for outcome, count in sorted(self.handled.items())),
+            ),
+            counter_family(
+                "ipc_dead_letters",
+                "Events this client's subscribers dead-lettered",
+                (),
+                [((), self.dead)],
+            ),
+        ]
+
+
+def _path(direct: bool) -> str:
+    return "direct" if direct else "durable"
+
+
+class _ClientCollector:
+    """Renders a client's counters when its registry is collected (a prometheus-client
+    ``Collector``); ``describe`` gives the names, so that a second client registering in
+    the same registry is refused as before."""
+
+    def __init__(self, metrics: PrometheusClientMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return self._metrics.families()
+
+    def collect(self) -> list[Metric]:
+        return self._metrics.families()
 
 
 def client_metrics(metrics: object) -> NoClientMetrics:

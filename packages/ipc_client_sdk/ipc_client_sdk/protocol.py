@@ -18,6 +18,7 @@ from ipc_client_sdk._contracts import (
     AdminRequest,
     CallReply,
     CallRequest,
+    CallStats,
     ContractVersion,
     DrainResult,
     Envelope,
@@ -29,12 +30,14 @@ from ipc_client_sdk._contracts import (
     InstanceState,
     MethodContract,
     MethodDescription,
+    MethodStats,
     NatsServerInfo,
     Promotion,
     Registration,
     RegistrationResult,
     RouteInfo,
     RouterEvent,
+    RouterStats,
     RouterStatus,
     ServiceDescription,
     ServiceInfo,
@@ -43,7 +46,6 @@ from ipc_client_sdk._contracts import (
 from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
 from ipc_client_sdk._kv import is_deletion, watch_bucket
 from ipc_client_sdk._logs import RateLimitedLog, clip
-from ipc_client_sdk._metrics import DURATION_BUCKETS
 from ipc_client_sdk._nats import (
     DEFAULT_SERVERS,
     close_nats,
@@ -61,6 +63,15 @@ from ipc_client_sdk._subjects import (
     validate_prefix,
     validate_token,
 )
+from ipc_client_sdk._tally import (
+    DURATION_BUCKETS,
+    OTHER,
+    CallTally,
+    LabelCap,
+    Latencies,
+    counter_family,
+    histogram_family,
+)
 from ipc_client_sdk._tracing import TRACE_HEADERS, Traced, continue_routed, failed
 
 __all__ = [
@@ -72,6 +83,12 @@ __all__ = [
     "LEASE_FRACTION",
     "MAX_CONTRACTS_BYTES",
     "DURATION_BUCKETS",
+    "OTHER",
+    "CallTally",
+    "LabelCap",
+    "Latencies",
+    "counter_family",
+    "histogram_family",
     "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",
@@ -90,6 +107,7 @@ __all__ = [
     "AdminRequest",
     "CallReply",
     "CallRequest",
+    "CallStats",
     "ContractVersion",
     "Codec",
     "Envelope",
@@ -102,6 +120,7 @@ __all__ = [
     "InstanceState",
     "MethodContract",
     "MethodDescription",
+    "MethodStats",
     "NatsServerInfo",
     "Promotion",
     "RateLimitedLog",
@@ -112,6 +131,7 @@ __all__ = [
     "watch_bucket",
     "RouteInfo",
     "RouterEvent",
+    "RouterStats",
     "RouterStatus",
     "ServiceDescription",
     "ServiceInfo",

@@ -42,15 +42,16 @@ from ipc_router.application.ports import (
     CallsBacklog,
     Clock,
     MeteredEvents,
-    NoRouterMetrics,
     RouterMetrics,
 )
 from ipc_router.application.registry import InstanceRegistry
+from ipc_router.application.stats import CallStatistics
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
 from ipc_router.application.upkeep import RegistryUpkeep
 from ipc_router.domain import InstanceRecord, RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.clock import SystemClock
+from ipc_router.infrastructure.counters import RouterCounters
 from ipc_router.infrastructure.jetstream_probe import JetStreamProbe
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
 from ipc_router.infrastructure.kv_lease import JetStreamLease
@@ -157,14 +158,15 @@ class RouterDependencies:
     """Builds the leader's call path (where another data path plugs in)."""
     clock: Clock = field(default_factory=SystemClock)
     codec: Codec = field(default_factory=Codec)
-    metrics: RouterMetrics = field(default_factory=NoRouterMetrics)
-    """What the router counts (``with_metrics`` puts Prometheus here for --metrics-port)."""
+    metrics: RouterMetrics = field(default_factory=RouterCounters)
+    """What the router counts: in-memory counters, read by the ``stats`` operation
+    (``with_metrics`` shows them as Prometheus series for --metrics-port)."""
 
 
 def with_metrics(config: RouterConfig, deps: RouterDependencies) -> RouterDependencies:
-    """``deps`` with Prometheus metrics in a registry of this router's own when
-    ``--metrics-port`` is set and no other metrics were given."""
-    if config.metrics_port is None or not isinstance(deps.metrics, NoRouterMetrics):
+    """``deps`` with the counters also shown as Prometheus series, in a registry of this
+    router's own, when ``--metrics-port`` is set and no other metrics were given."""
+    if config.metrics_port is None or type(deps.metrics) is not RouterCounters:
         return deps
     return replace(deps, metrics=PrometheusRouterMetrics())
 
@@ -318,7 +320,8 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
         started_at=started_at,
     )
     lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
-    duties = LeaderDuties(w, lambda: leadership.in_term())
+    stats = CallStatistics(w.deps.metrics, w.deps.clock, w.config.router_id)
+    duties = LeaderDuties(w, lambda: leadership.in_term(), stats)
     leadership = Leadership(lease, duties, w.storage.lease_ttl_s)
     get_status = GetRouterStatus(
         identity,
@@ -343,11 +346,13 @@ class LeaderDuties:
     Args:
         w: the connection and settings.
         in_term: whether the leadership term still runs (the duties act only then).
+        stats: the figures of the ``stats`` operation (the router's, across its terms).
     """
 
-    def __init__(self, w: Wiring, in_term: Callable[[], bool]) -> None:
+    def __init__(self, w: Wiring, in_term: Callable[[], bool], stats: CallStatistics) -> None:
         self._w = w
         self._in_term = in_term
+        self._stats = stats
         self._events: EventPublisher | None = None
         self._registry: InstanceRegistry | None = None
         self._handovers: Handovers | None = None
@@ -410,12 +415,14 @@ class LeaderDuties:
             tracker,
             w.instance_lease,
             in_term=self._in_term,
+            stats=self._stats,
         )
         self._upkeep = RegistryUpkeep(
             registry, lambda: w.nc.is_connected, self._in_term, metrics=w.deps.metrics
         )
         await self._control.start()
         self._upkeep.start()
+        self._stats.start()
         self._calls = w.deps.call_path(LeaderParts(w, registry, tracker, self._in_term))
         await self._calls.start()
 
@@ -423,6 +430,7 @@ class LeaderDuties:
         """Stop the sweep, handovers, registration and heartbeats, then the call path; calls
         in flight get ``grace`` seconds (calls abandoned after that are redelivered, and the
         results bucket answers any that already ran)."""
+        await self._stats.stop()
         if self._upkeep is not None:
             await self._upkeep.stop()
             self._upkeep = None

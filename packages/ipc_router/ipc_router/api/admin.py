@@ -308,6 +308,7 @@ def admin_endpoint(
         AdminOp.SERVICES: forwarded(AdminOp.SERVICES),
         AdminOp.INSTANCES: forwarded(AdminOp.INSTANCES),
         AdminOp.ROUTES: forwarded(AdminOp.ROUTES),
+        AdminOp.STATS: forwarded(AdminOp.STATS),
     }
     if describe is not None:
         ops[AdminOp.DESCRIBE] = describe_op(nc, codec, describe)

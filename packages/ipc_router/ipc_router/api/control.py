@@ -13,7 +13,8 @@
   deregistering hands over whatever is left at once.
 - ``<prefix>.ctl.promote`` (``service``, ``instance_id``, ``drain``): an operator's manual
   promotion, handed over the same way (the outgoing actives are drained first); ``drain``,
-  ``services``, ``instances``, ``routes``: the operators' views. Any router passes these on
+  ``services``, ``instances``, ``routes``, ``stats``: the operators' views (``stats`` from
+  this router's call counters). Any router passes these on
   from ``<prefix>.admin.<op>``.
 - ``<prefix>.hb.<service>.<instance_id>``: heartbeats, seen by the leading router. Each is
   answered on its reply subject (the instance's control subject) with the instance's
@@ -33,6 +34,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import nats.errors
@@ -56,6 +58,7 @@ from ipc_client_sdk.protocol import (
     Registration,
     RegistrationResult,
     RouteInfo,
+    RouterStats,
     ServiceInfo,
     Subjects,
     clip,
@@ -68,6 +71,7 @@ from ipc_router.application.handover import Handovers
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.membership import HeartbeatAnswer, Membership, RegisterInstance
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
+from ipc_router.application.stats import CallStatistics
 from ipc_router.application.views import (
     AmbiguousInstanceError,
     describe_instances,
@@ -134,6 +138,7 @@ class ControlAPI:
         lease: the lease, in seconds, granted to an instance with each answer.
         in_term: whether this router's leadership term still runs: heartbeats are not
             answered after it ended (an answer would renew the instance's lease).
+        stats: the call counters' figures (``stats``; None: the operation is not served).
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class ControlAPI:
         lease: float,
         *,
         in_term: Callable[[], bool] = lambda: True,
+        stats: CallStatistics | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -167,6 +173,8 @@ class ControlAPI:
             AdminOp.INSTANCES: self._instances,
             AdminOp.ROUTES: self._routes,
         }
+        if stats is not None:
+            ops[AdminOp.STATS] = lambda args: self._stats(stats, args)
         self._endpoint = OpsEndpoint(
             nc, subjects.control_all, CONTROL_QUEUE, codec, ops, scoped=INSTANCE_OPS
         )
@@ -403,6 +411,11 @@ class ControlAPI:
             for v in views
         ]
         return {"routes": rows}
+
+    async def _stats(self, stats: CallStatistics, args: dict[str, Any]) -> dict[str, Any]:
+        req: _Filter = self._codec.validate(args, _Filter)
+        report = stats.report(req.service)
+        return RouterStats.model_validate(asdict(report)).model_dump()
 
     # --- heartbeats -----------------------------------------------------------------------
     async def _on_heartbeat(self, msg: Msg) -> None:

@@ -221,10 +221,26 @@ class RouterState(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class MethodCalls:
+    """What a router counted for one (service, method) label pair since it started."""
+
+    service: str
+    method: str
+    outcomes: Mapping[str, int]
+    """Calls by outcome: ``ok`` or an error code in lower case."""
+    bounds: tuple[float, ...]
+    """The latency buckets' upper bounds, in seconds."""
+    buckets: tuple[int, ...]
+    """Calls by latency bucket, not cumulative; the last one counts those over every bound."""
+    seconds: float
+    """The calls' routed time, summed."""
+
+
 class RouterMetrics(Protocol):
-    """What the router counts as it works: Prometheus in production (``--metrics-port``),
-    nothing by default. A Protocol so that the call path and the use cases neither import
-    a metrics library nor pay for one that is off.
+    """What the router counts as it works: plain in-memory counters on every router (the
+    ``stats`` operation reads them), shown as Prometheus series with ``--metrics-port``.
+    A Protocol so that the call path and the use cases import no metrics library.
 
     Every method is called on the call path or the control path: it returns at once,
     never raises and does no I/O. Names (service, method) are passed as received; bounding
@@ -256,9 +272,13 @@ class RouterMetrics(Protocol):
         """Read the router's gauges (leader, instances, calls in flight) from ``state``."""
         ...
 
+    def call_counts(self) -> list[MethodCalls]:
+        """The calls counted so far, by (service, method) label pair."""
+        ...
+
 
 class NoRouterMetrics:
-    """A ``RouterMetrics`` that counts nothing (metrics off, and unit tests)."""
+    """A ``RouterMetrics`` that counts nothing (parts built outside ``bootstrap.py``, unit tests)."""
 
     def call_answered(self, service: str, method: str, reply: bytes, seconds: float) -> None:
         """Count nothing."""
@@ -277,6 +297,10 @@ class NoRouterMetrics:
 
     def observe(self, state: RouterState) -> None:
         """Read nothing."""
+
+    def call_counts(self) -> list[MethodCalls]:
+        """None counted."""
+        return []
 
 
 class MeteredEvents:
