@@ -26,7 +26,9 @@ printed, and the script exits 1.
 ``--metrics`` measures what instrumentation costs: each AegisIPC path also runs as
 ``durable+m`` / ``direct+m`` through a second deployment on the same nats-server (its own
 subject prefix), whose router serves ``/metrics`` (scraped every 5 s meanwhile) and whose
-caller and instance keep SDK metrics (``IPCClient(metrics=True)``). Both deployments run in
+caller and instance keep SDK metrics (``IPCClient(metrics=True)``), and whose router and
+instance record OpenTelemetry spans (the SDK's tracer provider, no exporter; the caller's
+own span is not recorded, see ``Deployment.start``). Both deployments run in
 the same rounds, taking turns, and the script prints each path's figures with metrics on
 as a ratio to the same path with them off.
 """
@@ -35,13 +37,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -153,6 +156,25 @@ async def serve_ipc(url: str, instance_id: str, prefix: str = "ipc", metrics: st
         await instance.stop()
 
 
+TRACER_VARIABLE = "OTEL_PYTHON_TRACER_PROVIDER"
+"""Names the tracer provider OpenTelemetry's API loads in a process (the SDK's, here)."""
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the processes started meanwhile."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Deployment:
     """One router, one instance process and one caller under a subject prefix."""
 
@@ -171,11 +193,19 @@ class Deployment:
         self.client: IPCClient | None = None
 
     async def start(self) -> IPCClient:
-        """Start the router and the instance; connect the caller."""
-        await self.router.start()
-        await self.peer.start(
-            "serve-ipc", self.url, "o1", self.prefix, "on" if self.metrics else "off"
-        )
+        """Start the router and the instance; connect the caller.
+
+        With metrics on, the router and the instance also record spans: the OpenTelemetry
+        SDK's tracer provider with no exporter (``OTEL_PYTHON_TRACER_PROVIDER``). The caller
+        runs in this process beside the other deployment's, so its own span is not
+        recorded (a global provider would trace both deployments' callers alike).
+        """
+        tracing = {TRACER_VARIABLE: "sdk_tracer_provider"} if self.metrics else {}
+        with environment(tracing):
+            await self.router.start()
+            await self.peer.start(
+                "serve-ipc", self.url, "o1", self.prefix, "on" if self.metrics else "off"
+            )
         self.client = IPCClient(
             self.url, name=f"bench-caller-{self.prefix}", prefix=self.prefix, metrics=self.metrics
         )
