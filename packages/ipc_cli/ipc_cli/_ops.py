@@ -22,28 +22,27 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
-from rich.table import Table
 
 from ipc_cli._exit import ExitCode, fail
 from ipc_cli._schema import example, request_problem
 from ipc_cli.main import Settings
 from ipc_client_sdk import (
-    ContractVersion,
     InvalidArgumentError,
     IPCClient,
     IPCConnectionError,
     IPCError,
     RemoteError,
-    RouterEvent,
-    RouterEvents,
-    RouterStatus,
     RouterUnavailableError,
 )
+
+if TYPE_CHECKING:  # names for annotations: their modules load when a command uses them
+    from rich.console import Console
+
+    from ipc_client_sdk import ContractVersion, RouterEvent, RouterEvents, RouterStatus
 
 
 def client_for(settings: Settings, name: str = "ipc-cli") -> IPCClient:
@@ -170,6 +169,8 @@ def _has_infinite(value: Any) -> bool:
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table  # noqa: PLC0415  # only the commands that print one
+
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column)
@@ -181,6 +182,8 @@ def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 def console() -> Console:
     """A terminal's own width; piped into a file or another program, wide enough that
     nothing is cut (Rich would assume 80 columns)."""
+    from rich.console import Console  # noqa: PLC0415  # only the commands that print
+
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
         return Console()
     return Console(width=200)
@@ -333,12 +336,10 @@ def _routing_role(leader: bool | None) -> str:
     )
 
 
-def status_table(s: RouterStatus) -> Table:
-    table = Table(title="AegisIPC router", show_header=False, title_justify="left")
-    table.add_column("field", style="bold")
-    table.add_column("value")
+def status_text(s: RouterStatus) -> str:
+    """The router's status as aligned ``field  value`` lines under a title: plain text,
+    so that ``ipc status`` (typed dozens of times a day) does not load Rich."""
     nats = s.nats
-    cluster = nats.cluster or "-"
     rows = [
         ("router id", s.router_id),
         ("version", f"{s.version} (protocol v{s.protocol_version})"),
@@ -347,16 +348,15 @@ def status_table(s: RouterStatus) -> Table:
         ("uptime", _duration(s.uptime_s)),
         ("nats server", f"{nats.server_name or '-'} v{nats.version or '?'}"),
         ("nats url", nats.connected_url or "-"),
-        ("nats cluster", cluster),
+        ("nats cluster", nats.cluster or "-"),
         ("jetstream", "enabled" if nats.jetstream else "DISABLED"),
         ("embedded nats", "yes" if nats.embedded else "no"),
         ("routing", _routing_role(s.leader)),
         ("services", str(s.services)),
         ("instances", str(s.instances)),
     ]
-    for field, value in rows:
-        table.add_row(field, value)
-    return table
+    width = max(len(field) for field, _ in rows)
+    return "\n".join(["AegisIPC router", *(f"  {f:<{width}}  {v}" for f, v in rows)])
 
 
 def _duration(seconds: float) -> str:

@@ -189,7 +189,7 @@ def status(ctx: typer.Context, as_json: bool = _json_option()) -> None:
     if settings.json:
         _ops.print_json(result)
         return
-    _ops.console().print(_ops.status_table(result))
+    typer.echo(_ops.status_text(result))
 
 
 @app.command()

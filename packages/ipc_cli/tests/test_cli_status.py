@@ -56,6 +56,45 @@ async def test_status_table(nats_server: NatsServerProcess, router: RouterProces
     assert "instances" in out
 
 
+# Loaded by other commands, by the router or by the tests, never by ``ipc status``.
+NOT_FOR_STATUS = (
+    "rich",
+    "jsonschema",
+    "opentelemetry",
+    "prometheus_client",
+    "pydantic_settings",
+    "nkeys",
+    "nacl",
+    "ipc_router",
+    "ipc_testing",
+    "ipc_client_sdk.testing",
+    "ipc_client_sdk._calling",
+    "ipc_client_sdk._pubsub",
+    "ipc_client_sdk._serving",
+    "ipc_client_sdk._tracing",
+)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+async def test_status_loads_only_what_it_needs(
+    nats_server: NatsServerProcess, router: RouterProcess, as_json: bool
+) -> None:
+    argv = ["ipc", "--nats-url", nats_server.url, "status", *(["--json"] if as_json else [])]
+    code = (
+        f"import sys\nfrom ipc_cli._entry import main\nsys.argv = {argv!r}\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        f"print(sorted(m for m in {NOT_FOR_STATUS!r} if m in sys.modules))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().strip().splitlines()
+    assert "test-router" in out.decode()  # it did print the status
+    assert lines[-1] == "[]", lines[-1]
+
+
 async def test_environment_variable_names_the_server(
     nats_server: NatsServerProcess, router: RouterProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:

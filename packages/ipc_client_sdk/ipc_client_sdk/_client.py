@@ -8,26 +8,23 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from ipc_client_sdk._admin import AdminClient
-from ipc_client_sdk._calling import Caller
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, Codec
 from ipc_client_sdk._credentials import Credentials, lift_url_credentials
 from ipc_client_sdk._errors import ClientStateError, InvalidArgumentError
 from ipc_client_sdk._link import ClientState, Link
 from ipc_client_sdk._metrics import client_metrics
 from ipc_client_sdk._nats import DEFAULT_SERVERS, close_nats, open_nats, parse_servers
-from ipc_client_sdk._pubsub import (
-    EventHandler,
-    Subscription,
-    check_subscribe_arguments,
-    publish,
-)
 from ipc_client_sdk._readiness import DEFAULT_READY_TIMEOUT, check_ready_timeout
-from ipc_client_sdk._service import Service
-from ipc_client_sdk._serving import RoleListener, ServiceInstance, check_serve_arguments
 from ipc_client_sdk._subjects import DEFAULT_PREFIX, Subjects
 
+# Calling, pub/sub and serving load when first used (``ipc status`` needs none of them).
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from ipc_client_sdk._calling import Caller
+    from ipc_client_sdk._pubsub import EventHandler, Subscription
+    from ipc_client_sdk._service import Service
+    from ipc_client_sdk._serving import RoleListener, ServiceInstance
 
 _log = logging.getLogger("ipc_client_sdk")
 
@@ -92,7 +89,7 @@ class IPCClient:
             metrics=client_metrics(metrics),
         )
         self._admin = AdminClient(self._link)
-        self._caller = Caller(self._link)
+        self._caller: Caller | None = None
         self._instances: list[ServiceInstance] = []
         self._subscriptions: list[Subscription] = []
 
@@ -250,6 +247,10 @@ class IPCClient:
                 once, not after the timeout).
             IPCConnectionError: the NATS connection is gone.
         """
+        if self._caller is None:
+            from ipc_client_sdk._calling import Caller  # noqa: PLC0415  # see the imports
+
+            self._caller = Caller(self._link)
         return await self._caller.call(
             target,
             payload,
@@ -290,6 +291,8 @@ class IPCClient:
                 its oldest events instead, so this means the whole store is full).
             PermissionDeniedError: NATS does not let this identity publish on ``topic``.
         """
+        from ipc_client_sdk._pubsub import publish  # noqa: PLC0415  # see the imports
+
         return await publish(self._link, topic, event, event_id=event_id, timeout=timeout)
 
     async def subscribe(
@@ -334,6 +337,11 @@ class IPCClient:
             PermissionDeniedError: NATS does not let this identity subscribe to ``topic``
                 (or, durable, use the events stream).
         """
+        from ipc_client_sdk._pubsub import (  # noqa: PLC0415  # see the imports
+            Subscription,
+            check_subscribe_arguments,
+        )
+
         check_subscribe_arguments(topic, handler, model, queue, durable, max_deliveries)
         delays = tuple(backoff)
         if not delays or any(not (isinstance(d, int | float) and 0 <= d <= 3600) for d in delays):
@@ -392,6 +400,11 @@ class IPCClient:
             PermissionDeniedError: NATS does not let this identity serve ``service`` (its
                 inbox, its registration or its results bucket).
         """
+        from ipc_client_sdk._serving import (  # noqa: PLC0415  # see the imports
+            ServiceInstance,
+            check_serve_arguments,
+        )
+
         check_serve_arguments(service, instance_id, resources, concurrency, heartbeat_interval)
         ready_timeout = check_ready_timeout(ready_timeout)
         instance = ServiceInstance(
@@ -422,7 +435,8 @@ class IPCClient:
             for instance in self._instances:
                 await instance.stop(timeout=timeout)
         nc = self._link.closed()
-        await self._caller.close()
+        if self._caller is not None:
+            await self._caller.close()
         if nc is not None:
             await close_nats(nc, timeout=timeout)
 

@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
-import nkeys
-
 from ipc_client_sdk._errors import AuthenticationError, InvalidArgumentError
 
 CREDENTIAL_ENV_VARS: Mapping[str, str] = {
@@ -246,6 +244,8 @@ def public_key_of(seed: bytes) -> str:
     Raises:
         ValueError: ``seed`` is not an NKey seed.
     """
+    import nkeys  # noqa: PLC0415  # PyNaCl loads only for an NKey identity
+
     buffer = bytearray(seed.strip())
     try:
         key: bytes = nkeys.from_seed(buffer).public_key
