@@ -171,8 +171,9 @@ async def test_subscriptions_and_serving_that_nats_refuses_fail_at_once(
 
         error = await refused(client.serve(secret, instance_id="s1", ready_timeout=LONG))
         assert error.operation == "subscribe" and error.subject.startswith("ipc.inst.secret.s1")
-    warnings = [r for r in caplog.records if "NATS refused an operation" in r.getMessage()]
-    assert warnings and all(r.levelno == logging.WARNING for r in warnings)
+    refusals = [r for r in caplog.records if "NATS refused an operation" in r.getMessage()]
+    # Each refusal was raised by its operation: that is the report, not a warning too.
+    assert all(r.levelno < logging.WARNING for r in refusals)
 
 
 # --- the registry, without a server ------------------------------------------------------
