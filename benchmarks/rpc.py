@@ -1,6 +1,7 @@
-"""RPC benchmark: AegisIPC's call paths against raw nats-py request/reply, in one run.
+"""RPC benchmark: AegisIPC's call paths against raw nats-py request/reply, FastStream's NATS
+RPC and a bare nats-py floor of the durable protocol, in one run.
 
-    uv run python benchmarks/rpc.py [--duration 3] [--rounds 3] [--paths raw,durable,direct]
+    uv run python benchmarks/rpc.py [--duration 3] [--rounds 3] [--paths raw,durable,...]
                                     [--concurrency 1,200] [--metrics] [--json]
 
 It starts its own nats-server (JetStream on, file storage), then measures, with the same
@@ -14,13 +15,29 @@ order-like payload (about 200 bytes of MessagePack) and the caller in this proce
   in a process of its own: accepted into JetStream, claimed and recorded in the results
   bucket, exactly once;
 - **direct**: ``client.call(..., durable=False)``: a core request straight to the owning
-  instance, found in the SDK's routing cache (at most once).
+  instance, found in the SDK's routing cache (at most once);
+- **faststream**: FastStream's NATS RPC, the nearest peer: ``broker.request(order, ...)``
+  to a FastStream subscriber in a process of its own that takes the ``Order`` and returns
+  an ``OrderAck`` (Pydantic models, JSON on the wire), the answer validated into an
+  ``OrderAck``. Core NATS, no durability, no router. Needs the benchmark-only dependency
+  group (``uv sync --group bench``); without it the path is skipped with a printed reason;
+- **bare**, **bare-fwd** (and, when named, **bare-seq**, **bare-1w**): the durable
+  protocol written with bare nats-py and MessagePack (``bare_durable.py``), through a bare
+  router and a bare instance in processes of their own: the floor of the durable path.
+  ``bare`` is today's shape (the router relays the answer); ``bare-fwd`` has the router
+  forward the call with the caller's reply address and the ack subject, the instance
+  answer and ack, and the outcome written while the answer goes out; ``bare-seq`` is
+  ``bare-fwd`` with the outcome written before the answer, ``bare-1w`` ``bare-fwd`` with
+  one write (the outcome created once, no claim). ``durable`` is also printed as a ratio
+  to each floor measured in the same run.
 
 Each path runs at concurrency 1 (latency) and 200 (throughput) for ``--duration`` seconds
 after a short warm-up, ``--rounds`` times, the paths taking turns so that a change in the
 machine's load hits them alike; each figure is the median over the rounds. It prints calls
 per second, p50, p99 and p99.9, each figure's ratio to raw measured in the same run, and
-the CPU time each process spent per call. Every call must succeed: a failure is counted and
+the CPU time each process spent per call (``router`` and ``instance`` are the bare ones
+for the bare paths; ``responder`` is FastStream's for ``faststream``). Every call must
+succeed: a failure is counted and
 printed, and the script exits 1.
 
 ``--metrics`` measures what instrumentation costs: each AegisIPC path also runs as
@@ -38,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -49,6 +67,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, Protocol
 
 import msgpack
 import nats
@@ -56,6 +75,7 @@ from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from _bench import Peer, Result, measure, median_result, serve_until_term
+from bare_durable import BareCaller
 from ipc_client_sdk import CallContext, IPCClient, Service
 from ipc_router.infrastructure.nats_server import NatsServerConfig, NatsServerProcess, free_port
 from ipc_testing.router import RouterProcess
@@ -64,12 +84,23 @@ SERVICE = "orders"
 METHOD = "place"
 ACCOUNT = "acc_1"
 RAW_SUBJECT = "bench.raw.place"
-PATHS = ("raw", "durable", "direct")
+FASTSTREAM_SUBJECT = "bench.faststream.place"
+BARE_INBOX = "bare.instance.o1"
+BARE_MODES = {
+    "bare": "relay",
+    "bare-fwd": "forward",
+    "bare-seq": "forward-seq",
+    "bare-1w": "one-write",
+}
+"""The bare paths and the ``bare_durable`` mode each takes."""
+PATHS = ("raw", "faststream", "durable", "direct", *BARE_MODES)
+DEFAULT_PATHS = ("raw", "faststream", "durable", "direct", "bare", "bare-fwd")
 METERED = "+m"
 """Suffix of a path measured through the deployment with metrics on (``--metrics``)."""
 METRICS_PREFIX = "ipcm"
 SCRAPE_EVERY = 5.0
 SCRIPT = str(Path(__file__).resolve())
+BARE_SCRIPT = str(Path(__file__).resolve().with_name("bare_durable.py"))
 
 
 class Order(BaseModel):
@@ -175,6 +206,61 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+class FastStreamReply(Protocol):
+    """What the caller uses of FastStream's ``NatsMessage``."""
+
+    async def decode(self) -> Any: ...
+
+
+class FastStreamBroker(Protocol):
+    """What the benchmark uses of FastStream's ``NatsBroker`` (imported at run time: the
+    ``bench`` dependency group is optional, so its types are not part of the type check)."""
+
+    async def start(self) -> None: ...
+
+    async def connect(self) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+    async def request(self, message: Any, subject: str, *, timeout: float) -> FastStreamReply: ...
+
+    def subscriber(self, subject: str) -> Callable[[Callable[..., Any]], Any]: ...
+
+
+def faststream_broker(url: str) -> FastStreamBroker:
+    """A FastStream NATS broker for ``url``, with its per-message log lines off (AegisIPC
+    and raw log nothing per call either).
+
+    Raises:
+        ImportError: FastStream is not installed (``uv sync --group bench``).
+    """
+    module = importlib.import_module("faststream.nats")
+    broker: FastStreamBroker = module.NatsBroker(url, logger=None)
+    return broker
+
+
+def faststream_missing() -> str | None:
+    """Why the ``faststream`` path cannot run here, or None when it can."""
+    try:
+        importlib.import_module("faststream.nats")
+    except ImportError as e:
+        return f"faststream skipped: {e} (install it with `uv sync --group bench`)"
+    return None
+
+
+async def serve_faststream(url: str) -> None:
+    """A FastStream app with one subscriber: takes the ``Order``, returns an ``OrderAck``."""
+    broker = faststream_broker(url)
+
+    @broker.subscriber(FASTSTREAM_SUBJECT)
+    async def place(order: Order) -> OrderAck:
+        return answer(order, "faststream")
+
+    await broker.start()
+    await serve_until_term()
+    await broker.stop()
+
+
 class Deployment:
     """One router, one instance process and one caller under a subject prefix."""
 
@@ -247,6 +333,11 @@ async def bench(
         server = NatsServerProcess(NatsServerConfig(store_dir=workdir / "nats", port=0))
         await server.start()
         raw_peer = Peer(workdir / "raw.log", SCRIPT)
+        fs_peer = Peer(workdir / "faststream.log", SCRIPT)
+        bare_router = Peer(workdir / "bare-router.log", BARE_SCRIPT)
+        bare_instance = Peer(workdir / "bare-instance.log", BARE_SCRIPT)
+        bare_paths = [p for p in paths if p in BARE_MODES]
+        fs_broker: FastStreamBroker | None = None
         plain = Deployment(workdir, server.url, "ipc", metrics=False)
         metered = Deployment(workdir, server.url, METRICS_PREFIX, metrics=True)
         deployments = {"": plain, METERED: metered} if metrics else {"": plain}
@@ -257,6 +348,15 @@ async def bench(
             await raw_peer.start("serve-raw", server.url)
             clients = {suffix: await d.start() for suffix, d in deployments.items()}
             nc = await nats.connect(server.url, name="bench-raw-caller")
+            if "faststream" in paths:
+                await fs_peer.start("serve-faststream", server.url)
+                fs_broker = faststream_broker(server.url)
+                await fs_broker.connect()
+            bare = BareCaller(nc)
+            if bare_paths:
+                await bare_router.start("serve-router", server.url, BARE_INBOX)
+                await bare_instance.start("serve-instance", server.url, BARE_INBOX)
+                await bare.start()
             if metrics:
 
                 async def scrape_forever() -> None:
@@ -288,7 +388,24 @@ async def bench(
 
                     return one
 
-                calls: dict[str, Callable[[int], Awaitable[object]]] = {"raw": raw_call}
+                def bare_call(mode: str) -> Callable[[int], Awaitable[object]]:
+                    async def one(n: int) -> object:
+                        return await bare.call(mode, ACCOUNT, raw_orders[n % 1000])
+
+                    return one
+
+                async def faststream_call(n: int) -> object:
+                    assert fs_broker is not None
+                    reply = await fs_broker.request(
+                        orders[n % 1000], FASTSTREAM_SUBJECT, timeout=10
+                    )
+                    return OrderAck.model_validate(await reply.decode())
+
+                calls: dict[str, Callable[[int], Awaitable[object]]] = {
+                    "raw": raw_call,
+                    "faststream": faststream_call,
+                }
+                calls.update({path: bare_call(mode) for path, mode in BARE_MODES.items()})
                 for suffix, client in clients.items():
                     calls["durable" + suffix] = ipc_call(client, True)
                     calls["direct" + suffix] = ipc_call(client, False)
@@ -300,7 +417,7 @@ async def bench(
                         path + suffix
                         for path in paths
                         for suffix in suffixes
-                        if path != "raw" or not suffix
+                        if path.startswith(("durable", "direct")) or not suffix
                     ]
                     for level in levels:
                         for path in measured:
@@ -308,6 +425,11 @@ async def bench(
                             deployment = metered if path.endswith(METERED) else plain
                             if path == "raw":
                                 procs["responder"] = raw_peer.pid
+                            elif path == "faststream":
+                                procs["responder"] = fs_peer.pid
+                            elif path in BARE_MODES:
+                                procs["router"] = bare_router.pid
+                                procs["instance"] = bare_instance.pid
                             else:
                                 procs["instance"] = deployment.peer.pid
                             if path.startswith("durable"):
@@ -319,10 +441,14 @@ async def bench(
             finally:
                 if scraper is not None:
                     scraper.cancel()
+                if fs_broker is not None:
+                    await fs_broker.stop()
                 await nc.close()
         finally:
             for deployment in deployments.values():
                 await deployment.stop()
+            for peer in (bare_instance, bare_router, fs_peer):
+                await peer.stop()
             await raw_peer.stop()
             await server.stop()
     return [median_result(rs) for rs in runs.values()]
@@ -354,13 +480,13 @@ def table(results: list[Result]) -> str:
     """The results as a text table, with ratios to raw."""
     rel = ratios(results)
     lines = [
-        f"{'path':<8} {'conc':>4} {'calls/s':>9} {'vs raw':>7} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'path':<10} {'conc':>4} {'calls/s':>9} {'vs raw':>7} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'p99 vs raw':>10} {'p99.9 ms':>9} {'failed':>6}"
     ]
     for r in results:
         ratio = rel.get((r.path, r.concurrency), {})
         lines.append(
-            f"{r.path:<8} {r.concurrency:>4} {r.per_second:>9.0f} "
+            f"{r.path:<10} {r.concurrency:>4} {r.per_second:>9.0f} "
             f"{ratio.get('per_second', math.nan):>6.0%} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
             f"{ratio.get('p99', math.nan):>9.2f}x {r.p999_ms:>9.2f} {r.failed:>6}"
         )
@@ -372,13 +498,13 @@ def cpu_table(results: list[Result]) -> str:
     names = ["caller", "responder", "router", "instance", "nats-server"]
     lines = [
         "CPU per call, µs (user + system):\n"
-        + f"{'path':<8} {'conc':>4} "
+        + f"{'path':<10} {'conc':>4} "
         + " ".join(f"{n:>11}" for n in names)
         + f" {'total':>8}"
     ]
     for r in results:
         cells = " ".join(f"{r.cpu_us[n]:>11.0f}" if n in r.cpu_us else f"{'-':>11}" for n in names)
-        lines.append(f"{r.path:<8} {r.concurrency:>4} {cells} {sum(r.cpu_us.values()):>8.0f}")
+        lines.append(f"{r.path:<10} {r.concurrency:>4} {cells} {sum(r.cpu_us.values()):>8.0f}")
     return "\n".join(lines)
 
 
@@ -413,6 +539,32 @@ def metrics_lines(results: list[Result]) -> list[str]:
     return lines
 
 
+def durable_vs(results: list[Result]) -> dict[tuple[str, int], dict[str, float]]:
+    """The durable path against its peers measured in the same run: each bare floor and
+    FastStream, at each level (throughput and p50 as ratios, CPU per call in all)."""
+    durable = {r.concurrency: r for r in results if r.path == "durable"}
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for r in results:
+        mine = durable.get(r.concurrency)
+        if mine is None or not (r.path in BARE_MODES or r.path == "faststream"):
+            continue
+        out[(r.path, r.concurrency)] = {
+            "per_second": _ratio(mine.per_second, r.per_second),
+            "p50": _ratio(mine.p50_ms, r.p50_ms),
+            "cpu_per_call": _ratio(sum(mine.cpu_us.values()), sum(r.cpu_us.values())),
+        }
+    return out
+
+
+def durable_lines(results: list[Result]) -> list[str]:
+    """The durable path's distance from its floors and from FastStream, one line each."""
+    return [
+        f"durable vs {path} x{level}: throughput {ratio['per_second']:.2f}, "
+        f"p50 {ratio['p50']:.2f}x, CPU per call {ratio['cpu_per_call']:.2f}x"
+        for (path, level), ratio in sorted(durable_vs(results).items())
+    ]
+
+
 def targets(results: list[Result]) -> list[str]:
     """The issue's targets, each with its measured ratio and whether it was met."""
     rel = ratios(results)
@@ -441,11 +593,18 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve-ipc":
         asyncio.run(serve_ipc(*sys.argv[2:6]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-faststream":
+        asyncio.run(serve_faststream(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(prog="benchmarks/rpc.py", description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
-    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
+    parser.add_argument(
+        "--paths",
+        default=",".join(DEFAULT_PATHS),
+        help=f"comma-separated, of {', '.join(PATHS)} (default: {','.join(DEFAULT_PATHS)})",
+    )
     parser.add_argument("--concurrency", default="1,200", help="comma-separated levels")
     parser.add_argument(
         "--metrics",
@@ -464,6 +623,10 @@ def main() -> None:
         parser.error("--concurrency takes comma-separated integers")
     if not levels or min(levels) < 1 or args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
         parser.error("concurrency and rounds must be >= 1, duration > 0, warmup >= 0")
+    skipped = faststream_missing() if "faststream" in paths else None
+    if skipped is not None:
+        paths.remove("faststream")
+        print(skipped, file=sys.stderr if args.json else sys.stdout)
     started = time.monotonic()
     results = asyncio.run(
         bench(paths, levels, args.duration, args.warmup, args.rounds, metrics=args.metrics)
@@ -477,6 +640,8 @@ def main() -> None:
                     "ratios": {f"{p}@{c}": v for (p, c), v in ratios(results).items()},
                     "targets": targets(results),
                     "metrics_cost": {f"{p}@{c}": v for (p, c), v in metrics_cost(results).items()},
+                    "durable_vs": {f"{p}@{c}": v for (p, c), v in durable_vs(results).items()},
+                    "skipped": skipped,
                     "seconds": round(took, 1),
                 },
                 indent=2,
@@ -486,7 +651,7 @@ def main() -> None:
         print(table(results))
         print()
         print(cpu_table(results))
-        for line in targets(results) + metrics_lines(results):
+        for line in durable_lines(results) + targets(results) + metrics_lines(results):
             print(line)
         print(f"({took:.0f}s in all)")
     if any(r.failed for r in results):
