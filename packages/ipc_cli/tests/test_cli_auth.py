@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 
 from ipc_cli._exit import ExitCode
 from ipc_cli.main import app
+from ipc_client_sdk._permissions import subject_matches
 from ipc_router.infrastructure.nats_server import find_nats_server
 from ipc_testing.instance import InstanceProcess
 from ipc_testing.secured import SecuredStack
@@ -72,6 +73,14 @@ def test_add_service_limits_callees_and_never_overwrites_a_seed(tmp_path: Path) 
     seed = (d / "svc_a.nk").read_bytes()
     authorization = (d / "authorization.conf").read_text()
     assert '"ipc.call.service_b.*"' in authorization and '"ipc.call.*.*"' not in authorization
+    # Direct calls: the instances' `.d` subjects only, never their inboxes (the router's)
+    # nor their control subjects.
+    direct = '"ipc.inst.service_b.*.*.d"'
+    assert direct in authorization and '"ipc.inst.service_b.*.*"' not in authorization
+    inbox, control = "ipc.inst.service_b.b1.s1", "ipc.inst.service_b.b1.s1.ctl"
+    assert subject_matches(direct.strip('"'), f"{inbox}.d")
+    assert not subject_matches(direct.strip('"'), inbox)
+    assert not subject_matches(direct.strip('"'), control)
     # Again, with every service: the seed stays, the permissions change.
     again = ipc("auth", "add-service", str(d), "svc_a", "--json")
     assert again.exit_code == ExitCode.OK and not json.loads(again.stdout)["created"]

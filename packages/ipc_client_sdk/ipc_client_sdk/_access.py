@@ -156,7 +156,7 @@ def permissions(subjects: Subjects, identity: Identity) -> Grants:
     results = subjects.results_bucket
     publish = []
     for callee in callees:
-        publish += [f"{p}.call.{callee}.*", f"{p}.inst.{callee}.*.*"]
+        publish += [f"{p}.call.{callee}.*", f"{p}.inst.{callee}.*.*.d"]
     publish += [
         f"{p}.hb.{name}.*",
         *(subjects.control(op, name) for op in _INSTANCE_OPS),

@@ -288,7 +288,7 @@ class Caller:
         link = self._link
         service, call_id = target.service, request.call_id
         deadline = request.deadline or time.time() + timeout
-        inbox = link.subjects.instance_inbox(service, target.instance_id, target.session)
+        inbox = link.subjects.instance_direct(service, target.instance_id, target.session)
         try:
             msg = await link.replies.request(
                 inbox,

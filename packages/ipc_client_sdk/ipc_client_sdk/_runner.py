@@ -87,18 +87,23 @@ class CallRunner:
         self._problems = RateLimitedLog(_log)  # per call, whoever sends them: few lines
 
     async def handle(
-        self, data: bytes, headers: Mapping[str, str] | None = None
+        self, data: bytes, headers: Mapping[str, str] | None = None, *, direct: bool = False
     ) -> tuple[bytes, str | None]:
         """Handle one delivered call; return the encoded reply, and the reason when the call
         was refused unrun (fenced or stale epoch). Never raises ``Exception``.
 
         ``headers``: the message's, where the caller's trace context travels; the call runs
-        in a span that continues it (see ``_tracing``).
+        in a span that continues it (see ``_tracing``). ``direct``: whether it arrived on the
+        instance's direct subject (from a caller) rather than its inbox (from the router).
+        That, not the body's ``direct`` flag, decides how the call is admitted and run:
+        the body is whatever its sender wrote, the subject is what NATS let it publish on.
         """
         try:
             request = self._codec.decode_envelope(data, CallRequest)
         except CodecError as e:
             return self.error("", e.code, e.message), None
+        if request.direct is not direct:
+            request = request.model_copy(update={"direct": direct})
         with serving_call(
             headers,
             request.service,

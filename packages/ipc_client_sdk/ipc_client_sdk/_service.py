@@ -42,7 +42,8 @@ class CallContext:
         instance_id: the instance serving the call.
         resource_id: the resource the call targets, if any.
         deadline: the caller's absolute deadline (Unix seconds), if any.
-        caller: the caller's connection name, if it gave one.
+        caller: the caller's connection name, if it gave one: as the caller wrote it, not
+            vouched for by NATS or the router (log it; do not authorize on it).
         epoch: the routing epoch the call was routed under.
         delivery: 1 on the first delivery; more when the call was delivered again.
         trace_id: the OpenTelemetry trace the call belongs to (32 hex digits), or None

@@ -2,7 +2,9 @@
 
 An instance registers with the router, heartbeats, and takes calls from its inbox
 (``<prefix>.inst.<service>.<instance_id>.<session>``; the session is random per process, so
-a process that lost its id to a newer one receives nothing) with bounded concurrency.
+a process that lost its id to a newer one receives nothing) with bounded concurrency. Only
+the router may publish on the inbox; callers' direct calls arrive one token deeper
+(``<inbox>.d``), and the subject a call arrived on, never its body, says which it is.
 ``CallRunner`` (``_runner.py``) handles each call at most once per call.
 
 **Roles and fencing.** The router says which role the instance has (``role``: ``active`` or
@@ -138,6 +140,7 @@ class ServiceInstance:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbox: Subscription | None = None
+        self._direct: Subscription | None = None
         self._beats: Subscription | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._reregister: asyncio.Task[None] | None = None
@@ -251,12 +254,16 @@ class ServiceInstance:
         )
         subjects = link.subjects
         inbox = subjects.instance_inbox(self.service, self.instance_id, self._session)
+        direct = subjects.instance_direct(self.service, self.instance_id, self._session)
         control = subjects.instance_control(self.service, self.instance_id, self._session)
         try:
             self._inbox = await nc.subscribe(inbox, cb=self._on_call, pending_msgs_limit=1_000_000)
+            self._direct = await nc.subscribe(
+                direct, cb=self._on_direct_call, pending_msgs_limit=1_000_000
+            )
             self._beats = await nc.subscribe(control, cb=self._on_control)
             # The inbox must be live before the router routes here (or refused: say so).
-            await link.permissions.confirm(nc, [inbox, control])
+            await link.permissions.confirm(nc, [inbox, direct, control])
             await ready.retry(
                 self._register, waiting_for="a router to register with", missing=_no_router_yet
             )
@@ -298,11 +305,14 @@ class ServiceInstance:
             return max(0.1, deadline - reserve - loop.time())
 
         await self._drain(wait=max(0.0, left(reserve=1.5) - 0.5))
-        if self._inbox is not None:
+        for sub in (self._direct, self._inbox):
+            if sub is None:
+                continue
             # Drain, not unsubscribe: calls already delivered but waiting for a free slot
-            # are served, not dropped.
+            # are answered, not dropped (direct ones first: they are refused at once, and
+            # their callers go to the router).
             with contextlib.suppress(nats.errors.Error, TimeoutError):
-                drained = self._inbox.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
+                drained = sub.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
                 await asyncio.wait_for(drained, left(reserve=1.0))
         self._closing = True  # whatever the drain left is refused, not served after we return
         if self._tasks:
@@ -366,11 +376,11 @@ class ServiceInstance:
                 )
 
     async def _unsubscribe(self) -> None:
-        for sub in (self._inbox, self._beats):
+        for sub in (self._inbox, self._direct, self._beats):
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
-        self._inbox = self._beats = None
+        self._inbox = self._direct = self._beats = None
 
     async def _register(self) -> None:
         registration = Registration(
@@ -577,6 +587,14 @@ class ServiceInstance:
 
     # --- calls -------------------------------------------------------------------------
     async def _on_call(self, msg: Msg) -> None:
+        """A call the router routed here (the inbox)."""
+        await self._take(msg, direct=False)
+
+    async def _on_direct_call(self, msg: Msg) -> None:
+        """A caller's direct call (the inbox's ``.d`` subject)."""
+        await self._take(msg, direct=True)
+
+    async def _take(self, msg: Msg, *, direct: bool) -> None:
         runner = self._runner
         assert runner is not None  # set before the inbox is subscribed
         if not self._closing:
@@ -588,7 +606,7 @@ class ServiceInstance:
             message = f"instance {self.instance_id} is stopping"
             await self._respond(msg, runner.error("", ErrorCode.UNAVAILABLE, message), "stopping")
             return
-        task = asyncio.create_task(self._serve_one(msg))
+        task = asyncio.create_task(self._serve_one(msg, direct=direct))
         self._tasks.add(task)
         task.add_done_callback(self._call_done)
 
@@ -598,9 +616,9 @@ class ServiceInstance:
         if not task.cancelled() and task.exception() is not None:
             _log.error("serving a call failed", exc_info=task.exception())
 
-    async def _serve_one(self, msg: Msg) -> None:
+    async def _serve_one(self, msg: Msg, *, direct: bool) -> None:
         assert self._runner is not None
-        reply, refused = await self._runner.handle(msg.data, msg.headers)
+        reply, refused = await self._runner.handle(msg.data, msg.headers, direct=direct)
         await self._respond(msg, reply, refused)
 
     async def _respond(self, msg: Msg, reply: bytes, refused: str | None = None) -> None:

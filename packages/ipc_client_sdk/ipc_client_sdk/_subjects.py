@@ -212,6 +212,15 @@ class Subjects:
             f"{validate_token(instance_id, 'instance_id')}.{validate_token(session, 'session')}"
         )
 
+    def instance_direct(self, service: str, instance_id: str, session: str) -> str:
+        """Where callers send direct calls (``durable=False``) to one instance process.
+
+        One token deeper than the inbox, so that NATS permissions tell the two apart: only
+        the router may publish on the inbox, a caller only here. The instance decides
+        whether a call is direct from the subject it arrived on, never from its body.
+        """
+        return f"{self.instance_inbox(service, instance_id, session)}.d"
+
     def instance_control(self, service: str, instance_id: str, session: str) -> str:
         """Where the router tells one instance process its role, epoch and lease (the
         answers to its heartbeats, and role changes as they happen)."""

@@ -48,9 +48,18 @@ async def recorded(nc: NATS, key: str) -> bool:
 
 
 async def send(
-    nc: NATS, instance: object, epoch: int, resource: str | None
+    nc: NATS,
+    instance: object,
+    epoch: int | None,
+    resource: str | None,
+    *,
+    direct: bool = True,
+    to_inbox: bool = False,
 ) -> tuple[str, CallReply]:
-    """A raw direct call to the instance; the refusal reason (empty: run) and the reply."""
+    """A raw direct call to the instance; the refusal reason (empty: run) and the reply.
+
+    ``direct``: the body's flag; ``to_inbox``: send it to the router's subject instead.
+    """
     codec = Codec()
     session = instance._session  # type: ignore[attr-defined]
     instance_id = instance.instance_id  # type: ignore[attr-defined]
@@ -62,9 +71,11 @@ async def send(
         resource_id=resource,
         deadline=time.time() + 5,
         epoch=epoch,
-        direct=True,
+        direct=direct,
     )
-    subject = Subjects().instance_inbox("service_b", instance_id, session)
+    subjects = Subjects()
+    where = subjects.instance_inbox if to_inbox else subjects.instance_direct
+    subject = where("service_b", instance_id, session)
     msg = await nc.request(subject, codec.encode_envelope(request), timeout=5)
     reply = codec.decode_envelope(msg.data, CallReply)
     return (msg.headers or {}).get(REFUSED_HEADER, ""), reply
@@ -137,6 +148,31 @@ async def test_the_instance_refuses_direct_calls_it_must_not_run(
     ok, reply = await send(raw_nats, b1, b1.epoch, "acc_1")
     assert ok == "" and reply.error is None
     assert sum(svc.runs.values()) == 1  # only the admitted call ran
+
+
+async def test_the_subject_not_the_body_says_whether_a_call_is_direct(
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS
+) -> None:
+    """Only the router may publish on the inbox, callers on ``<inbox>.d``: the instance
+    admits and runs a call by where it arrived, whatever its ``direct`` flag says."""
+    _, server = clients
+    svc = CountingService()
+    b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+    b2 = await server.serve(svc.service, instance_id="b2", resources=["acc_1"])
+
+    # A routed-looking call on the direct subject is a direct call: b2 is a standby.
+    refused, reply = await send(raw_nats, b2, b2.epoch, "acc_1", direct=False)
+    assert refused == "not-owner" and reply.error is not None
+    refused, _ = await send(raw_nats, b2, None, "acc_1", direct=False)
+    assert refused == "stale-epoch"
+    assert sum(svc.runs.values()) == 0
+
+    # A direct-looking call on the inbox is a routed one: claimed and recorded, at most once.
+    ok, reply = await send(raw_nats, b1, b1.epoch, "acc_1", to_inbox=True)
+    assert ok == "" and reply.error is None
+    assert await recorded(raw_nats, f"service_b.do_work.{reply.call_id}")
+    again, _ = await send(raw_nats, b1, b1.epoch, "acc_1", to_inbox=True)
+    assert again == "" and sum(svc.runs.values()) == 1
 
 
 async def test_direct_calls_follow_a_promotion_and_never_run_twice(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,9 +39,12 @@ from ipc_client_sdk import (
     ServiceInstance,
 )
 from ipc_client_sdk.protocol import (
+    REFUSED_HEADER,
     AdminOp,
     AdminReply,
     AdminRequest,
+    CallReply,
+    CallRequest,
     Codec,
     ErrorCode,
     ErrorInfo,
@@ -98,6 +102,7 @@ class Deployment:
     b1: ServiceInstance
     b2: ServiceInstance
     attacker: Attacker
+    b2_work: CountingService
 
 
 async def _attacker(stack: SecuredStack) -> Attacker:
@@ -125,12 +130,11 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
             b1 = await server.serve(
                 CountingService().service, instance_id="b1", resources=["acc_XYZ"]
             )
-            b2 = await server.serve(
-                CountingService().service, instance_id="b2", resources=["acc_XYZ"]
-            )
+            b2_work = CountingService()
+            b2 = await server.serve(b2_work.service, instance_id="b2", resources=["acc_XYZ"])
             attacker = await _attacker(stack)
             try:
-                yield Deployment(stack, caller, operator, b1, b2, attacker)
+                yield Deployment(stack, caller, operator, b1, b2, attacker, b2_work)
             finally:
                 await attacker.nc.close()
     finally:
@@ -297,6 +301,48 @@ async def test_d_a_forged_control_message_cannot_silence_an_instance(
     beats = {i.instance_id: i for i in await d.operator.admin.instances("service_b")}
     assert not d.b1.replaced and d.b1.role == "active"
     assert beats["b1"].health == "healthy"
+    assert (await _call(d)).instance_id == "b1"
+
+
+async def test_f4_a_call_forged_as_routed_never_runs_on_the_standby(
+    deployment: Deployment,
+) -> None:
+    """(F4) svc_x, allowed to send service_b direct calls, sends b2 (acc_XYZ's standby) a
+    call that claims to come from the router (``direct=False``, no epoch): on b2's inbox
+    NATS drops it; on b2's direct subject b2 goes by the subject, takes it for a direct
+    call and refuses it unrun. Nothing runs on b2."""
+    d, x = deployment, deployment.attacker
+    session = d.b2._session  # noqa: SLF001  # no secret: the registry holds it
+    runs = sum(d.b2_work.runs.values())
+
+    def forged(call_id: str, epoch: int | None) -> bytes:
+        request = CallRequest(
+            call_id=call_id,
+            service="service_b",
+            method="do_work",
+            payload=CODEC.encode(_work()),
+            resource_id="acc_XYZ",
+            deadline=time.time() + 5,
+            caller="svc_a",
+            epoch=epoch,
+            direct=False,
+        )
+        return CODEC.encode_envelope(request)
+
+    inbox = S.instance_inbox("service_b", "b2", session)
+    assert await x.request(inbox, forged("forged-routed-1", None)) is None
+    await x.refused(inbox)
+    direct = S.instance_direct("service_b", "b2", session)
+    for call_id, epoch, reason in (
+        ("forged-routed-2", None, "stale-epoch"),
+        ("forged-routed-3", d.b2.epoch, "not-owner"),
+    ):
+        answer = await x.request(direct, forged(call_id, epoch))
+        assert answer is not None and (answer.headers or {}).get(REFUSED_HEADER) == reason
+        reply = CODEC.decode_envelope(answer.data, CallReply)
+        assert reply.error is not None and reply.error.code is ErrorCode.FAILED_PRECONDITION
+    assert sum(d.b2_work.runs.values()) == runs
+    assert await _roles(d) == {"b1": "active", "b2": "standby"}
     assert (await _call(d)).instance_id == "b1"
 
 

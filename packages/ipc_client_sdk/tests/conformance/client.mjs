@@ -76,7 +76,8 @@ const out = {};
   }
 }
 
-// §8.2 direct call: find the active in the registry bucket, request its inbox with
+// §8.2 direct call: find the active in the registry bucket, request its direct subject
+// (its inbox plus ".d"; the inbox itself is the router's) with
 // direct: true and its epoch.
 {
   const registry = await js.views.kv(`${prefix.toUpperCase()}_REGISTRY`);
@@ -107,7 +108,7 @@ const out = {};
     epoch: target.epoch,
     direct: true,
   };
-  const subject = `${prefix}.inst.conformance.${target.instance_id}.${target.session}`;
+  const subject = `${prefix}.inst.conformance.${target.instance_id}.${target.session}.d`;
   const msg = await nc.request(subject, pack(request), { timeout: 5000 });
   const refused = msg.headers ? msg.headers.get("Ipc-Refused") : "";
   out.direct = { instance: target.instance_id, refused, result: plain(result(unpack(msg.data))) };

@@ -273,6 +273,7 @@ class CallRelay:
                 "delivery": attempts.delivery,
                 "deadline": attempts.deadline,
                 "abandoned": attempts.abandoned,
+                "direct": False,  # the instance goes by the subject; say the same here
             }
         )
         try:
