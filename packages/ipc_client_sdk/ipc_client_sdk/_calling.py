@@ -322,6 +322,15 @@ class Caller:
     def _result(self, raw: bytes, call_id: str, service: str, returns: Any) -> Any:
         codec = self._link.codec
         reply = codec.decode_envelope(raw, CallReply)
+        if reply.call_id != call_id:
+            # Only this call's answer counts: a reply naming another call (forged, or sent
+            # to this inbox by mistake) is never taken for this call's result.
+            raise RemoteError(
+                f"the reply names another call ({reply.call_id[:128]!r}); not taken",
+                code=ErrorCode.INTERNAL,
+                call_id=call_id,
+                service=service,
+            )
         if reply.error is not None:
             raise error_from_reply(reply, call_id, service)
         if reply.payload is None:

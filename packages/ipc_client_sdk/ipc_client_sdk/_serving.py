@@ -451,7 +451,24 @@ class ServiceInstance:
             beats += 1
             await asyncio.sleep(self._heartbeat_interval)
 
+    @staticmethod
+    def _from_nats(msg: Msg, sub: Subscription | None) -> bool:
+        """Whether ``msg`` was published on the subscribed subject itself.
+
+        A JetStream push consumer delivers to whatever ``deliver_subject`` its creator
+        named, past the creator's own publish permissions, but keeps the stored message's
+        subject and puts a ``$JS.ACK`` reply on it: such a message is a forgery injected
+        through a stream, never the router's, and is dropped.
+        """
+        return (
+            sub is not None
+            and msg.subject == sub.subject
+            and not (msg.reply or "").startswith("$JS.")
+        )
+
     async def _on_control(self, msg: Msg) -> None:
+        if not self._from_nats(msg, self._beats):
+            return
         try:
             answer = self._link.codec.decode_envelope(msg.data, AdminReply)
             state = (
@@ -467,7 +484,9 @@ class ServiceInstance:
             if self._epoch == 0:
                 return  # not registered yet: the registration's answer sets the roles
             if state.seq is not None and state.seq in self._sent and not self._replaced:
-                lease = state.lease or self._lease
+                # Never longer than the lease it registered with: a forged answer must not
+                # keep an instance unfenced for years.
+                lease = min(state.lease or self._lease, self._lease)
                 self._lease_until = max(self._lease_until, self._sent[state.seq] + lease)
             if state.epoch >= self._epoch:
                 self._draining = state.draining
@@ -588,11 +607,13 @@ class ServiceInstance:
     # --- calls -------------------------------------------------------------------------
     async def _on_call(self, msg: Msg) -> None:
         """A call the router routed here (the inbox)."""
-        await self._take(msg, direct=False)
+        if self._from_nats(msg, self._inbox):
+            await self._take(msg, direct=False)
 
     async def _on_direct_call(self, msg: Msg) -> None:
         """A caller's direct call (the inbox's ``.d`` subject)."""
-        await self._take(msg, direct=True)
+        if self._from_nats(msg, self._direct):
+            await self._take(msg, direct=True)
 
     async def _take(self, msg: Msg, *, direct: bool) -> None:
         runner = self._runner

@@ -11,11 +11,13 @@ from typing import Any
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from ipc_client_sdk import (
     CallContext,
     InvalidArgumentError,
     IPCClient,
+    RemoteError,
     Service,
     ServiceUnavailableError,
     _serving,
@@ -273,3 +275,42 @@ async def test_instances_of_an_older_sdk_get_no_direct_calls_and_still_hand_over
             promotion = await asyncio.wait_for(caller.admin.promote("service_b", "b2"), 10)
             assert promotion.instance_id == "b2" and "acc_1" in b2.claimed
             await b2.stop()
+
+
+async def test_a_reply_naming_another_call_is_not_taken(
+    clients: tuple[IPCClient, IPCClient], raw_nats: NATS
+) -> None:
+    """A reply that names another call_id (forged, or misdelivered) is never this call's
+    result: the caller raises INTERNAL instead of returning its payload."""
+    caller, server = clients
+    codec = Codec()
+    svc = CountingService()
+    b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
+    # Another responder answers on b1's inbox in its place, with another call's result.
+    await b1._inbox.unsubscribe()  # type: ignore[union-attr]  # noqa: SLF001
+    forged = WorkResult(
+        account="acc_1",
+        amount=Decimal("999999.00"),
+        placed_at=datetime.now(UTC),
+        instance_id="b1",
+        resource_id="acc_1",
+        call_id="someone-elses",
+    )
+    answered: list[str] = []
+
+    async def answer(msg: Msg) -> None:
+        request = codec.decode_envelope(msg.data, CallRequest)
+        answered.append(request.call_id)
+        reply = CallReply(call_id="someone-elses", payload=codec.encode(forged))
+        await msg.respond(codec.encode_envelope(reply))
+
+    inbox = Subjects().instance_inbox("service_b", "b1", b1._session)  # noqa: SLF001
+    await raw_nats.subscribe(inbox, cb=answer)
+    await raw_nats.flush()
+    with pytest.raises(RemoteError) as refused:
+        await caller.call(
+            "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
+        )
+    assert refused.value.code is ErrorCode.INTERNAL
+    assert answered == [refused.value.call_id]  # it did go direct, to the forger
+    assert not svc.runs

@@ -129,18 +129,32 @@ async def test_deregister_and_drain_need_the_instances_session(
 
 
 async def test_a_heartbeat_without_the_session_is_refused(
-    served: tuple[IPCClient, ServiceInstance], attacker: NATS
+    served: tuple[IPCClient, ServiceInstance], attacker: NATS, router: RouterProcess
 ) -> None:
     _, instance = served
-    for session, code in [(None, ErrorCode.PERMISSION_DENIED), ("0" * 16, "FAILED_PRECONDITION")]:
+    answers: list[Msg] = []
+
+    async def on_answer(msg: Msg) -> None:
+        answers.append(msg)
+
+    inbox = attacker.new_inbox()
+    await attacker.subscribe(inbox, cb=on_answer)
+    for session, why in [(None, "with no session"), ("0" * 16, "with another session")]:
         beat = Heartbeat(
             service="service_b", instance_id="b1", sent_at=time.time(), session=session
         )
-        msg = await attacker.request(
-            SUBJECTS.heartbeat("service_b", "b1"), CODEC.encode_envelope(beat), timeout=5
+        await attacker.publish(
+            SUBJECTS.heartbeat("service_b", "b1"), CODEC.encode_envelope(beat), reply=inbox
         )
-        reply = CODEC.decode_envelope(msg.data, AdminReply)
-        assert not reply.ok and reply.error is not None and reply.error.code == code
+
+        def logged(why: str = why) -> bool:
+            return why in router.log_tail(50)
+
+        await until(logged, within=5)
+    # Refused, and never answered: the router answers a heartbeat on the instance's own
+    # control subject only, so a forger cannot make it publish state to a subject it picks.
+    await until(lambda: "not its control subject" in router.log_tail(50), within=5)
+    assert answers == []
     assert instance.role == "active" and not instance.replaced
 
 

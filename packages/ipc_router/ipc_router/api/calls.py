@@ -476,11 +476,20 @@ class CallConsumer:
             await self._nc.publish(reply_to, self._codec.encode_envelope(reply))
 
 
+REPLY_PREFIX = "_INBOX."
+"""The only subjects a router answers calls on. The router publishes with its own rights
+(every subject of the deployment, its buckets' ``$KV`` subjects): a reply address a caller
+chose freely would make it a deputy that writes a forged result into another service's
+record, or the router lease, on the caller's behalf."""
+
+
 def _usable(reply_to: str | None) -> TypeGuard[str]:
-    """Whether a reply address is one publishable subject (never trust a raw publisher)."""
+    """Whether a reply address is one publishable inbox subject (never trust a raw
+    publisher)."""
     return (
         reply_to is not None
         and len(reply_to) <= _MAX_REPLY_TO
+        and reply_to.startswith(REPLY_PREFIX)
         and _SUBJECT.fullmatch(reply_to) is not None
     )
 

@@ -432,6 +432,8 @@ class ControlAPI:
                 clip(e),
             )
             return
+        if not self._heartbeat_is_its_own(msg, beat):
+            return
         try:
             answer = await self._membership.heartbeat(
                 beat.service,
@@ -458,12 +460,47 @@ class ControlAPI:
                 clip(beat.instance_id),
                 why,
             )
-        if not msg.reply:
+        if not msg.reply or not beat.session:
+            return
+        if msg.reply != self._subjects.instance_control(
+            beat.service, beat.instance_id, beat.session
+        ):
+            # The answer goes to the instance's own control subject only: never a deputy
+            # that publishes an instance's state wherever a heartbeat's reply points.
+            self._problems.warning(
+                "heartbeat-reply",
+                "not answering a heartbeat of %s.%s on %s: not its control subject",
+                clip(beat.service),
+                clip(beat.instance_id),
+                clip(msg.reply),
+            )
             return
         reply = self._heartbeat_reply(beat, answer)
         if reply is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._nc.publish(msg.reply, self._codec.encode_envelope(reply))
+
+    def _heartbeat_is_its_own(self, msg: Msg, beat: Heartbeat) -> bool:
+        """Whether a heartbeat came on its instance's own subject (``<p>.hb.<service>.<id>``).
+
+        NATS permissions scope who may publish there (``<p>.hb.NAME.*``); a body naming
+        another service or instance than its subject is a forgery (it could keep a dead
+        instance of another service looking healthy), and is dropped.
+        """
+        try:
+            own = self._subjects.heartbeat(beat.service, beat.instance_id)
+        except ValueError:
+            own = None
+        if msg.subject == own:
+            return True
+        self._problems.warning(
+            "heartbeat-subject",
+            "ignoring a heartbeat on %s that names %s.%s",
+            clip(msg.subject),
+            clip(beat.service),
+            clip(beat.instance_id),
+        )
+        return False
 
     def _heartbeat_reply(self, beat: Heartbeat, answer: HeartbeatAnswer) -> AdminReply | None:
         """The instance's state (with its owned resources, so that an instance that missed
