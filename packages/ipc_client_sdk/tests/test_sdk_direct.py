@@ -286,8 +286,9 @@ async def test_a_reply_naming_another_call_is_not_taken(
     codec = Codec()
     svc = CountingService()
     b1 = await server.serve(svc.service, instance_id="b1", resources=["acc_1"])
-    # Another responder answers on b1's inbox in its place, with another call's result.
-    await b1._inbox.unsubscribe()  # type: ignore[union-attr]  # noqa: SLF001
+    # Another responder answers on b1's direct subject in its place, with another call's
+    # result.
+    await b1._direct.unsubscribe()  # type: ignore[union-attr]  # noqa: SLF001
     forged = WorkResult(
         account="acc_1",
         amount=Decimal("999999.00"),
@@ -304,7 +305,7 @@ async def test_a_reply_naming_another_call_is_not_taken(
         reply = CallReply(call_id="someone-elses", payload=codec.encode(forged))
         await msg.respond(codec.encode_envelope(reply))
 
-    inbox = Subjects().instance_inbox("service_b", "b1", b1._session)  # noqa: SLF001
+    inbox = Subjects().instance_direct("service_b", "b1", b1._session)  # noqa: SLF001
     await raw_nats.subscribe(inbox, cb=answer)
     await raw_nats.flush()
     with pytest.raises(RemoteError) as refused:
