@@ -20,7 +20,8 @@ The SDK depends on ``opentelemetry-api`` only: a process records spans when it h
 provider (the OpenTelemetry SDK, configured by the application or by
 ``opentelemetry-instrument``). Without one nothing is created: a process that never
 imported OpenTelemetry does not import it here either (each hook is one ``sys.modules``
-look-up), and no header is added. A process without a provider still passes on a trace
+look-up), and no header is added. The OpenTelemetry side, imported once it is in use, is
+``_spans``. A process without a provider still passes on a trace
 context it was handed (a handler's own calls carry its caller's context), so a trace is not
 cut by a process that records nothing.
 """
@@ -30,14 +31,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.trace import Span
     from opentelemetry.util.types import AttributeValue
 
 TRACEPARENT = "traceparent"
@@ -46,15 +46,10 @@ TRACEPARENT = "traceparent"
 TRACE_HEADERS = (TRACEPARENT, "tracestate", "baggage")
 """The W3C headers a router forwards untouched when it records no span of its own."""
 
-_SCOPE = "ipc_client_sdk"
-"""The instrumentation scope the spans are reported under."""
-
 _API = "opentelemetry.trace"
 _PROVIDER_VARIABLE = "OTEL_PYTHON_TRACER_PROVIDER"
 
 _OFF: AbstractContextManager[None] = contextlib.nullcontext()
-
-_tracer: tuple[TracerProvider, Tracer] | None = None
 
 
 @dataclass(slots=True)
@@ -86,31 +81,9 @@ def recording() -> bool:
     """Whether this process records spans: it has a tracer provider."""
     if not _loaded():
         return False
-    from opentelemetry import trace
+    from ipc_client_sdk import _spans
 
-    provider = trace.get_tracer_provider()
-    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
-
-
-def _in_trace() -> bool:
-    """Whether the code runs in a trace (a current span with a valid context)."""
-    if _API not in sys.modules:
-        return False
-    from opentelemetry import trace
-
-    return trace.get_current_span().get_span_context().is_valid
-
-
-def _get_tracer() -> Tracer:
-    global _tracer
-    from opentelemetry import trace
-
-    provider = trace.get_tracer_provider()
-    if _tracer is None or _tracer[0] is not provider:
-        from ipc_client_sdk import __version__
-
-        _tracer = (provider, provider.get_tracer(_SCOPE, __version__))
-    return _tracer[1]
+    return _spans.recorder() is not None
 
 
 def _call_attributes(
@@ -131,22 +104,32 @@ def _call_attributes(
 def sending_call(
     service: str, method: str, call_id: str, resource_id: str | None
 ) -> AbstractContextManager[Traced | None]:
-    """The caller's CLIENT span for one call; None when nothing is traced."""
-    record = recording()
-    if not (record or _in_trace()):
+    """The caller's CLIENT span for one call (else the context it runs in, passed on);
+    None when nothing is traced."""
+    if not _loaded():
         return _OFF
+    from ipc_client_sdk import _spans
+
+    tracer = _spans.recorder()
+    if tracer is None:
+        return contextlib.nullcontext(_spans.passed_on()) if _spans.in_trace() else _OFF
     attributes = _call_attributes(service, method, call_id, "send")
     attributes["messaging.operation.name"] = "call"
     if resource_id is not None:
         attributes["ipc.resource_id"] = resource_id
-    return _sending(f"{service}/{method}", "CLIENT", attributes, record)
+    return _spans.sending(tracer, f"{service}/{method}", "CLIENT", attributes)
 
 
 def sending_event(topic: str, subject: str, event_id: str) -> AbstractContextManager[Traced | None]:
-    """The publisher's PRODUCER span for one event; None when nothing is traced."""
-    record = recording()
-    if not (record or _in_trace()):
+    """The publisher's PRODUCER span for one event (else the context it runs in, passed
+    on); None when nothing is traced."""
+    if not _loaded():
         return _OFF
+    from ipc_client_sdk import _spans
+
+    tracer = _spans.recorder()
+    if tracer is None:
+        return contextlib.nullcontext(_spans.passed_on()) if _spans.in_trace() else _OFF
     attributes: dict[str, AttributeValue] = {
         "messaging.system": "nats",
         "messaging.operation.type": "send",
@@ -154,34 +137,7 @@ def sending_event(topic: str, subject: str, event_id: str) -> AbstractContextMan
         "messaging.destination.name": subject,
         "messaging.message.id": event_id,
     }
-    return _sending(f"publish {topic}", "PRODUCER", attributes, record)
-
-
-@contextlib.contextmanager
-def _sending(
-    name: str, kind: str, attributes: dict[str, AttributeValue], record: bool
-) -> Iterator[Traced]:
-    """A span of this process when it records (``record``); else only the context this
-    code runs in (a handler's), passed on."""
-    from opentelemetry import propagate, trace
-
-    if not record:
-        passed = Traced()
-        propagate.inject(passed.headers)
-        yield passed
-        return
-    with _get_tracer().start_as_current_span(
-        name, kind=trace.SpanKind[kind], attributes=attributes
-    ) as span:
-        traced = Traced(span=span)
-        propagate.inject(traced.headers)
-        try:
-            yield traced
-        except Exception as e:
-            # Recorded, with status ERROR, as it leaves the span; the type says which.
-            code = getattr(e, "code", None)
-            span.set_attribute("error.type", getattr(code, "value", type(e).__qualname__))
-            raise
+    return _spans.sending(tracer, f"publish {topic}", "PRODUCER", attributes)
 
 
 def serving_call(
@@ -194,13 +150,19 @@ def serving_call(
 ) -> AbstractContextManager[Traced | None]:
     """The instance's SERVER span around one call, child of the caller's (or the
     router's); None when nothing is traced."""
-    record = recording()
-    if not (record or (headers and TRACEPARENT in headers)):
+    traced = headers is not None and TRACEPARENT in headers
+    if not (traced or _loaded()):
+        return _OFF
+    from ipc_client_sdk import _spans
+
+    tracer = _spans.recorder()
+    if tracer is None and not traced:
         return _OFF
     attributes = _call_attributes(service, method, call_id, "process")
     attributes["ipc.instance_id"] = instance_id
     attributes["ipc.delivery"] = delivery
-    return _receiving(headers, f"{service}/{method}", "SERVER", attributes, record)
+    found = _spans.receiving(tracer, headers, f"{service}/{method}", "SERVER", attributes)
+    return _OFF if found is None else found
 
 
 def handling_event(
@@ -213,8 +175,13 @@ def handling_event(
 ) -> AbstractContextManager[Traced | None]:
     """A subscriber's CONSUMER span around one handler run, child of the publisher's;
     None when nothing is traced."""
-    record = recording()
-    if not (record or (headers and TRACEPARENT in headers)):
+    traced = headers is not None and TRACEPARENT in headers
+    if not (traced or _loaded()):
+        return _OFF
+    from ipc_client_sdk import _spans
+
+    tracer = _spans.recorder()
+    if tracer is None and not traced:
         return _OFF
     attributes: dict[str, AttributeValue] = {
         "messaging.system": "nats",
@@ -224,7 +191,8 @@ def handling_event(
         "messaging.consumer.group.name": subscriber,
         "ipc.deliveries": deliveries,
     }
-    return _receiving(headers, f"process {topic}", "CONSUMER", attributes, record)
+    found = _spans.receiving(tracer, headers, f"process {topic}", "CONSUMER", attributes)
+    return _OFF if found is None else found
 
 
 def continue_routed(
@@ -242,74 +210,28 @@ def continue_routed(
     Exceptions leaving the block are not recorded on the span: the router says what was
     an error (``failed``).
     """
-    if not recording():
-        if not headers:
-            return _OFF
-        passed = {key: headers[key] for key in TRACE_HEADERS if key in headers}
-        return contextlib.nullcontext(Traced(headers=passed) if passed else None)
-    attributes = _call_attributes(service, method, call_id, "process")
-    attributes["messaging.destination.name"] = subject
-    attributes["ipc.delivery"] = delivery
-    return _routing(headers, f"route {service}/{method}", attributes)
+    if _loaded():
+        from ipc_client_sdk import _spans
 
-
-@contextlib.contextmanager
-def _routing(
-    headers: Mapping[str, str] | None, name: str, attributes: dict[str, AttributeValue]
-) -> Iterator[Traced | None]:
-    from opentelemetry import propagate, trace
-
-    parent = propagate.extract(headers) if headers else None
-    with _get_tracer().start_as_current_span(
-        name,
-        context=parent,
-        kind=trace.SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        traced = Traced(span=span)
-        propagate.inject(traced.headers)
-        yield traced
-
-
-@contextlib.contextmanager
-def _receiving(
-    headers: Mapping[str, str] | None,
-    name: str,
-    kind: str,
-    attributes: dict[str, AttributeValue],
-    record: bool,
-) -> Iterator[Traced | None]:
-    from opentelemetry import context, propagate, trace
-
-    parent: Context | None = propagate.extract(headers) if headers else None
-    if record:
-        with _get_tracer().start_as_current_span(
-            name, context=parent, kind=trace.SpanKind[kind], attributes=attributes
-        ) as span:
-            yield Traced(span=span)
-        return
-    if parent is None or not trace.get_current_span(parent).get_span_context().is_valid:
-        yield None
-        return
-    # No provider: make the caller's context current, so that what the handler sends
-    # carries it on and ``ctx.trace_id`` names the trace.
-    token = context.attach(parent)
-    try:
-        yield None
-    finally:
-        context.detach(token)
+        tracer = _spans.recorder()
+        if tracer is not None:
+            attributes = _call_attributes(service, method, call_id, "process")
+            attributes["messaging.destination.name"] = subject
+            attributes["ipc.delivery"] = delivery
+            return _spans.routing(tracer, headers, f"route {service}/{method}", attributes)
+    if not headers:
+        return _OFF
+    passed = {key: headers[key] for key in TRACE_HEADERS if key in headers}
+    return contextlib.nullcontext(Traced(headers=passed) if passed else None)
 
 
 def current_trace_id() -> str | None:
     """The current trace's id (32 hex digits), or None outside a trace."""
     if _API not in sys.modules:
         return None
-    from opentelemetry import trace
+    from ipc_client_sdk import _spans
 
-    span_context = trace.get_current_span().get_span_context()
-    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
+    return _spans.current_trace_id()
 
 
 def failed(
@@ -323,14 +245,6 @@ def failed(
     """
     if _API not in sys.modules:
         return
-    from opentelemetry import trace
+    from ipc_client_sdk import _spans
 
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    kind = code or (type(error).__qualname__ if error is not None else "error")
-    span.set_attribute("error.type", kind)
-    if error is not None:
-        span.record_exception(error)
-    description = message if message is not None else (str(error) if error else kind)
-    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{kind}: {description}"[:500]))
+    _spans.failed(error, code, message)

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from opentelemetry import trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import TraceState
 
-from ipc_client_sdk import CallContext, EventContext, IPCClient, RemoteError, Service
+from ipc_client_sdk import CallContext, EventContext, IPCClient, RemoteError, Service, _spans
 from ipc_client_sdk._tracing import (
     TRACEPARENT,
     continue_routed,
@@ -263,3 +264,55 @@ def test_without_a_provider_a_trace_is_passed_on(no_provider: None) -> None:
         assert routed.headers == {TRACEPARENT: _HEADER, "tracestate": "a=1"}
     with continue_routed({"Nats-Msg-Id": "c1"}, "s", "m", "c1", "ipc.call.s.m", 1) as routed:
         assert routed is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {TRACEPARENT: _HEADER, "Nats-Msg-Id": "c1"},
+        {TRACEPARENT: _HEADER.replace("-01", "-00")},
+        {"Nats-Msg-Id": "c1"},
+        {TRACEPARENT: _HEADER, "tracestate": "a=1,b=2"},
+        {TRACEPARENT: _HEADER, "baggage": "user=u1"},
+        {TRACEPARENT: _HEADER.upper()},
+        {TRACEPARENT: "00-" + "0" * 32 + "-b7ad6b7169203331-01"},
+        {TRACEPARENT: _HEADER + "-extra"},
+        {TRACEPARENT: "01" + _HEADER[2:] + "-extra"},
+    ],
+    ids=["sampled", "unsampled", "none", "state", "baggage", "upper", "zero", "extra", "v1"],
+)
+def test_trace_headers_are_read_as_the_global_propagator_reads_them(
+    headers: dict[str, str],
+) -> None:
+    ours, theirs = _spans.extract(headers), propagate.extract(headers)
+    assert trace.get_current_span(ours).get_span_context() == (
+        trace.get_current_span(theirs).get_span_context()
+    )
+    assert baggage.get_all(ours) == baggage.get_all(theirs)
+
+
+def test_trace_headers_are_written_as_the_global_propagator_writes_them(
+    spans: InMemorySpanExporter,
+) -> None:
+    state = TraceState([("a", "1")])
+    parents = [
+        trace.INVALID_SPAN,
+        trace.NonRecordingSpan(trace.SpanContext(1, 2, True, trace.TraceFlags(1), state)),
+    ]
+    for parent in parents:
+        with trace.use_span(parent), sending_call("s", "m", "c1", None) as traced:
+            assert traced is not None and traced.span is not None
+            expected: dict[str, str] = {}
+            propagate.inject(expected)
+            assert traced.headers == expected and TRACEPARENT in expected
+    assert "tracestate" in expected
+    # Baggage in the context goes with it.
+    token = context.attach(baggage.set_baggage("user", "u1"))
+    try:
+        with sending_call("s", "m", "c2", None) as traced:
+            assert traced is not None
+            expected = {}
+            propagate.inject(expected)
+            assert traced.headers == expected and "baggage" in expected
+    finally:
+        context.detach(token)
