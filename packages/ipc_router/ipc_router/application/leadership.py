@@ -27,7 +27,7 @@ within ``T/10``, restores the routing table and starts the call consumer. Calls 
 had taken are delivered to it at once; calls the dead leader held come back after the
 consumer's ``ack_wait`` (``--call-ack-wait``, 1 s by default) from when it took them
 (or last kept them alive), by when the new leader is pulling. With the defaults a call
-waits about 1.5 s, well inside the SDK's default 5 s timeout.
+waits under 2 s, well inside the SDK's default 5 s timeout.
 
 Calls a leader was handling when it stepped down are not acked and are redelivered to
 the new leader; the serving side answers any that already ran from its record.
