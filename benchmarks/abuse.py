@@ -274,7 +274,7 @@ async def bench_failover(workdir: Path, args: argparse.Namespace) -> dict[str, A
 async def bench_flood(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     async with deployment(workdir, args) as d:
         router = d.routers[d.leader]
-        subject = Subjects().call("service_b", "do_work")
+        subject = Subjects().call("service_b", "do_work", "bench-raw")
         codec = Codec()
         huge_reply = "x" * 60_000
         results: dict[str, Any] = {}

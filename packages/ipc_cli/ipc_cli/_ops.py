@@ -62,10 +62,11 @@ def run[T](
     operation: Callable[[IPCClient, float], Awaitable[T]],
     *,
     extra: float = 0.0,
+    name: str = "ipc-cli",
 ) -> T:
     """Connect, run one operation, close, all within ``--timeout`` (plus ``extra`` seconds
     for an operation that waits by design: a call, a drain); turn every failure into one
-    line and an exit code.
+    line and an exit code. ``name``: the client's name (a call's caller token).
 
     ``operation`` gets the client and the seconds left for its request.
     """
@@ -73,7 +74,7 @@ def run[T](
     async def go() -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.timeout + extra
-        client = client_for(settings)
+        client = client_for(settings, name)
         await client.connect()
         try:
             return await operation(client, max(0.05, deadline - loop.time()))

@@ -372,6 +372,13 @@ def call(
         "is for connecting and admin requests).",
     ),
     call_id: str | None = typer.Option(None, "--call-id", help="Your id, for a safe retry."),
+    caller: str = typer.Option(
+        "ipc-cli",
+        "--caller",
+        envvar="IPC_CALLER",
+        help="Who calls: the caller token of the call's subject. Under 'ipc auth' it must be "
+        "the name of the service identity you connect as (NATS refuses any other).",
+    ),
     direct: bool = typer.Option(
         False,
         "--direct",
@@ -415,7 +422,10 @@ def call(
         check=check,
     )
     result = _ops.run(
-        settings, lambda client, _: call.run(client, settings.timeout), extra=call_timeout + 1.0
+        settings,
+        lambda client, _: call.run(client, settings.timeout),
+        extra=call_timeout + 1.0,
+        name=caller,
     )
     _ops.print_json(result)
 

@@ -72,7 +72,11 @@ def test_add_service_limits_callees_and_never_overwrites_a_seed(tmp_path: Path) 
     assert info["created"] and info["calls"] == ["service_b"]
     seed = (d / "svc_a.nk").read_bytes()
     authorization = (d / "authorization.conf").read_text()
-    assert '"ipc.call.service_b.*"' in authorization and '"ipc.call.*.*"' not in authorization
+    # Durable calls as itself only: the last token is the caller's name.
+    call = '"ipc.call.service_b.*.svc_a"'
+    assert call in authorization and '"ipc.call.*.*.svc_a"' not in authorization
+    assert not subject_matches(call.strip('"'), "ipc.call.service_b.do_work.svc_x")
+    assert "STREAM.INFO.KV_IPC_RESULTS" not in authorization
     # Direct calls: the instances' `.d` subjects only, never their inboxes (the router's)
     # nor their control subjects.
     direct = '"ipc.inst.service_b.*.*.d"'
@@ -85,7 +89,7 @@ def test_add_service_limits_callees_and_never_overwrites_a_seed(tmp_path: Path) 
     again = ipc("auth", "add-service", str(d), "svc_a", "--json")
     assert again.exit_code == ExitCode.OK and not json.loads(again.stdout)["created"]
     assert (d / "svc_a.nk").read_bytes() == seed
-    assert '"ipc.call.*.*"' in (d / "authorization.conf").read_text()
+    assert '"ipc.call.*.*.svc_a"' in (d / "authorization.conf").read_text()
     # A seed the manifest does not know is never overwritten.
     (d / "stray.nk").write_text("SUxxx\n")
     stray = ipc("auth", "add-service", str(d), "stray")
@@ -186,7 +190,16 @@ async def test_every_command_under_least_privilege(
     )
     for extra in ((), ("--direct",)):
         called = await as_json(
-            stack, "svc_a", "call", "service_b.do_work", request, "--resource-id", "acc_1", *extra
+            stack,
+            "svc_a",
+            "call",
+            "service_b.do_work",
+            request,
+            "--resource-id",
+            "acc_1",
+            "--caller",
+            "svc_a",
+            *extra,
         )
         assert called["instance_id"] == "b2" and called["amount"] == "1.10"
     published = await as_identity(stack, "svc_a", "publish", "md.ticks.AAPL", '{"px": "1.5"}')
@@ -204,5 +217,7 @@ async def test_every_command_under_least_privilege(
         "b2": "active",
     }
     # svc_a may call service_b only.
-    other = await as_identity(stack, "svc_a", "--timeout", "1", "call", "svc_x.anything", "null")
+    other = await as_identity(
+        stack, "svc_a", "--timeout", "1", "call", "svc_x.anything", "null", "--caller", "svc_a"
+    )
     assert other.exit_code != ExitCode.OK

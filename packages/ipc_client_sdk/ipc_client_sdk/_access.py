@@ -156,7 +156,8 @@ def permissions(subjects: Subjects, identity: Identity) -> Grants:
     results = subjects.results_bucket
     publish = []
     for callee in callees:
-        publish += [f"{p}.call.{callee}.*", f"{p}.inst.{callee}.*.*.d"]
+        # Durable calls as itself only: the caller token is what keys its records.
+        publish += [f"{p}.call.{callee}.*.{name}", f"{p}.inst.{callee}.*.*.d"]
     publish += [
         f"{p}.hb.{name}.*",
         *(subjects.control(op, name) for op in _INSTANCE_OPS),
@@ -165,8 +166,8 @@ def permissions(subjects: Subjects, identity: Identity) -> Grants:
         # The contracts of the services it calls (``ipc call`` checks a request against them).
         subjects.admin(AdminOp.DESCRIBE),
         f"$KV.{results}.{name}.>",
+        # No STREAM.INFO on the results bucket: with a subjects filter it lists every key.
         f"{_API}.INFO",
-        f"{_API}.STREAM.INFO.{streams['results']}",
         f"{_API}.DIRECT.GET.{streams['results']}.$KV.{results}.{name}.>",
         *_watch(streams["registry"]),
         *_watch(streams["routes"]),

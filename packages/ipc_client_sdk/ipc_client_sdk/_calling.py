@@ -1,7 +1,9 @@
 """The caller's side of an RPC: ``client.call(...)``.
 
-A call is published into the calls stream with ``Nats-Msg-Id`` set to its call_id, so a
-publish the SDK repeats (after a publish timeout) is stored once. The router takes it from
+A call is published into the calls stream on a subject that ends with the caller's name
+(``<prefix>.call.<service>.<method>.<caller>``: NATS lets an identity publish as itself
+only), with ``Nats-Msg-Id`` set to ``<caller>.<call_id>``, so a publish the SDK repeats
+(after a publish timeout) is stored once and two callers' equal call_ids are two calls. The router takes it from
 the stream, routes it, and relays the instance's reply to this client's reply inbox: one
 wildcard subscription per client, one token per call attempt.
 
@@ -53,6 +55,9 @@ from ipc_client_sdk._replies import (
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
 from ipc_client_sdk._tracing import Traced, sending_call
+
+ANONYMOUS_CALLER = "anonymous"
+"""The caller token of a client without a name (an unsecured deployment's scripts)."""
 
 _PUBLISH_ATTEMPT_TIMEOUT = 2.0
 """Seconds one publish attempt waits for JetStream's ack before it is repeated."""
@@ -159,6 +164,7 @@ class Caller:
                 validate_token(resource_id, "resource_id")
             if call_id is not None:
                 validate_call_id(call_id)
+            caller = validate_token(link.name or ANONYMOUS_CALLER, "the client's name (caller)")
         except (TypeError, ValueError) as e:
             raise InvalidArgumentError(str(e), service=service) from e
         may_go_direct = durable is not True and call_id is None
@@ -171,7 +177,7 @@ class Caller:
             "payload": link.codec.encode(payload),
             "resource_id": resource_id,
             "deadline": deadline,
-            "caller": link.name,
+            "caller": caller,
         }
         with sending_call(service, method, call_id, resource_id) as traced:
             return await self._dispatch(
@@ -225,7 +231,7 @@ class Caller:
             raise connection_error(link.servers, e) from e
         request = CallRequest(**fields, reply_to=reply_to)
         token = reply_to.rsplit(".", 1)[-1]
-        subject = link.subjects.call(service, method)
+        subject = link.subjects.call(service, method, fields["caller"])
         if traced is not None:
             traced.set("ipc.path", "durable")
             traced.set("messaging.destination.name", subject)
@@ -255,19 +261,20 @@ class Caller:
 
         An earlier call with this call_id may be (or have been) in the stream, answering
         another reply address: then this attempt is accepted too, under a fresh message id
-        (the serving side runs the handler at most once per call_id).
+        (the serving side runs the handler at most once per caller and call_id).
         """
+        msg_id = f"{request.caller}.{request.call_id}"
         await publish_acked(
             self._link,
             subject,
             self._link.codec.encode_envelope(request),
-            msg_id=request.call_id,
+            msg_id=msg_id,
             deadline=deadline,
             headers={**(trace_headers or {}), REPLY_TO_HEADER: reply_to},
             what="the call",
             call_id=request.call_id,
             service=request.service,
-            fresh_id=f"{request.call_id}.{token}",
+            fresh_id=f"{msg_id}.{token}",
         )
 
     @property

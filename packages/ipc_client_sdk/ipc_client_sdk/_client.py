@@ -41,7 +41,10 @@ class IPCClient:
 
     Args:
         servers: one NATS URL, a comma-separated list, or a sequence of URLs.
-        name: the connection's name, shown in NATS monitoring and router logs.
+        name: the connection's name, shown in NATS monitoring and router logs, and the
+            caller token of its durable calls (letters, digits, '_' and '-'; no name:
+            ``anonymous``). Under ``ipc auth`` it must be the service identity's name: NATS
+            lets an identity publish calls as itself only.
         prefix: the subject prefix of the AegisIPC deployment (default ``ipc``).
         connect_timeout: seconds the first connect may take before it fails.
         request_timeout: default seconds to wait for an answer (calls and admin).

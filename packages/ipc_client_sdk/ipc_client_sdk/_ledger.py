@@ -1,6 +1,9 @@
-"""``ResultLedger``: at most one run per call_id, across every instance of a service.
+"""``ResultLedger``: at most one run per caller and call_id, across every instance of a
+service.
 
-Before a handler runs, its instance *claims* the call_id in the results bucket with KV
+Before a handler runs, its instance *claims* the call in the results bucket (the key
+``<service>.<method>.<caller>.<call_id>``, the caller read by the router off the call's
+subject, which NATS lets an identity publish on as itself only) with KV
 ``create``, which is atomic: of two deliveries of one call (a caller's retry, a redelivery
 after a router crash, on this instance or another), exactly one claim succeeds. The winner
 runs the handler and replaces its claim with the reply (``update`` against the claim's
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 import msgpack
 import nats.errors
 import nats.js.errors
+from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ipc_client_sdk._contracts import ErrorCode
@@ -37,6 +41,28 @@ from ipc_client_sdk._replies import (
 
 _TIMEOUT = 2.0
 """Seconds one read or write of the results bucket may take."""
+
+
+async def open_results(js: JetStreamContext, bucket: str, service: str) -> KeyValue:
+    """The results bucket, opened for ``service`` without asking for the stream's info.
+
+    A service may not ask for it: with a subjects filter, stream info lists every key of
+    every service. A direct get of a key of the service's that is never written tells
+    whether the bucket is there instead (not found: it is).
+
+    Raises:
+        nats.js.errors.BucketNotFoundError: the bucket does not exist (yet).
+        nats.errors.Error: JetStream did not answer.
+    """
+    kv = KeyValue(name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=js, direct=True)
+    try:
+        await kv.get(f"{service}._ready")
+    except nats.js.errors.KeyNotFoundError:
+        return kv
+    except nats.errors.NoRespondersError as e:  # no stream answers direct gets
+        raise nats.js.errors.BucketNotFoundError from e
+    return kv
+
 
 _PENDING = b"\x00"
 """First byte of a claim. A recorded reply is a MessagePack map, which never starts so."""

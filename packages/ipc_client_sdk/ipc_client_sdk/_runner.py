@@ -25,6 +25,7 @@ from ipc_client_sdk._ledger import ResultLedger
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._metrics import NoClientMetrics
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
+from ipc_client_sdk._subjects import validate_token
 from ipc_client_sdk._tracing import current_trace_id, failed, serving_call
 
 _log = logging.getLogger("ipc_client_sdk.serving")
@@ -82,7 +83,7 @@ class CallRunner:
         self._name = service.name
         self.instance_id = instance_id
         self.ledger = ledger
-        self._running: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+        self._running: dict[tuple[str, str | None, str], asyncio.Future[bytes]] = {}
         self._admit = admit
         self._problems = RateLimitedLog(_log)  # per call, whoever sends them: few lines
 
@@ -148,7 +149,7 @@ class CallRunner:
 
     async def _handle(self, request: CallRequest) -> bytes:
         call_id = request.call_id
-        key = (request.method, call_id)
+        key = (request.method, request.caller, call_id)
         running = self._running.get(key)
         if running is not None:
             # The same call, delivered here again while its first run is still going.
@@ -191,8 +192,16 @@ class CallRunner:
         if request.direct:
             return await self._run_unrecorded(spec, request)
         try:
+            # Keyed by the caller the router read off the call's subject: one caller's
+            # call_id neither reads nor pre-empts another's record.
+            caller = validate_token(request.caller or "", "caller")
+        except ValueError as e:
+            return self.error(call_id, ErrorCode.INVALID_ARGUMENT, str(e))
+        try:
             claimed = await self.ledger.claim(
-                f"{self._name}.{spec.name}.{call_id}", request.deadline, abandoned=request.abandoned
+                f"{self._name}.{spec.name}.{caller}.{call_id}",
+                request.deadline,
+                abandoned=request.abandoned,
             )
         except IPCError as e:
             return self.error(call_id, e.code, e.message, details=e.details)

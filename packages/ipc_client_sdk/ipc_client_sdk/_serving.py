@@ -66,7 +66,7 @@ from ipc_client_sdk._errors import (
     RemoteError,
     RouterUnavailableError,
 )
-from ipc_client_sdk._ledger import FastResults, ResultLedger
+from ipc_client_sdk._ledger import FastResults, ResultLedger, open_results
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import connection_error
@@ -226,7 +226,8 @@ class ServiceInstance:
         try:
             results = await ready.retry(
                 lambda: link.permissions.run(
-                    nc.jetstream().key_value(bucket), jetstream_api(f"KV_{bucket}")
+                    open_results(nc.jetstream(), bucket, self.service),
+                    jetstream_api(f"KV_{bucket}"),
                 ),
                 waiting_for=f"the results bucket {bucket}",
                 missing=lambda e: isinstance(e, nats.js.errors.BucketNotFoundError),

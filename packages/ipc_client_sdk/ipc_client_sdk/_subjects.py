@@ -194,11 +194,17 @@ class Subjects:
         return f"{self.prefix}.dlq.>"
 
     # --- calls ---------------------------------------------------------------------------
-    def call(self, service: str, method: str) -> str:
-        """Where a caller publishes a request; captured by the calls stream."""
+    def call(self, service: str, method: str, caller: str) -> str:
+        """Where ``caller`` publishes a request; captured by the calls stream.
+
+        The caller's name is the last token, so that NATS permissions let an identity
+        publish as itself only; the router takes the caller from here, never from the body,
+        and the instance keys its record of the call by it (one caller cannot read or
+        pre-empt another's call_id).
+        """
         return (
             f"{self.prefix}.call.{validate_token(service, 'service')}."
-            f"{validate_token(method, 'method')}"
+            f"{validate_token(method, 'method')}.{validate_token(caller, 'caller')}"
         )
 
     def instance_inbox(self, service: str, instance_id: str, session: str) -> str:
@@ -286,5 +292,6 @@ class Subjects:
 
     @property
     def results_bucket(self) -> str:
-        """KV bucket with a TTL: completed results by call_id (at most once execution)."""
+        """KV bucket with a TTL: completed results by service, method, caller and call_id
+        (at most once execution)."""
         return f"{self._name}_RESULTS"

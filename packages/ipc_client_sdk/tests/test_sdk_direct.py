@@ -72,6 +72,7 @@ async def send(
         payload=codec.encode(work()),
         resource_id=resource,
         deadline=time.time() + 5,
+        caller="raw",  # on the inbox, as the router sets it from the call's subject
         epoch=epoch,
         direct=direct,
     )
@@ -93,11 +94,11 @@ async def test_direct_call_is_answered_by_the_owner_and_not_recorded(
         "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
     )
     assert (direct.instance_id, direct.amount) == ("b1", Decimal("0.10"))
-    assert not await recorded(raw_nats, f"service_b.do_work.{direct.call_id}")
+    assert not await recorded(raw_nats, f"service_b.do_work.svc_a.{direct.call_id}")
     durable = await caller.call(
         "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=True
     )
-    assert await recorded(raw_nats, f"service_b.do_work.{durable.call_id}")
+    assert await recorded(raw_nats, f"service_b.do_work.svc_a.{durable.call_id}")
     assert svc.runs[direct.call_id] == svc.runs[durable.call_id] == 1
 
 
@@ -115,11 +116,11 @@ async def test_a_method_declared_not_durable_goes_direct_unless_asked(
     # The first call may go through the router while the cache loads; later ones go direct.
     await caller.call("quotes.quote", "AAPL", returns=str)
     direct_id = await caller.call("quotes.quote", "AAPL", returns=str)
-    assert not await recorded(raw_nats, f"quotes.quote.{direct_id}")
+    assert not await recorded(raw_nats, f"quotes.quote.svc_a.{direct_id}")
     durable_id = await caller.call("quotes.quote", "AAPL", returns=str, durable=True)
-    assert await recorded(raw_nats, f"quotes.quote.{durable_id}")
+    assert await recorded(raw_nats, f"quotes.quote.svc_a.{durable_id}")
     own = await caller.call("quotes.quote", "AAPL", returns=str, call_id="mine-1")
-    assert own == "mine-1" and await recorded(raw_nats, "quotes.quote.mine-1")
+    assert own == "mine-1" and await recorded(raw_nats, "quotes.quote.svc_a.mine-1")
 
 
 async def test_a_call_id_with_durable_false_is_refused(
@@ -172,7 +173,7 @@ async def test_the_subject_not_the_body_says_whether_a_call_is_direct(
     # A direct-looking call on the inbox is a routed one: claimed and recorded, at most once.
     ok, reply = await send(raw_nats, b1, b1.epoch, "acc_1", to_inbox=True)
     assert ok == "" and reply.error is None
-    assert await recorded(raw_nats, f"service_b.do_work.{reply.call_id}")
+    assert await recorded(raw_nats, f"service_b.do_work.raw.{reply.call_id}")
     again, _ = await send(raw_nats, b1, b1.epoch, "acc_1", to_inbox=True)
     assert again == "" and sum(svc.runs.values()) == 1
 
@@ -242,7 +243,7 @@ async def test_a_draining_instance_refuses_direct_calls(
         "service_b.do_work", work(), resource_id="acc_1", durable=False, returns=WorkResult
     )
     assert answer.instance_id == "b1" and not await recorded(
-        raw_nats, f"service_b.do_work.{answer.call_id}"
+        raw_nats, f"service_b.do_work.svc_a.{answer.call_id}"
     )
 
 
@@ -269,7 +270,7 @@ async def test_instances_of_an_older_sdk_get_no_direct_calls_and_still_hand_over
             "service_b.do_work", work(), resource_id="acc_1", returns=WorkResult, durable=False
         )
         assert result.instance_id == "b1"
-        assert await recorded(raw_nats, f"service_b.do_work.{result.call_id}")  # routed
+        assert await recorded(raw_nats, f"service_b.do_work.svc_a.{result.call_id}")  # routed
         async with IPCClient(server.servers, name="new") as new:
             b2 = await new.serve(svc.service, instance_id="b2", resources=["acc_1"])  # old too
             promotion = await asyncio.wait_for(caller.admin.promote("service_b", "b2"), 10)

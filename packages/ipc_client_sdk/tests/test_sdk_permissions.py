@@ -126,7 +126,7 @@ async def test_calls_publishes_and_requests_that_nats_refuses_fail_at_once(
         deployment.server.url, name="limited", credentials=deployment.limited
     ) as client:
         error = await refused(client.call("secret.read", Echo(text="x"), timeout=LONG))
-        assert (error.operation, error.subject) == ("publish", "ipc.call.secret.read")
+        assert (error.operation, error.subject) == ("publish", "ipc.call.secret.read.limited")
         assert error.service == "secret" and error.call_id
         answer = await client.call("allowed.echo", Echo(text="hi"), returns=Echo, timeout=LONG)
         assert answer == Echo(text="hi")

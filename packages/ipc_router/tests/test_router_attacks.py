@@ -367,7 +367,7 @@ async def test_f_another_services_results_are_out_of_reach(deployment: Deploymen
     and the caller's retry stay b1's."""
     d, x = deployment, deployment.attacker
     first = await _call(d)
-    key = f"service_b.do_work.{first.call_id}"
+    key = f"service_b.do_work.svc_a.{first.call_id}"
     bucket = S.results_bucket
     await x.nc.publish(f"$KV.{bucket}.{key}", b"forged")
     await x.refused(f"$KV.{bucket}.{key}")

@@ -29,7 +29,7 @@ from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 SUBJECTS = Subjects()
 CODEC = Codec()
-TARGET = SUBJECTS.call("service_b", "do_work")
+TARGET = SUBJECTS.call("service_b", "do_work", "raw")
 
 
 @pytest.fixture
@@ -171,14 +171,18 @@ async def test_unknown_service_is_unavailable_and_unknown_method_not_found(
     nats_server: NatsServerProcess, raw: NATS
 ) -> None:
     reply = await send_raw(
-        raw, msgpack.packb(request(service="nobody")), subject=SUBJECTS.call("nobody", "do_work")
+        raw,
+        msgpack.packb(request(service="nobody")),
+        subject=SUBJECTS.call("nobody", "do_work", "raw"),
     )
     assert reply is not None and reply.error is not None
     assert reply.error.code is ErrorCode.UNAVAILABLE
     async with IPCClient(nats_server.url) as client:
         await client.serve(CountingService().service, instance_id="b1")
         reply = await send_raw(
-            raw, msgpack.packb(request(method="nope")), subject=SUBJECTS.call("service_b", "nope")
+            raw,
+            msgpack.packb(request(method="nope")),
+            subject=SUBJECTS.call("service_b", "nope", "raw"),
         )
     assert reply is not None and reply.error is not None
     assert reply.error.code is ErrorCode.NOT_FOUND

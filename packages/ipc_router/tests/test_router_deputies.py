@@ -144,7 +144,7 @@ async def test_f1_a_kv_reply_address_makes_the_router_write_nothing(
     call runs once on b1 and returns its own result; the router still leads."""
     d = deployment
     call_id = "ord-2001"
-    record = f"service_b.do_work.{call_id}"
+    record = f"service_b.do_work.svc_a.{call_id}"
     targets = {
         "xcall-results": f"$KV.{S.results_bucket}.{record}",
         "xcall-lease": f"$KV.{S.leases_bucket}.router-leader",
@@ -161,13 +161,13 @@ async def test_f1_a_kv_reply_address_makes_the_router_write_nothing(
             reply_to=reply_to,
         )
         ack = await js.publish(
-            S.call("svc_x", "fake"),
+            S.call("svc_x", "fake", "svc_x"),
             CODEC.encode_envelope(request),
             headers={"Nats-Msg-Id": forged_id, REPLY_TO_HEADER: reply_to},
         )
         seq = ack.seq
     await _calls_consumer_done(d, seq)
-    assert "call xcall-results on ipc.call.svc_x.fake has no usable reply address" in (
+    assert "call xcall-results on ipc.call.svc_x.fake.svc_x has no usable reply address" in (
         d.stack.router.log_tail(200)
     )
     assert d.fakes_run == []  # dropped before it was routed

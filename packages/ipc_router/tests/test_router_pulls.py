@@ -67,7 +67,7 @@ async def consumer(
 
 async def publish(nc: NATS, count: int) -> None:
     js = nc.jetstream()
-    subject = SUBJECTS.call("svc", "m")
+    subject = SUBJECTS.call("svc", "m", "raw")
     await asyncio.gather(*(js.publish(subject, b"call") for _ in range(count)))
 
 
@@ -124,7 +124,7 @@ async def test_a_call_larger_than_a_pull_allowance_does_not_block_the_rest(
     pulls, nc = consumer
     monkeypatch.setattr(calls, "_PULL_BYTES", 64 * 1024)
     await asyncio.sleep(1.3)  # the pulls asked for before the change expire (1 s here)
-    await nc.jetstream().publish(SUBJECTS.call("svc", "m"), b"x" * (256 * 1024))
+    await nc.jetstream().publish(SUBJECTS.call("svc", "m", "raw"), b"x" * (256 * 1024))
     await publish(nc, 5)
     await until(lambda: {1, 2, 3, 4, 5, 6} <= pulls.seen, 10)
 

@@ -67,8 +67,9 @@ const out = {};
     reply_to: replyTo,
     caller: "node",
   };
-  const ack = await js.publish(`${prefix}.call.conformance.book`, pack(request), {
-    msgID: callId,
+  // The caller's name is the subject's last token (the router goes by it, never the body).
+  const ack = await js.publish(`${prefix}.call.conformance.book.node`, pack(request), {
+    msgID: `node.${callId}`,
     headers: h,
   });
   for await (const msg of sub) {

@@ -7,8 +7,8 @@ For each message of the durable pull consumer the router
 2. answers ``DEADLINE_EXCEEDED`` at once when the caller's deadline has passed (steps 2 to
    4 are ``CallRelay`` in ``api/relay.py``);
 3. asks the registry for the instance (claims, then sticky assignment, then round robin);
-4. sends the request, with the epoch and delivery count, to the instance's inbox as a core
-   NATS request, bounded by the caller's deadline. An instance that is not listening is
+4. sends the request, with the epoch, the delivery count and the caller named by the
+   subject's last token (never the body's), to the instance's inbox as a core NATS request, bounded by the caller's deadline. An instance that is not listening is
    marked unhealthy and the call routed again; while a standby is about to take over (or a
    handover is under way) the call waits for it; an instance that refuses the call unrun
    (fenced, or routed under an old epoch) gets it routed again; one that fails while it

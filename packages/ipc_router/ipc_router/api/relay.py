@@ -168,7 +168,7 @@ class CallRelay:
 
     async def _relay(self, msg: Msg, request: CallRequest, traced: Traced | None) -> bytes:
         """``relay``'s steps, in its span."""
-        self._check(msg, request)
+        request = self._check(msg, request)
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
         headers = traced.headers if traced is not None else None
         if attempts.delivery > 1:
@@ -194,10 +194,13 @@ class CallRelay:
             if answer is not None:
                 return answer
 
-    def _check(self, msg: Msg, request: CallRequest) -> None:
-        """Refuse a call whose names are not tokens or that came on another's subject."""
+    def _check(self, msg: Msg, request: CallRequest) -> CallRequest:
+        """Refuse a call whose names are not tokens or that came on another's subject; the
+        request with its caller taken from the subject's last token (NATS lets an identity
+        publish as itself only), whatever its body says."""
+        caller = msg.subject.rsplit(".", 1)[-1]
         try:
-            expected = self._subjects.call(request.service, request.method)
+            expected = self._subjects.call(request.service, request.method, caller)
             validate_call_id(request.call_id)
             if request.resource_id is not None:
                 validate_token(request.resource_id, "resource_id")
@@ -208,6 +211,7 @@ class CallRelay:
                 ErrorCode.INVALID_ARGUMENT,
                 f"call for {request.service}.{request.method} was published on {msg.subject}",
             )
+        return request.model_copy(update={"caller": caller})
 
     @staticmethod
     def _deadline(request: CallRequest) -> float:
