@@ -137,10 +137,13 @@ def _install(uv: str, venv: Path) -> None:
         f"ipc-router @ {PACKAGES / 'ipc_router'}",
         "pytest",
     ]
-    env = {**os.environ, "VIRTUAL_ENV": str(venv)}
+    # The probe venv named outright: UV_PYTHON (which CI exports) would otherwise win over
+    # VIRTUAL_ENV and install into that interpreter instead.
+    env = {k: v for k, v in os.environ.items() if k != "UV_PYTHON"} | {"VIRTUAL_ENV": str(venv)}
+    python = ["--python", str(venv / "bin" / "python")]
     for offline in (["--offline"], []):  # the cache usually has everything
         done = subprocess.run(
-            [uv, "pip", "install", "-q", *offline, *specs],
+            [uv, "pip", "install", "-q", *python, *offline, *specs],
             env=env,
             capture_output=True,
             text=True,
