@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -150,19 +150,14 @@ def serving_call(
 ) -> AbstractContextManager[Traced | None]:
     """The instance's SERVER span around one call, child of the caller's (or the
     router's); None when nothing is traced."""
-    traced = headers is not None and TRACEPARENT in headers
-    if not (traced or _loaded()):
-        return _OFF
-    from ipc_client_sdk import _spans
 
-    tracer = _spans.recorder()
-    if tracer is None and not traced:
-        return _OFF
-    attributes = _call_attributes(service, method, call_id, "process")
-    attributes["ipc.instance_id"] = instance_id
-    attributes["ipc.delivery"] = delivery
-    found = _spans.receiving(tracer, headers, f"{service}/{method}", "SERVER", attributes)
-    return _OFF if found is None else found
+    def attributes() -> dict[str, AttributeValue]:
+        found = _call_attributes(service, method, call_id, "process")
+        found["ipc.instance_id"] = instance_id
+        found["ipc.delivery"] = delivery
+        return found
+
+    return _receiving(headers, f"{service}/{method}", "SERVER", attributes)
 
 
 def handling_event(
@@ -175,6 +170,29 @@ def handling_event(
 ) -> AbstractContextManager[Traced | None]:
     """A subscriber's CONSUMER span around one handler run, child of the publisher's;
     None when nothing is traced."""
+
+    def attributes() -> dict[str, AttributeValue]:
+        return {
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": subject,
+            "messaging.message.id": event_id,
+            "messaging.consumer.group.name": subscriber,
+            "ipc.deliveries": deliveries,
+        }
+
+    return _receiving(headers, f"process {topic}", "CONSUMER", attributes)
+
+
+def _receiving(
+    headers: Mapping[str, str] | None,
+    name: str,
+    kind: str,
+    attributes: Callable[[], dict[str, AttributeValue]],
+) -> AbstractContextManager[Traced | None]:
+    """A receiver's span, child of the context ``headers`` carry (or that context made
+    current when this process records nothing); nothing at all (no import, no attributes
+    built) when neither this process records spans nor the message carries a trace."""
     traced = headers is not None and TRACEPARENT in headers
     if not (traced or _loaded()):
         return _OFF
@@ -183,15 +201,7 @@ def handling_event(
     tracer = _spans.recorder()
     if tracer is None and not traced:
         return _OFF
-    attributes: dict[str, AttributeValue] = {
-        "messaging.system": "nats",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": subject,
-        "messaging.message.id": event_id,
-        "messaging.consumer.group.name": subscriber,
-        "ipc.deliveries": deliveries,
-    }
-    found = _spans.receiving(tracer, headers, f"process {topic}", "CONSUMER", attributes)
+    found = _spans.receiving(tracer, headers, name, kind, attributes())
     return _OFF if found is None else found
 
 
