@@ -17,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -28,8 +28,6 @@ import nats.errors
 import nats.js.errors
 import pytest
 import pytest_asyncio
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from ipc_client_sdk import (
     AuthenticationError,
@@ -51,47 +49,14 @@ from ipc_client_sdk.protocol import (
     Subjects,
 )
 from ipc_testing import until
-from ipc_testing.secured import SecuredStack
+from ipc_testing.secured import DENIED, SecuredStack
+from ipc_testing.secured import RawConnection as Attacker
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 S = Subjects("ipc")
 CODEC = Codec()
-DENIED = 0.5
-"""Seconds an attacker's request waits for an answer NATS never lets through."""
-
-
-@dataclass(eq=False)
-class Attacker:
-    """A raw connection of one identity, and the violations NATS reported to it."""
-
-    nc: NATS
-    violations: list[str] = field(default_factory=list)
-
-    async def refused(self, fragment: str) -> None:
-        """Wait until NATS reports a permissions violation naming ``fragment`` (nats-server
-        2.15 reports it in lower case)."""
-        wanted = fragment.lower()
-        await until(lambda: any(wanted in v.lower() for v in self.violations), within=5)
-
-    async def sniff(self, subject: str) -> list[Msg]:
-        """Subscribe to ``subject``: what it receives lands in the returned list."""
-        got: list[Msg] = []
-
-        async def on(msg: Msg) -> None:
-            got.append(msg)
-
-        await self.nc.subscribe(subject, cb=on)
-        await self.nc.flush()
-        return got
-
-    async def request(self, subject: str, data: bytes) -> Msg | None:
-        """Send a request; the answer, or None when none came (NATS dropped it)."""
-        try:
-            return await self.nc.request(subject, data, timeout=DENIED)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return None
 
 
 @dataclass(eq=False)
@@ -103,18 +68,6 @@ class Deployment:
     b2: ServiceInstance
     attacker: Attacker
     b2_work: CountingService
-
-
-async def _attacker(stack: SecuredStack) -> Attacker:
-    attacker = Attacker(nc=NATS())
-
-    async def on_error(e: Exception) -> None:
-        if "permissions violation" in str(e).lower():
-            attacker.violations.append(str(e))
-
-    options = stack.credentials("svc_x").nats_options()
-    await attacker.nc.connect(stack.url, error_cb=on_error, max_reconnect_attempts=0, **options)
-    return attacker
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -132,7 +85,7 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
             )
             b2_work = CountingService()
             b2 = await server.serve(b2_work.service, instance_id="b2", resources=["acc_XYZ"])
-            attacker = await _attacker(stack)
+            attacker = await stack.raw("svc_x")
             try:
                 yield Deployment(stack, caller, operator, b1, b2, attacker, b2_work)
             finally:

@@ -91,10 +91,7 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
                 return _forged_result(ctx.call_id)
 
             x1 = await attacker_server.serve(fake, instance_id="x1")
-            x = NATS()
-            await x.connect(
-                stack.url, max_reconnect_attempts=0, **stack.credentials("svc_x").nats_options()
-            )
+            x = (await stack.raw("svc_x")).nc
             try:
                 yield Deployment(stack, caller, operator, service, b1, b2, x1, x, fakes_run)
             finally:

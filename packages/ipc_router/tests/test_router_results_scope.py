@@ -60,22 +60,11 @@ async def deployment(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         ):
             service = CountingService()
             await server.serve(service.service, instance_id="b1", resources=["acc_XYZ"])
-            violations: list[str] = []
-
-            async def on_error(e: Exception) -> None:
-                violations.append(str(e))
-
-            x = NATS()
-            await x.connect(
-                stack.url,
-                error_cb=on_error,
-                max_reconnect_attempts=0,
-                **stack.credentials("svc_x").nats_options(),
-            )
+            raw = await stack.raw("svc_x")
             try:
-                yield Deployment(stack, victim, attacker, service, x, violations)
+                yield Deployment(stack, victim, attacker, service, raw.nc, raw.violations)
             finally:
-                await x.close()
+                await raw.nc.close()
     finally:
         await stack.stop()
 
