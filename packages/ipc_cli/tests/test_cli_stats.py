@@ -7,6 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -14,7 +15,7 @@ from typer.testing import CliRunner, Result
 from ipc_cli._exit import ExitCode
 from ipc_cli.main import app
 from ipc_client_sdk import IPCClient, RemoteError
-from ipc_testing import NatsServerProcess, RouterProcess
+from ipc_testing import NatsServerProcess, RouterProcess, eventually
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
 
 runner = CliRunner(env={"COLUMNS": "200"})
@@ -49,9 +50,15 @@ async def test_stats_count_the_calls_made(
         with pytest.raises(RemoteError):  # refused by the router: counted under _other
             await caller.call("service_b.no_such", work(), durable=True)
 
-        stats = await ipc(url, "stats", "--json")
-        assert stats.exit_code == ExitCode.OK, stats.stderr
-        found = json.loads(stats.stdout)
+        async def reported() -> dict[str, Any]:
+            # The instance answers its callers and reports the counts with its heartbeats.
+            stats = await ipc(url, "stats", "--json")
+            assert stats.exit_code == ExitCode.OK, stats.stderr
+            counted: dict[str, Any] = json.loads(stats.stdout)
+            assert sum(m["total"]["calls"] for m in counted["methods"]) == 10, counted
+            return counted
+
+        found = await eventually(reported, within=10)
         mine = await caller.admin.stats("service_b")
         table = await ipc(url, "stats", "service_b")
 

@@ -32,6 +32,20 @@ REFUSED_HEADER = "Ipc-Refused"
 out; ``stale-epoch``: routed before its role changed). The router routes such a call again
 instead of relaying the refusal."""
 
+ACK_HEADER = "Ipc-Ack"
+"""NATS header on a call the router forwards to an instance: the JetStream ack subject of
+the call's message in the calls stream. The instance answers the caller itself (the
+forwarded message's reply subject), acks once the outcome is recorded, and naks a call it
+refuses unrun, so that JetStream delivers it again and a router routes it again."""
+
+ACK_WAIT_HEADER = "Ipc-Ack-Wait"
+"""Seconds (decimal text) JetStream waits for that ack before it delivers the call again:
+the instance keeps a longer call alive with in-progress acks."""
+
+ROUTER_HEADER = "Ipc-Router"
+"""NATS header on a forwarded call: the id of the router that routed it (for logs and
+traces; the instance trusts the inbox the call arrived on, not this)."""
+
 MSG_ID_HEADER = "Nats-Msg-Id"
 """JetStream's de-duplication header; the SDK sets it to the call_id."""
 
@@ -171,6 +185,11 @@ class Heartbeat(Envelope):
     draining: bool = False
     """The instance knows it is draining, and has refused direct calls since: a handover
     waits for a heartbeat that says so and reports no call running."""
+    calls: dict[str, tuple[dict[str, int], list[int], float]] | None = None
+    """The durable calls answered since the last heartbeat, by method: [count per outcome
+    (``ok`` or a lower-case error code), count per duration bucket (``DURATION_BUCKETS``,
+    then one past the last bound), seconds in all]; durations run from the call's arrival
+    to its answer."""
 
 
 class MethodContract(BaseModel):

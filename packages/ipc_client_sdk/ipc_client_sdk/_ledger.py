@@ -19,6 +19,7 @@ request did not validate) releases the claim instead, so a retry runs afresh.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -174,9 +175,13 @@ class ResultLedger:
         instance_id: this instance, written into its claims for the message of a repeat.
     """
 
-    def __init__(self, kv: ResultStore, instance_id: str, *, grace: float = 1.5) -> None:
+    def __init__(
+        self, kv: ResultStore, instance_id: str, *, grace: float = 1.5, session: str = ""
+    ) -> None:
         self._kv = kv
         self._instance_id = instance_id
+        self._session = session
+        self._nonces = itertools.count(int.from_bytes(os.urandom(4)))
         self.grace = grace
         # Claims whose create failed here but may still land (nats-py sends its buffer
         # after a reconnect): key -> the exact value. The handler never ran for them.
@@ -199,8 +204,11 @@ class ResultLedger:
                 ``DEADLINE_EXCEEDED`` when another run holds the claim until the deadline;
                 ``UNKNOWN`` when the abandoned instance holds it past the grace.
         """
-        # The nonce makes this claim recognisable if the create's ack is lost.
-        claim_value = _PENDING + msgpack.packb([self._instance_id, time.time(), os.urandom(8)])
+        # The nonce (with the session, random per process) makes this claim recognisable if
+        # the create's ack is lost.
+        claim_value = _PENDING + msgpack.packb(
+            [self._instance_id, time.time(), next(self._nonces), self._session]
+        )
         give_up_at = (deadline if deadline is not None else time.time() + 30) - _ANSWER_MARGIN
         call_id = key.rsplit(".", 1)[-1]
         abandoned_until = time.time() + self.grace
@@ -303,11 +311,21 @@ class ResultLedger:
 
 
 def _holder(value: bytes) -> str:
+    holder = claim_holder(value)
+    return holder[0] if holder is not None else "unknown"
+
+
+def claim_holder(value: bytes | None) -> tuple[str, str] | None:
+    """Who holds a claim: (instance id, its session, empty if the claim names none); None
+    when ``value`` is not a claim (nothing, a recorded outcome, or unreadable)."""
+    if not value or not value.startswith(_PENDING):
+        return None
     try:
-        instance_id = msgpack.unpackb(value[1:])[0]
-        return str(instance_id)
+        fields = msgpack.unpackb(value[1:])
+        session = fields[3] if len(fields) > 3 else ""
+        return str(fields[0]), str(session)
     except Exception:  # a claim written by something else: name nobody
-        return "unknown"
+        return None
 
 
 def _store_full(error: nats.js.errors.APIError) -> IPCError:

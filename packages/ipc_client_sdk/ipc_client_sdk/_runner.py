@@ -4,8 +4,10 @@
   reply.
 - Every other delivery first claims the call in the results bucket (``ResultLedger``), so
   a repeat on any instance finds the claim or the recorded outcome instead of running.
-- A handler's outcome (result or error) replaces the claim *before* the reply is sent, so
-  a repeat arriving after a router crash finds it.
+- A handler's outcome (result or error) replaces the claim while the reply goes out (the
+  answer is sent first, the write right behind it); the instance acks the call only once
+  the outcome is stored, so a repeat delivered after a crash finds it, or finds the claim
+  of an instance that died before storing it and is answered ``UNKNOWN``.
 - Outcomes a caller may retry (a retryable ``IPCError``, a request that does not validate)
   release the claim instead.
 """
@@ -15,11 +17,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import msgpack
+
+from ipc_client_sdk._answered import AnsweredCalls
 from ipc_client_sdk._codec import Codec
-from ipc_client_sdk._contracts import CallReply, CallRequest, ErrorCode, ErrorInfo
+from ipc_client_sdk._contracts import (
+    PROTOCOL_VERSION,
+    CallReply,
+    CallRequest,
+    ErrorCode,
+    ErrorInfo,
+)
 from ipc_client_sdk._errors import CodecError, IPCError
 from ipc_client_sdk._ledger import ResultLedger
 from ipc_client_sdk._logs import RateLimitedLog, clip
@@ -27,13 +38,19 @@ from ipc_client_sdk._metrics import NoClientMetrics
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
 from ipc_client_sdk._subjects import validate_token
 from ipc_client_sdk._tracing import current_trace_id, failed, serving_call
+from ipc_client_sdk._wire import call_request, read_call
 
 _log = logging.getLogger("ipc_client_sdk.serving")
 
 _MAX_ERROR_MESSAGE = 500
 
+_pack = msgpack.Packer(use_bin_type=True).pack
+
 Admission = Callable[[CallRequest], str | None]
 """Why the instance must refuse a call now (``fenced``, ``stale-epoch``), or None."""
+
+Answer = Callable[[bytes], Awaitable[None]]
+"""Sends a handler's reply to the caller, before its outcome is stored."""
 
 
 _REFUSALS = {
@@ -83,12 +100,19 @@ class CallRunner:
         self._name = service.name
         self.instance_id = instance_id
         self.ledger = ledger
+        self.answered = AnsweredCalls()
+        """The routed calls answered here since the last heartbeat took them."""
         self._running: dict[tuple[str, str | None, str], asyncio.Future[bytes]] = {}
         self._admit = admit
         self._problems = RateLimitedLog(_log)  # per call, whoever sends them: few lines
 
     async def handle(
-        self, data: bytes, headers: Mapping[str, str] | None = None, *, direct: bool = False
+        self,
+        data: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        direct: bool = False,
+        answer: Answer | None = None,
     ) -> tuple[bytes, str | None]:
         """Handle one delivered call; return the encoded reply, and the reason when the call
         was refused unrun (fenced or stale epoch). Never raises ``Exception``.
@@ -98,11 +122,19 @@ class CallRunner:
         instance's direct subject (from a caller) rather than its inbox (from the router).
         That, not the body's ``direct`` flag, decides how the call is admitted and run:
         the body is whatever its sender wrote, the subject is what NATS let it publish on.
+        ``answer``: called with the reply of a handler that ran here, before its outcome is
+        stored (the reply is returned all the same).
         """
-        try:
-            request = self._codec.decode_envelope(data, CallRequest)
-        except CodecError as e:
-            return self.error("", e.code, e.message), None
+        arrived = time.perf_counter()
+        raw = read_call(data, self._codec.max_envelope)
+        if raw is not None:
+            raw["direct"] = direct
+            request = call_request(raw)
+        else:
+            try:
+                request = self._codec.decode_envelope(data, CallRequest)
+            except CodecError as e:
+                return self.error("", e.code, e.message), None
         if request.direct is not direct:
             request = request.model_copy(update={"direct": direct})
         with serving_call(
@@ -116,9 +148,13 @@ class CallRunner:
             refused = self._admit(request) if self._admit is not None else None
             if refused is None:
                 try:
-                    return await self._handle(request), None
+                    reply = await self._handle(request, answer)
                 except _Refused as e:
                     refused = e.reason
+                else:
+                    if not direct:
+                        self.answered.add(request.method, reply, time.perf_counter() - arrived)
+                    return reply, None
             if traced is not None:
                 traced.set("ipc.refused", refused)
             return self._refusal(request, refused), refused
@@ -147,7 +183,7 @@ class CallRunner:
             )
         return self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
 
-    async def _handle(self, request: CallRequest) -> bytes:
+    async def _handle(self, request: CallRequest, answer: Answer | None = None) -> bytes:
         call_id = request.call_id
         key = (request.method, request.caller, call_id)
         running = self._running.get(key)
@@ -157,7 +193,7 @@ class CallRunner:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
-            reply = await self._execute(request)
+            reply = await self._execute(request, answer)
         except _Refused as e:
             future.set_exception(e)  # a repeat waiting on this run is refused with it
             future.add_done_callback(lambda f: f.exception())  # retrieved if nobody waits
@@ -173,7 +209,7 @@ class CallRunner:
         future.set_result(reply)
         return reply
 
-    async def _execute(self, request: CallRequest) -> bytes:
+    async def _execute(self, request: CallRequest, answer: Answer | None = None) -> bytes:
         """Run one call at most once (or find its outcome) and return the encoded reply."""
         codec = self._codec
         call_id = request.call_id
@@ -236,6 +272,8 @@ class CallRunner:
                 retryable=False,
             )
             keep = True
+        if answer is not None:
+            await answer(reply)  # the outcome's write goes out right behind it
         if not keep:
             await self.ledger.release(claimed)
         elif not await self.ledger.finish(claimed, reply):
@@ -297,13 +335,16 @@ class CallRunner:
             )
             text = f"{type(e).__name__}: {e}"[:_MAX_ERROR_MESSAGE]
             return self.error(request.call_id, ErrorCode.INTERNAL, text), True
-        reply = CallReply(
-            call_id=request.call_id,
-            payload=payload,
-            service=self._name,
-            instance=self.instance_id,
-        )
-        return codec.encode_envelope(reply), True
+        # The CallReply's MessagePack map, packed as encode_envelope would (fields in order,
+        # none null), without building the model: this runs for every call.
+        reply = {
+            "v": PROTOCOL_VERSION,
+            "call_id": request.call_id,
+            "payload": payload,
+            "service": self._name,
+            "instance": self.instance_id,
+        }
+        return _pack(reply), True
 
     def error(
         self,

@@ -46,6 +46,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ipc_client_sdk._acks import CallAcks
 from ipc_client_sdk._admin import request_op
 from ipc_client_sdk._contracts import (
     LEASE_FRACTION,
@@ -148,6 +149,8 @@ class ServiceInstance:
         self._confirming: asyncio.Task[None] | None = None  # a takeover notice being checked
         self._confirmed_at = -_TAKEOVER_CHECK_INTERVAL  # monotonic: when the last check began
         self._runner: CallRunner | None = None
+        self._queued = 0  # calls taken off a subscription, waiting for a slot
+        self._acks = CallAcks(link)
         self._replaced = False
         self._closing = False
         self._stopped = False
@@ -205,8 +208,10 @@ class ServiceInstance:
 
     @property
     def inflight(self) -> int:
-        """Calls being handled right now."""
-        return len(self._tasks)
+        """Calls being handled right now, with those delivered and waiting for a slot (a
+        heartbeat saying none must mean that every call routed here before it is done)."""
+        waiting = self._inbox.pending_msgs if self._inbox is not None else 0
+        return len(self._tasks) + self._queued + waiting
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,6 +254,7 @@ class ServiceInstance:
             ResultLedger(
                 FastResults(results, link.subjects.results_bucket, link.replies),
                 self.instance_id,
+                session=self._session,
             ),
             admit=self._admit,
             metrics=link.metrics,
@@ -322,6 +328,7 @@ class ServiceInstance:
                 task.cancel()  # answered ABORTED, and recorded
             await asyncio.gather(*late, return_exceptions=True)
         await self._deregister(timeout=min(left(), self._link.request_timeout))
+        await self._acks.close()
         for background in (self._heartbeat, self._reregister, self._cleanup, self._confirming):
             if background is not None:
                 background.cancel()
@@ -443,6 +450,7 @@ class ServiceInstance:
                 session=self._session,
                 seq=self._seq,
                 draining=self._refuses_direct,
+                calls=self._runner.answered.take() if self._runner is not None else None,
             )
             with contextlib.suppress(nats.errors.Error):
                 await nc.publish(subject, self._link.codec.encode_envelope(beat), reply=reply)
@@ -620,11 +628,19 @@ class ServiceInstance:
         runner = self._runner
         assert runner is not None  # set before the inbox is subscribed
         if not self._closing:
-            await self._slots.acquire()  # back-pressure: later calls wait in the subscription
+            self._queued += 1
+            try:
+                await self._slots.acquire()  # back-pressure: later calls wait in the subscription
+            finally:
+                self._queued -= 1
             if self._closing:
                 self._slots.release()
         if self._closing:
             # stop() ran out of time draining: refuse what is left, quickly and retryably.
+            ack = None if direct else self._acks.subject_of(msg)
+            if ack is not None:
+                await self._acks.refused(ack)  # routed again, to whoever takes over
+                return
             message = f"instance {self.instance_id} is stopping"
             await self._respond(msg, runner.error("", ErrorCode.UNAVAILABLE, message), "stopping")
             return
@@ -639,9 +655,33 @@ class ServiceInstance:
             _log.error("serving a call failed", exc_info=task.exception())
 
     async def _serve_one(self, msg: Msg, *, direct: bool) -> None:
-        assert self._runner is not None
-        reply, refused = await self._runner.handle(msg.data, msg.headers, direct=direct)
-        await self._respond(msg, reply, refused)
+        runner = self._runner
+        assert runner is not None
+        ack = None if direct else self._acks.subject_of(msg)
+        if ack is None:  # a direct call: answer whoever sent it
+            reply, refused = await runner.handle(msg.data, msg.headers, direct=direct)
+            await self._respond(msg, reply, refused)
+            return
+        # Forwarded by the router: answer the caller as soon as the outcome is known (while
+        # it is recorded), then ack; a call refused unrun is nak'ed, to be routed again.
+        answered = False
+
+        async def answer(reply: bytes) -> None:
+            nonlocal answered
+            answered = True
+            await self._respond(msg, reply)
+
+        self._acks.running(ack, msg.headers)
+        try:
+            reply, refused = await runner.handle(msg.data, msg.headers, answer=answer)
+            if refused is not None:
+                await self._acks.refused(ack)
+                return
+            if not answered:
+                await self._respond(msg, reply)
+            await self._acks.done(ack)
+        finally:
+            self._acks.finished(ack)
 
     async def _respond(self, msg: Msg, reply: bytes, refused: str | None = None) -> None:
         if msg.reply:

@@ -4,15 +4,19 @@ Application code should not need this module: ``IPCClient`` does all of it.
 """
 
 from ipc_client_sdk._access import Grants, Identity, Role, permissions
+from ipc_client_sdk._answered import outcome_of_code, reply_outcome
 from ipc_client_sdk._auth_dir import AuthDir, AuthDirError, AuthManifest
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
 from ipc_client_sdk._contracts import (
+    ACK_HEADER,
+    ACK_WAIT_HEADER,
     LEASE_FRACTION,
     MAX_CONTRACTS_BYTES,
     MSG_ID_HEADER,
     PROTOCOL_VERSION,
     REFUSED_HEADER,
     REPLY_TO_HEADER,
+    ROUTER_HEADER,
     AdminOp,
     AdminReply,
     AdminRequest,
@@ -45,6 +49,7 @@ from ipc_client_sdk._contracts import (
 )
 from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
 from ipc_client_sdk._kv import is_deletion, watch_bucket
+from ipc_client_sdk._ledger import claim_holder
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import (
     DEFAULT_SERVERS,
@@ -73,6 +78,8 @@ from ipc_client_sdk._tally import (
     histogram_family,
 )
 from ipc_client_sdk._tracing import TRACE_HEADERS, Traced, continue_routed, failed
+from ipc_client_sdk._tracing import _loaded as tracing_loaded
+from ipc_client_sdk._wire import call_request, is_token, read_call
 
 __all__ = [
     "CREDENTIAL_ENV_VARS",
@@ -89,10 +96,13 @@ __all__ = [
     "Latencies",
     "counter_family",
     "histogram_family",
+    "ACK_HEADER",
+    "ACK_WAIT_HEADER",
     "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",
     "REPLY_TO_HEADER",
+    "ROUTER_HEADER",
     "TRACE_HEADERS",
     "AdminOp",
     "AuthDir",
@@ -137,6 +147,13 @@ __all__ = [
     "ServiceInfo",
     "Subjects",
     "Traced",
+    "call_request",
+    "claim_holder",
+    "is_token",
+    "read_call",
+    "tracing_loaded",
+    "outcome_of_code",
+    "reply_outcome",
     "clip",
     "close_nats",
     "continue_routed",

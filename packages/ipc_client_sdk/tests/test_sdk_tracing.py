@@ -118,7 +118,8 @@ async def test_a_call_continues_the_callers_trace_in_the_router_and_the_instance
     assert attributes["messaging.system"] == "nats"
     assert attributes["ipc.path"] == ("durable" if durable else "direct")
 
-    records = await _spans_of(instance.spans, "echo work", trace_id)
+    # The call's span ends once its outcome is stored, a moment after the answer went out.
+    records = await _spans_of(instance.spans, "traced/echo", trace_id)
     server = _one(records, "traced/echo", trace_id)
     assert server.kind == "SERVER" and server.status == "UNSET"
     work = _one(records, "echo work", trace_id)
@@ -196,6 +197,8 @@ async def test_a_router_without_a_provider_forwards_the_trace_untouched(
 
     await server.serve(svc, instance_id="p1")
     await caller.call("plain.m", Echo(text="x"), durable=True)
+    # The call's span ends once its outcome is stored, a moment after the answer went out.
+    await until(lambda: any(s.kind is trace.SpanKind.SERVER for s in spans.get_finished_spans()))
     finished = spans.get_finished_spans()
     (client_span,) = [s for s in finished if s.kind is trace.SpanKind.CLIENT]
     (server_span,) = [s for s in finished if s.kind is trace.SpanKind.SERVER]

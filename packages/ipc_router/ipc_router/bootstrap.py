@@ -54,6 +54,7 @@ from ipc_router.infrastructure.clock import SystemClock
 from ipc_router.infrastructure.counters import RouterCounters
 from ipc_router.infrastructure.jetstream_probe import JetStreamProbe
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
+from ipc_router.infrastructure.kv_claims import ResultClaims
 from ipc_router.infrastructure.kv_lease import JetStreamLease
 from ipc_router.infrastructure.kv_registry import (
     JetStreamContractRepository,
@@ -137,8 +138,9 @@ def durable_call_path(parts: LeaderParts) -> CallPath:
         w.subjects,
         w.codec,
         parts.registry,
+        ResultClaims(w.stores.results).read,
         ack_wait=w.config.call_ack_wait,
-        tracker=parts.tracker,
+        router_id=w.config.router_id,
         in_term=parts.in_term,
         metrics=w.deps.metrics,
     )
@@ -416,6 +418,7 @@ class LeaderDuties:
             w.instance_lease,
             in_term=self._in_term,
             stats=self._stats,
+            metrics=w.deps.metrics,
         )
         self._upkeep = RegistryUpkeep(
             registry, lambda: w.nc.is_connected, self._in_term, metrics=w.deps.metrics

@@ -18,7 +18,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from ipc_client_sdk import CodecError, IPCClient, IPCError
-from ipc_client_sdk.protocol import CallRequest, Codec, Subjects
+from ipc_client_sdk.protocol import ROUTER_HEADER, CallRequest, Codec, Subjects
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_testing import RouterProcess, until
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
@@ -116,17 +116,17 @@ async def test_a_leader_killed_under_load_hands_over_with_no_call_failed_or_run_
 
 @dataclass
 class Deliveries:
-    """Every call request sent to an instance, by the router inbox it asked answers on."""
+    """Every call request sent to an instance, by the router that forwarded it."""
 
     codec: Codec = field(default_factory=Codec)
-    by_router: dict[str, list[str]] = field(default_factory=dict)  # inbox prefix -> call_ids
+    by_router: dict[str, list[str]] = field(default_factory=dict)  # router id -> call_ids
 
     async def seen(self, msg: Msg) -> None:
         try:
             request = self.codec.decode_envelope(msg.data, CallRequest)
         except CodecError:
             return  # an instance's control message, not a call
-        router = msg.reply.rsplit(".", 1)[0]
+        router = (msg.headers or {}).get(ROUTER_HEADER, "")
         self.by_router.setdefault(router, []).append(request.call_id)
 
 
@@ -142,7 +142,7 @@ async def test_a_frozen_leader_is_replaced_and_when_it_wakes_steps_down_without_
             await until(lambda: len(load.answered) >= 50, within=30)
             await sniffer.flush()
             assert len(deliveries.by_router) == 1  # only the leader routes
-            (first_inbox,) = deliveries.by_router
+            (first_router,) = deliveries.by_router
             since, first_since = standby.log_size(), router.log_size()
             router.pause()
             paused = time.monotonic()
@@ -163,7 +163,7 @@ async def test_a_frozen_leader_is_replaced_and_when_it_wakes_steps_down_without_
     # The frozen leader routed nothing that reached it after it froze: those calls went to
     # the new leader (calls it had taken before may still have left its socket on waking).
     sent_after_pause = {call_id for call_id, at in load.sent.items() if at > paused}
-    assert not sent_after_pause & set(deliveries.by_router[first_inbox])
+    assert not sent_after_pause & set(deliveries.by_router[first_router])
     assert len(deliveries.by_router) == 2
     # Each router led once: the frozen one did not take the lease back.
     assert router.log_since(0).decode().count("test-router leads") == 1

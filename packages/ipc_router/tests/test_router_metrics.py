@@ -86,7 +86,15 @@ async def test_metrics_count_the_calls_made(nats_server: NatsServerProcess, rout
             await a.call("service_b.no_such", work(), durable=True)
         with pytest.raises(Exception):  # noqa: B017  # nobody serves it
             await a.call("nobody.work", work(), durable=True, timeout=1)
-        metrics = await scrape(port)
+
+        async def reported() -> dict[str, list[Sample]]:
+            # The instance answers its callers and reports the counts with its heartbeats.
+            found = await scrape(port)
+            served = [s.value for s in found["ipc_router_calls"] if s.name.endswith("_total")]
+            assert sum(served) == 11, served
+            return found
+
+        metrics = await eventually(reported, within=10)
 
     calls = metrics["ipc_router_calls"]
     total = "ipc_router_calls_total"

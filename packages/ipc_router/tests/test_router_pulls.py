@@ -41,8 +41,9 @@ class HoldingConsumer(calls.CallConsumer):
         await msg.ack()
         self.handled += 1
 
-    async def _watch_instances(self) -> None:
-        await asyncio.Event().wait()
+
+async def no_claims(key: str) -> bytes | None:
+    return None
 
 
 @pytest.fixture
@@ -55,7 +56,9 @@ async def consumer(
     js = nc.jetstream()
     await provision(js, SUBJECTS, StorageSettings())
     registry = cast(InstanceRegistry, cast(Any, None))
-    pulls = HoldingConsumer(nc, js, SUBJECTS, Codec(), registry, max_inflight=MAX_INFLIGHT)
+    pulls = HoldingConsumer(
+        nc, js, SUBJECTS, Codec(), registry, no_claims, max_inflight=MAX_INFLIGHT
+    )
     pulls.seen = set()
     await pulls.start()
     try:
@@ -138,7 +141,7 @@ async def test_calls_are_left_for_the_next_leader_once_the_leadership_term_has_e
     await provision(js, SUBJECTS, StorageSettings())
     registry = cast(InstanceRegistry, cast(Any, None))
     pulls = HoldingConsumer(
-        nc, js, SUBJECTS, Codec(), registry, ack_wait=1.0, in_term=lambda: term["open"]
+        nc, js, SUBJECTS, Codec(), registry, no_claims, ack_wait=1.0, in_term=lambda: term["open"]
     )
     pulls.seen = set()
     await pulls.start()

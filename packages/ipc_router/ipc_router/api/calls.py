@@ -1,4 +1,4 @@
-"""The call path: take accepted calls from the calls stream, route them, relay the answers.
+"""The call path: take accepted calls from the calls stream, route them, forward them.
 
 For each message of the durable pull consumer the router
 
@@ -7,19 +7,22 @@ For each message of the durable pull consumer the router
 2. answers ``DEADLINE_EXCEEDED`` at once when the caller's deadline has passed (steps 2 to
    4 are ``CallRelay`` in ``api/relay.py``);
 3. asks the registry for the instance (claims, then sticky assignment, then round robin);
-4. sends the request, with the epoch, the delivery count and the caller named by the
-   subject's last token (never the body's), to the instance's inbox as a core NATS request, bounded by the caller's deadline. An instance that is not listening is
-   marked unhealthy and the call routed again; while a standby is about to take over (or a
-   handover is under way) the call waits for it; an instance that refuses the call unrun
-   (fenced, or routed under an old epoch) gets it routed again; one that fails while it
-   holds the call has it routed again to its successor, which answers from the record, runs
-   it if it never started, or says the outcome is unknown if it started and never finished;
-5. publishes the instance's reply, unchanged, to the caller's reply address;
-6. and only then acks the message. A router that dies before step 6 leaves the message
-   un-acked: JetStream redelivers it after ``ack_wait`` to whichever router fetches next.
+   while a standby is about to take over (or a handover is under way) the call waits for
+   it;
+4. forwards the request, with the epoch, the delivery count and the caller named by the
+   subject's last token (never the body's), to the instance's inbox, with the caller's
+   reply address as its reply subject and the message's ack subject in ``Ipc-Ack``.
 
-Calls that outlive half of ``ack_wait`` are kept alive with ``in_progress`` so that a slow
-handler is not mistaken for a dead router; so ``ack_wait`` can be short (1 s by default),
+The instance then answers the caller, records the outcome, and acks the message; a call it
+refuses unrun (fenced, routed under an old epoch, stopping) it naks, and JetStream delivers
+it again to be routed again. Nothing is acked by a router that forwarded the call, so an
+instance that dies holding it, or a forward lost on the way, leaves the message un-acked:
+JetStream delivers it again after ``ack_wait`` to whichever router fetches next. What the
+router answers itself (an error: no such method, no instance, a bad request) it publishes
+to the reply address and then acks.
+
+Calls the router holds for longer than half of ``ack_wait`` (waiting for a standby to take
+over) are kept alive with ``in_progress``; so ``ack_wait`` can be short (1 s by default),
 and the calls a dead leader held reach the next leader about when it takes over.
 
 Before taking a call (steps 1 and 3) the consumer asks whether the router's leadership
@@ -34,10 +37,8 @@ import contextlib
 import itertools
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
-from typing import TypeGuard
 
 import nats.errors
 import nats.js.errors
@@ -55,40 +56,31 @@ from ipc_client_sdk.protocol import (
     Codec,
     ErrorCode,
     ErrorInfo,
-    ReplyInbox,
     Subjects,
     clip,
 )
 from ipc_router.api.relay import (
     CALL_PROBLEMS,
-    RETRY_LATER,
-    Awaiting,
     CallRelay,
+    ClaimReader,
+    FastRoute,
     Later,
     OutOfTerm,
     Refused,
+    usable_reply_address,
 )
-from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import Health
 
 _log = logging.getLogger("ipc_router.calls")
-
-# A reply address is one NATS subject: printable, no white space, no wildcards, no empty
-# token. Anything else would corrupt the router's protocol stream, so it is refused.
-_TOKEN_CHARS = r"[!-)+-\-/-=?-~]+"  # printable ASCII but '*', '.' and '>'
-_SUBJECT = re.compile(rf"^{_TOKEN_CHARS}(\.{_TOKEN_CHARS})*$")
-
-_MAX_REPLY_TO = 512
-"""A longer reply subject is refused: NATS closes a connection whose protocol line is too
-long, and a reply address is part of one."""
 
 _PULLS = 2
 """Pull requests outstanding at once: the next is on its way while the first delivers."""
 
 _PULL_BATCH = 256
 """Calls one pull request asks for at most."""
+
+_PULL_BATCH_QUARTER = _PULL_BATCH // 4
 
 _PULL_BYTES = 16 * 1024 * 1024
 """Bytes one pull request may bring in at most: with ``_PULLS`` of them, 32 MiB at most are
@@ -115,7 +107,7 @@ _DONE_BECAUSE = ("Message Size Exceeds MaxBytes", "Batch Completed")
 
 
 class CallConsumer:
-    """Consumes the calls stream and relays each call to its instance and back.
+    """Consumes the calls stream and forwards each call to its instance.
 
     Args:
         nc: the router's connection.
@@ -124,8 +116,13 @@ class CallConsumer:
         codec: the envelope codec.
         registry: routing decisions and instance health.
         max_inflight: calls this router handles at once (and asks JetStream for).
+        claims: reads a call's claim in the results bucket (for calls delivered again).
         ack_wait: seconds JetStream waits for an ack before it redelivers a call.
-        tracker: counts the calls in flight to each instance (for handovers).
+        router_id: this router's id, named on each forwarded call.
+        route_now: a standby router's routing (``registry`` is then None): what it cannot
+            route at once is left to the leader.
+        configure: whether to make the consumer, or set its ``ack_wait`` (the leader's
+            job); a standby router binds to it as it is.
         in_term: whether this router's leadership term still runs; calls are taken and
             routed only while it does.
         metrics: counts the calls answered, their outcome and routed time.
@@ -137,11 +134,14 @@ class CallConsumer:
         js: JetStreamContext,
         subjects: Subjects,
         codec: Codec,
-        registry: InstanceRegistry,
+        registry: InstanceRegistry | None,
+        claims: ClaimReader,
         *,
         max_inflight: int = 1024,
         ack_wait: float = 5.0,
-        tracker: InflightTracker | None = None,
+        router_id: str = "",
+        route_now: FastRoute | None = None,
+        configure: bool = True,
         in_term: Callable[[], bool] = lambda: True,
         metrics: RouterMetrics | None = None,
     ) -> None:
@@ -166,19 +166,11 @@ class CallConsumer:
         self._pull_ids = itertools.count(1)
         self._wake = asyncio.Event()  # room for calls: ask for more
         self._refused = False  # the server refused a pull request: wait, then re-bind
-        self._awaiting: Awaiting = {}
-        self._replies = ReplyInbox(nc)
         self._problems = CALL_PROBLEMS
         self._relay = CallRelay(
-            subjects,
-            codec,
-            registry,
-            tracker or InflightTracker(),
-            self._replies,
-            self._awaiting,
-            in_term,
-            metrics,
+            nc, subjects, codec, registry, claims, ack_wait, router_id, in_term, metrics, route_now
         )
+        self._configure = configure
 
     async def start(self) -> None:
         """Bind the durable consumer (creating it when missing) and start pulling calls.
@@ -187,7 +179,12 @@ class CallConsumer:
         each for as many calls as there is room for (and at most ``_PULL_BYTES``), and each
         delivery is handled as it arrives, with no fetch round trip in between.
         """
-        await self._bind()
+        try:
+            await self._bind()
+        except nats.errors.Error:
+            if self._configure:
+                raise
+            self._refused = True  # a standby router: bound again until the leader made it
         stream, durable = self._subjects.calls_stream, self._subjects.calls_consumer
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._deliver = self._nc.new_inbox()
@@ -198,7 +195,6 @@ class CallConsumer:
         self._tasks = [
             asyncio.create_task(self._pull_loop(), name="ipc-router-pull"),
             asyncio.create_task(self._keep_alive(), name="ipc-router-keepalive"),
-            asyncio.create_task(self._watch_instances(), name="ipc-router-watchdog"),
         ]
 
     async def _bind(self) -> None:
@@ -211,6 +207,8 @@ class CallConsumer:
         try:
             info = await self._js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
+            if not self._configure:
+                raise  # a standby router waits for the leader to make it
             info = await self._js.add_consumer(
                 stream,
                 config=ConsumerConfig(
@@ -224,7 +222,9 @@ class CallConsumer:
                 ),
             )
         actual = info.config.ack_wait
-        if actual and abs(actual - self._ack_wait) > 0.001:
+        if actual and not self._configure:
+            self._ack_wait = actual
+        elif actual and abs(actual - self._ack_wait) > 0.001:
             # The leader sets the redelivery delay of the calls it consumes (a deployment
             # started with another --call-ack-wait keeps its consumer otherwise).
             try:
@@ -243,6 +243,7 @@ class CallConsumer:
                     actual,
                 )
                 self._ack_wait = actual
+        self._relay.ack_wait = self._ack_wait
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Stop pulling, give in-flight calls ``grace`` seconds, then abandon the rest.
@@ -267,7 +268,6 @@ class CallConsumer:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._replies.close()
 
     @property
     def inflight(self) -> int:
@@ -353,8 +353,19 @@ class CallConsumer:
             pull[0] -= 1
             if pull[0] <= 0:
                 del self._pulls[msg.subject]
+                self._wake.set()
+            elif pull[0] % _PULL_BATCH_QUARTER == 0:
+                self._wake.set()  # calls forwarded at once free room as they arrive
         if self._stopping or not self._in_term():
             return  # not acked: redelivered to the next router
+        try:
+            if await self._relay.forward_now(msg):
+                return
+        except nats.errors.Error as e:
+            self._problems.warning(
+                "interrupted", "forwarding a call failed (%s); left for redelivery", clip(e)
+            )
+            return
         task = asyncio.create_task(self._process(msg))
         self._inflight[task] = (msg, time.monotonic())
         task.add_done_callback(self._done)
@@ -365,24 +376,6 @@ class CallConsumer:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             self._problems.error("handling", "call handling failed", exc_info=error)
-
-    async def _watch_instances(self) -> None:
-        """Stop waiting on instances that failed (or were replaced) while holding a call.
-
-        The call is routed again at once (see ``CallRelay``): to the standby that takes over,
-        or to the same instance if it comes back. A deregistered instance is not given up
-        on: it is finishing its in-flight calls on its way out.
-        """
-        table = self._registry.table
-        while True:
-            await self._registry.wait_changed(0.25)
-            for pending, (service, instance_id, session) in list(self._awaiting.items()):
-                record = table.get(service, instance_id)
-                lost = record is not None and (
-                    record.health is Health.UNHEALTHY or record.session != session
-                )
-                if lost and not pending.done():
-                    pending.cancel()
 
     async def _keep_alive(self) -> None:
         half = self._ack_wait / 2
@@ -408,12 +401,12 @@ class CallConsumer:
                 clip(msg.subject),
                 clip(e.message),
             )
-            if _usable(reply_to):
+            if usable_reply_address(reply_to):
                 await self._answer(reply_to, CallReply(call_id="", error=_info(e.code, e.message)))
             await msg.term()
             return
         reply_to = request.reply_to or reply_to
-        if not _usable(reply_to):
+        if not usable_reply_address(reply_to):
             self._problems.warning(
                 "no-reply-address",
                 "call %s on %s has no usable reply address (%s); dropped",
@@ -423,18 +416,16 @@ class CallConsumer:
             )
             await msg.term()
             return
-        refused: ErrorCode | None = None
         try:
-            reply = await self._relay.relay(msg, request)
+            await self._relay.relay(msg, request, reply_to)
         except OutOfTerm:
             return  # not acked: redelivered to the next leader
-        except Later:
+        except Later as e:
             with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=RETRY_LATER)
+                await msg.nak(delay=e.delay)
             return
         except Refused as e:
-            refused = e.code
-            reply = self._refusal(request, e.code, e.message)
+            await self._refuse(msg, request, reply_to, e.code, e.message, started)
         except nats.errors.Error as e:
             # Lost the connection mid-call: leave the message un-acked for redelivery.
             self._problems.warning(
@@ -443,14 +434,24 @@ class CallConsumer:
                 clip(request.call_id),
                 clip(e),
             )
-            return
         except Exception:
             # A bug must not turn the call into a poison message redelivered for a day.
             self._problems.exception("routing", "routing call %s failed", clip(request.call_id))
-            refused = ErrorCode.INTERNAL
-            reply = self._refusal(request, refused, "the router failed the call")
+            message = "the router failed the call"
+            await self._refuse(msg, request, reply_to, ErrorCode.INTERNAL, message, started)
+
+    async def _refuse(
+        self,
+        msg: Msg,
+        request: CallRequest,
+        reply_to: str,
+        code: ErrorCode,
+        message: str,
+        started: float,
+    ) -> None:
+        """Answer the caller with the router's own error, then ack the message."""
         try:
-            await self._nc.publish(reply_to, reply)
+            await self._nc.publish(reply_to, self._refusal(request, code, message))
             await msg.ack()
         except nats.errors.Error as e:
             self._problems.warning(
@@ -461,10 +462,7 @@ class CallConsumer:
             )
             return
         seconds = time.perf_counter() - started
-        if refused is None:
-            self._metrics.call_answered(request.service, request.method, reply, seconds)
-        else:
-            self._metrics.call_refused(request.service, request.method, refused, seconds)
+        self._metrics.call_refused(request.service, request.method, code, seconds)
 
     def _refusal(self, request: CallRequest, code: ErrorCode, message: str) -> bytes:
         return self._codec.encode_envelope(
@@ -474,24 +472,6 @@ class CallConsumer:
     async def _answer(self, reply_to: str, reply: CallReply) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self._nc.publish(reply_to, self._codec.encode_envelope(reply))
-
-
-REPLY_PREFIX = "_INBOX."
-"""The only subjects a router answers calls on. The router publishes with its own rights
-(every subject of the deployment, its buckets' ``$KV`` subjects): a reply address a caller
-chose freely would make it a deputy that writes a forged result into another service's
-record, or the router lease, on the caller's behalf."""
-
-
-def _usable(reply_to: str | None) -> TypeGuard[str]:
-    """Whether a reply address is one publishable inbox subject (never trust a raw
-    publisher)."""
-    return (
-        reply_to is not None
-        and len(reply_to) <= _MAX_REPLY_TO
-        and reply_to.startswith(REPLY_PREFIX)
-        and _SUBJECT.fullmatch(reply_to) is not None
-    )
 
 
 def _info(code: ErrorCode, message: str) -> ErrorInfo:

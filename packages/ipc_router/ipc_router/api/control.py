@@ -70,6 +70,7 @@ from ipc_router.application.errors import InstanceReplacedError, SessionRequired
 from ipc_router.application.handover import Handovers
 from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.membership import HeartbeatAnswer, Membership, RegisterInstance
+from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import HeartbeatOutcome, InstanceRegistry
 from ipc_router.application.stats import CallStatistics
 from ipc_router.application.views import (
@@ -154,8 +155,10 @@ class ControlAPI:
         *,
         in_term: Callable[[], bool] = lambda: True,
         stats: CallStatistics | None = None,
+        metrics: RouterMetrics | None = None,
     ) -> None:
         self._nc = nc
+        self._metrics = metrics or NoRouterMetrics()
         self._subjects = subjects
         self._codec = codec
         self._registry = registry
@@ -451,6 +454,9 @@ class ControlAPI:
                 clip(beat.instance_id),
             )
             return
+        if answer.outcome is HeartbeatOutcome.OK and beat.calls:
+            # Counted only from the process that holds the instance id (its session).
+            self._metrics.calls_reported(beat.service, beat.calls)
         if answer.outcome in (HeartbeatOutcome.REFUSED, HeartbeatOutcome.REPLACED):
             why = "no session" if answer.outcome is HeartbeatOutcome.REFUSED else "another session"
             self._problems.warning(

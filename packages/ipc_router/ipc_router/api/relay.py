@@ -1,44 +1,63 @@
-"""Relaying one call: route it, deliver it to the instance's inbox, and route it again
-while that is what the situation asks for (steps 2 to 4 in ``api/calls.py``).
+"""Routing one call and forwarding it to its instance (steps 2 to 4 in ``api/calls.py``).
 
-``CallRelay.relay`` runs named steps in a loop until one gives the instance's answer or a
-terminal error: ``_check`` and ``_deadline`` once, then ``_time_left``, ``_route`` and
-``_deliver`` per attempt. What the attempts learnt (an instance that failed while it held
-the call, how many instances did not listen, how many refused the call) is kept in one
-``_Attempts``.
+``CallRelay.relay`` runs named steps in a loop until the call is forwarded or gets a
+terminal error: ``_check``, ``_deadline`` and, for a call delivered again, ``_abandoned``
+once; then ``_time_left``, ``_route`` and ``_forward`` per attempt. What the attempts learnt
+(an instance that died while it held the call) is kept in one ``_Attempts``.
+
+The router is off the reply path: it forwards the call to the instance's inbox with the
+caller's reply address as the message's reply subject and the stream message's ack subject
+in the ``Ipc-Ack`` header; the instance answers the caller, records the outcome and acks
+(or naks a call it refuses unrun, which JetStream then delivers again to be routed again).
+An instance that dies holding a call never acks it: JetStream delivers it again after
+``ack_wait``, and ``_abandoned`` reads the call's claim in the results bucket to tell the
+next instance which one died holding it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
-import nats.errors
+import msgpack
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from ipc_client_sdk.protocol import (
-    REFUSED_HEADER,
+    ACK_HEADER,
+    ACK_WAIT_HEADER,
+    REPLY_TO_HEADER,
+    ROUTER_HEADER,
+    TRACE_HEADERS,
     CallRequest,
     Codec,
     ErrorCode,
     RateLimitedLog,
-    ReplyInbox,
     Subjects,
     Traced,
-    clip,
+    claim_holder,
     continue_routed,
     failed,
+    is_token,
+    read_call,
+    tracing_loaded,
     validate_call_id,
     validate_token,
 )
-from ipc_router.application.inflight import InflightTracker
 from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import InstanceRegistry
-from ipc_router.domain import FailoverPendingError, Route, RoutingError, UnknownMethodError
+from ipc_router.domain import (
+    FailoverPendingError,
+    Health,
+    Route,
+    RoutingError,
+    UnknownMethodError,
+)
 
 _log = logging.getLogger("ipc_router.calls")
 
@@ -55,18 +74,55 @@ MAX_CALL_TIME = 3600.0
 RETRY_LATER = 1.0
 """Seconds before a redelivered call that cannot be routed yet is delivered again."""
 
-_ROUTE_ATTEMPTS = 3
-"""Instances tried for one delivery when the chosen one is not listening."""
-
 _CHANGE_WAIT = 0.25
 """The longest one wait for the routing table to change (a failover, a handover)."""
 
-Awaiting = dict[asyncio.Future[Msg], tuple[str, str, str]]
-"""The calls waiting on an instance's answer: future -> (service, instance_id, session)."""
+ClaimReader = Callable[[str], Awaitable[bytes | None]]
+"""Reads a call's key in the results bucket: its claim or outcome, None when there is none
+(or the bucket did not answer)."""
+
+
+# A reply address is one NATS subject: printable, no white space, no wildcards, no empty
+# token. Anything else would corrupt the router's protocol stream, so it is refused.
+_TOKEN_CHARS = r"[!-)+-\-/-=?-~]+"  # printable ASCII but '*', '.' and '>'
+_SUBJECT = re.compile(rf"^{_TOKEN_CHARS}(\.{_TOKEN_CHARS})*$")
+
+_MAX_REPLY_TO = 512
+"""A longer reply subject is refused: NATS closes a connection whose protocol line is too
+long, and a reply address is part of one."""
+
+REPLY_PREFIX = "_INBOX."
+"""The only subjects a router answers calls on. The router publishes with its own rights
+(every subject of the deployment, its buckets' ``$KV`` subjects): a reply address a caller
+chose freely would make it a deputy that writes a forged result into another service's
+record, or the router lease, on the caller's behalf."""
+
+
+def usable_reply_address(reply_to: str | None) -> TypeGuard[str]:
+    """Whether a reply address is one publishable inbox subject (never trust a raw
+    publisher)."""
+    return (
+        reply_to is not None
+        and len(reply_to) <= _MAX_REPLY_TO
+        and reply_to.startswith(REPLY_PREFIX)
+        and _SUBJECT.fullmatch(reply_to) is not None
+    )
 
 
 class Later(Exception):
-    """The call cannot be routed yet: leave it for redelivery (nak with a delay)."""
+    """The call cannot be routed yet: leave it for redelivery (nak with ``delay``)."""
+
+    def __init__(self, delay: float = RETRY_LATER) -> None:
+        self.delay = delay
+        super().__init__(f"delivered again in {delay:g}s")
+
+
+STANDBY_RETRY = 0.1
+"""Seconds before a call a standby router cannot route at once is delivered again (to
+whichever router pulls next: the leader routes what a standby cannot)."""
+
+FastRoute = Callable[[str, str, str | None], Route | None]
+"""A standby router's routing: the route, or None to leave the call to the leader."""
 
 
 class OutOfTerm(Exception):
@@ -92,53 +148,114 @@ class _Attempts:
     """JetStream's delivery count for the message (above 1: it may have run already)."""
     abandoned: str | None = None
     """An instance that failed while it held the call."""
-    abandoned_at: float = 0.0
-    """When it did (monotonic)."""
-    unreachable: int = 0
-    """Instances that were not listening on their inbox."""
-    refusals: int = 0
-    """Instances that refused the call unrun (fenced, or routed under an old epoch)."""
+    abandoned_since: float = 0.0
+    """When that instance was last heard of (Unix time; 0: it left the registry)."""
 
 
 class CallRelay:
-    """Routes a call and relays it to its instance until it is answered.
+    """Routes a call and forwards it to its instance.
 
     Args:
+        nc: the router's connection (forwards are core publishes).
         subjects: the subject map.
         codec: the envelope codec.
-        registry: routing decisions and instance health.
-        tracker: counts the calls in flight to each instance (for handovers).
-        replies: the inbox the instances answer on.
-        awaiting: the calls waiting on an instance, shared with the consumer's watchdog,
-            which cancels a wait whose instance failed.
+        registry: routing decisions and instance health (the leader's); None on a standby
+            router, which routes only with ``route_now`` and leaves the rest to the leader.
+        claims: reads a call's claim in the results bucket (for calls delivered again).
+        ack_wait: seconds JetStream waits for a call's ack (told to the instance).
+        router_id: this router's id, sent with each forwarded call (``Ipc-Router``).
         in_term: whether this router's leadership term still runs (asked before each
-            delivery to an instance).
+            forward).
         metrics: counts redeliveries.
+        route_now: a standby router's routing (its copy of the table).
     """
 
     def __init__(
         self,
+        nc: NATS,
         subjects: Subjects,
         codec: Codec,
-        registry: InstanceRegistry,
-        tracker: InflightTracker,
-        replies: ReplyInbox,
-        awaiting: Awaiting,
+        registry: InstanceRegistry | None,
+        claims: ClaimReader,
+        ack_wait: float,
+        router_id: str = "",
         in_term: Callable[[], bool] = lambda: True,
         metrics: RouterMetrics | None = None,
+        route_now: FastRoute | None = None,
     ) -> None:
+        self._route_now = route_now
+        self._nc = nc
+        self._router_id = router_id
         self._in_term = in_term
         self._metrics = metrics or NoRouterMetrics()
         self._subjects = subjects
         self._codec = codec
-        self._registry = registry
-        self._tracker = tracker
-        self._replies = replies
-        self._awaiting = awaiting
+        self._leaders = registry
+        self._claims = claims
+        self._ack_wait = ack_wait
+        self._ack_wait_text = f"{ack_wait:g}"
         self._problems = CALL_PROBLEMS
 
-    async def relay(self, msg: Msg, request: CallRequest) -> bytes:
-        """Route the call and return the instance's reply bytes.
+    async def forward_now(self, msg: Msg) -> bool:
+        """Forward a call in the common case, without a task, a model or a span: a first
+        delivery of a well-formed call that routes at once, while no tracer may record.
+        False, having done nothing, when the call needs anything else (``relay`` then
+        handles it: refusals, waits, redeliveries, traces).
+
+        Raises:
+            nats.errors.Error: the forward could not be published.
+        """
+        ack = msg.reply
+        tokens = ack.split(".")
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<...>: only a first delivery goes fast.
+        if len(tokens) != 9 or tokens[4] != "1" or tracing_loaded():
+            return False
+        raw = read_call(msg.data, self._codec.max_envelope)
+        if raw is None:
+            return False
+        headers = msg.headers
+        reply_to = raw.get("reply_to") or (headers.get(REPLY_TO_HEADER) if headers else None)
+        subject = msg.subject
+        caller = subject[subject.rfind(".") + 1 :]
+        service, method, resource_id = raw["service"], raw["method"], raw.get("resource_id")
+        deadline = raw.get("deadline")
+        now = time.time()
+        if (
+            not usable_reply_address(reply_to)
+            or not is_token(raw["call_id"])
+            or not (resource_id is None or is_token(resource_id))
+            or not (is_token(service) and is_token(method) and is_token(caller))
+            or subject != f"{self._subjects.prefix}.call.{service}.{method}.{caller}"
+            or deadline is None
+            or not (now < deadline < now + MAX_CALL_TIME)
+            or not self._in_term()
+        ):
+            return False
+        try:
+            if self._route_now is not None:
+                found = self._route_now(service, method, resource_id)
+                if found is None:
+                    return False
+                route = found
+            else:
+                route = await self._registry.route(service, method, resource_id)
+            inbox = self._subjects.instance_inbox(service, route.instance_id, route.session)
+        except (RoutingError, ValueError, Later):
+            return False
+        raw["caller"], raw["epoch"], raw["delivery"], raw["direct"] = caller, route.epoch, 1, False
+        raw.pop("abandoned", None)  # the router's word alone (on a first delivery: none)
+        forwarded: dict[str, str] = {ACK_HEADER: ack, ACK_WAIT_HEADER: self._ack_wait_text}
+        if self._router_id:
+            forwarded[ROUTER_HEADER] = self._router_id
+        if headers:
+            for key in TRACE_HEADERS:
+                if key in headers:
+                    forwarded[key] = headers[key]
+        await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=forwarded)
+        return True
+
+    async def relay(self, msg: Msg, request: CallRequest, reply_to: str) -> str:
+        """Route the call and forward it; the instance it went to.
 
         The caller's trace continues in a span of this router's, when it has a tracer
         provider; the instance gets the trace headers either way (``continue_routed``).
@@ -154,7 +271,7 @@ class CallRelay:
             msg.headers, request.service, request.method, request.call_id, msg.subject, delivery
         ) as traced:
             try:
-                return await self._relay(msg, request, traced)
+                return await self._relay(msg, request, reply_to, traced)
             except Refused as e:
                 failed(code=e.code.value, message=e.message)
                 raise
@@ -166,11 +283,40 @@ class CallRelay:
                 failed(e)
                 raise
 
-    async def _relay(self, msg: Msg, request: CallRequest, traced: Traced | None) -> bytes:
+    @property
+    def _registry(self) -> InstanceRegistry:
+        """The leader's registry.
+
+        Raises:
+            Later: this is a standby router: the call is left to the leader.
+        """
+        if self._leaders is None:
+            raise Later(STANDBY_RETRY)
+        return self._leaders
+
+    @property
+    def ack_wait(self) -> float:
+        """Seconds JetStream waits for a call's ack (the instance is told, to keep long
+        calls alive)."""
+        return self._ack_wait
+
+    @ack_wait.setter
+    def ack_wait(self, seconds: float) -> None:
+        self._ack_wait, self._ack_wait_text = seconds, f"{seconds:g}"
+
+    async def _relay(
+        self, msg: Msg, request: CallRequest, reply_to: str, traced: Traced | None
+    ) -> str:
         """``relay``'s steps, in its span."""
         request = self._check(msg, request)
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
-        headers = traced.headers if traced is not None else None
+        if self._leaders is None:
+            raise Later(STANDBY_RETRY)  # a standby router leaves the call to the leader
+        headers = dict(traced.headers) if traced is not None else {}
+        headers[ACK_HEADER] = msg.reply
+        headers[ACK_WAIT_HEADER] = self._ack_wait_text
+        if self._router_id:
+            headers[ROUTER_HEADER] = self._router_id
         if attempts.delivery > 1:
             self._metrics.call_redelivered()
             self._problems.log(
@@ -181,6 +327,7 @@ class CallRelay:
                 attempts.delivery,
                 extra={"call_id": request.call_id, "service": request.service},
             )
+            await self._abandoned(request, attempts)
         while True:
             remaining = self._time_left(attempts)
             route = await self._route(request, attempts, remaining)
@@ -190,9 +337,8 @@ class CallRelay:
                 raise OutOfTerm
             if traced is not None:
                 traced.set("ipc.instance_id", route.instance_id)
-            answer = await self._deliver(request, route, attempts, remaining, headers)
-            if answer is not None:
-                return answer
+            if await self._forward(request, route, attempts, reply_to, headers):
+                return route.instance_id
 
     def _check(self, msg: Msg, request: CallRequest) -> CallRequest:
         """Refuse a call whose names are not tokens or that came on another's subject; the
@@ -239,7 +385,7 @@ class CallRelay:
         self, request: CallRequest, attempts: _Attempts, remaining: float
     ) -> Route | None:
         """The instance for the call; None after waiting for the table to change (a standby
-        about to take over, a handover under way, a failed holder's grace)."""
+        about to take over, a handover under way)."""
         try:
             return await self._registry.route(request.service, request.method, request.resource_id)
         except UnknownMethodError as e:
@@ -249,11 +395,11 @@ class CallRelay:
             return None
         except RoutingError as e:
             if attempts.abandoned is not None:
-                # Nobody can take over: give the instance its grace to come back.
-                grace = self._registry.table.heartbeat_timeout
-                if time.monotonic() - attempts.abandoned_at < grace:
-                    await self._registry.wait_changed(min(remaining, _CHANGE_WAIT))
-                    return None
+                # Nobody can take over: give the instance its grace to come back (twice
+                # the heartbeat timeout since it was last heard of), then say so.
+                grace = 2 * self._registry.table.heartbeat_timeout
+                if attempts.abandoned_since and time.time() - attempts.abandoned_since < grace:
+                    raise Later from e
                 raise Refused(ErrorCode.UNKNOWN, _unknown(attempts.abandoned)) from e
             if attempts.delivery > 1 and remaining > RETRY_LATER:
                 # A redelivered call may already have run: a caller told "unavailable,
@@ -262,15 +408,47 @@ class CallRelay:
                 raise Later from e
             raise Refused(ErrorCode.UNAVAILABLE, str(e)) from e
 
-    async def _deliver(
+    async def _abandoned(self, request: CallRequest, attempts: _Attempts) -> None:
+        """For a call delivered again: note the instance that claimed it and died (or left,
+        or was replaced by another process) before it recorded an outcome. The next
+        instance then waits for that claim only for the grace, and the call is answered
+        ``UNKNOWN`` rather than run again."""
+        key = f"{request.service}.{request.method}.{request.caller}.{request.call_id}"
+        holder = claim_holder(await self._claims(key))
+        if holder is None:
+            return  # never claimed, or its outcome is recorded: nothing was abandoned
+        instance_id, session = holder
+        record = self._registry.table.get(request.service, instance_id)
+        if record is None:
+            attempts.abandoned, attempts.abandoned_since = instance_id, 0.0
+        elif record.health is Health.UNHEALTHY or (session and record.session != session):
+            attempts.abandoned, attempts.abandoned_since = instance_id, record.last_heartbeat_at
+        else:
+            return  # its holder is alive: it answers the repeat from its run
+        self._problems.log(
+            logging.INFO,
+            "abandoned",
+            "call %s: instance %s died holding it; routing it again",
+            request.call_id,
+            instance_id,
+            extra=_fields(request, instance_id),
+        )
+
+    async def _forward(
         self,
         request: CallRequest,
         route: Route,
         attempts: _Attempts,
-        remaining: float,
-        headers: dict[str, str] | None = None,
-    ) -> bytes | None:
-        """Send the call to the routed instance; its answer, or None to route it again."""
+        reply_to: str,
+        headers: dict[str, str],
+    ) -> bool:
+        """Forward the call to the routed instance, which answers ``reply_to`` and acks;
+        False when the instance cannot be reached (route it again)."""
+        try:
+            inbox = self._subjects.instance_inbox(request.service, route.instance_id, route.session)
+        except ValueError:  # a record from an SDK without sessions: cannot be reached
+            await self._registry.mark_unreachable(request.service, route.instance_id)
+            return False
         forwarded = request.model_copy(
             update={
                 "epoch": route.epoch,
@@ -280,98 +458,14 @@ class CallRelay:
                 "direct": False,  # the instance goes by the subject; say the same here
             }
         )
-        try:
-            inbox = self._subjects.instance_inbox(request.service, route.instance_id, route.session)
-        except ValueError:  # a record from an SDK without sessions: cannot be reached
-            await self._registry.mark_unreachable(request.service, route.instance_id)
-            return None
-        answer = await self._send(request, route, attempts, inbox, forwarded, remaining, headers)
-        if answer is None or await self._refused_unrun(request, route, attempts, answer, remaining):
-            return None
-        return answer.data
-
-    async def _send(
-        self,
-        request: CallRequest,
-        route: Route,
-        attempts: _Attempts,
-        inbox: str,
-        forwarded: CallRequest,
-        remaining: float,
-        headers: dict[str, str] | None = None,
-    ) -> Msg | None:
-        """One request to the instance's inbox, counted in flight while it waits; None when
-        the instance failed while it held the call or was not listening."""
-        self._tracker.add(request.service, route.instance_id)
-        try:
-            return await self._replies.request(
-                inbox,
-                self._codec.encode_envelope(forwarded),
-                timeout=remaining,
-                headers=headers,
-                pending=self._awaiting,
-                tag=(request.service, route.instance_id, route.session),
-            )
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # the router is stopping: leave the call for redelivery
-            # The watchdog saw the instance fail while it held the call: route it again
-            # (see CallConsumer._watch_instances). Whoever gets it must not run it if the
-            # failed instance had started it, so it is told which instance that was.
-            attempts.abandoned, attempts.abandoned_at = route.instance_id, time.monotonic()
-            self._problems.log(
-                logging.INFO,
-                "abandoned",
-                "call %s: instance %s failed while holding it; routing it again",
-                request.call_id,
-                route.instance_id,
-                extra=_fields(request, route.instance_id),
-            )
-            return None
-        except nats.errors.NoRespondersError:
-            await self._not_listening(request, route, attempts)
-            return None
-        except nats.errors.TimeoutError as e:
-            raise Refused(
-                ErrorCode.DEADLINE_EXCEEDED,
-                f"instance {route.instance_id!r} did not answer before the deadline",
-            ) from e
-        finally:
-            self._tracker.done(request.service, route.instance_id)
-
-    async def _not_listening(self, request: CallRequest, route: Route, attempts: _Attempts) -> None:
-        """Mark an instance that did not take the call unhealthy; give up after a few."""
-        await self._registry.mark_unreachable(request.service, route.instance_id)
-        attempts.unreachable += 1
-        if attempts.unreachable >= _ROUTE_ATTEMPTS:
-            raise Refused(
-                ErrorCode.UNAVAILABLE,
-                f"no instance of {request.service!r} took the call after {_ROUTE_ATTEMPTS} tries",
-            ) from None
-
-    async def _refused_unrun(
-        self, request: CallRequest, route: Route, attempts: _Attempts, answer: Msg, remaining: float
-    ) -> bool:
-        """Whether the instance refused the call without running it (fenced: its lease ran
-        out, or routed before its roles changed); then wait, with a growing backoff, for
-        the table (or the lease) to move on."""
-        refused = (answer.headers or {}).get(REFUSED_HEADER)
-        if not refused:
-            return False
-        attempts.refusals += 1
-        self._problems.log(
-            logging.DEBUG,
-            "refused",
-            "call %s refused by %s (%s)",
-            request.call_id,
-            route.instance_id,
-            clip(refused),
-            extra=_fields(request, route.instance_id),
+        await self._nc.publish(
+            inbox, self._codec.encode_envelope(forwarded), reply=reply_to, headers=headers
         )
-        backoff = 0.02 * 2 ** min(attempts.refusals, 5)
-        await self._registry.wait_changed(min(remaining, backoff))
         return True
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+"""Packs a forwarded call's fields (plain values: its payload is already bytes)."""
 
 
 def _unknown(instance_id: str) -> str:

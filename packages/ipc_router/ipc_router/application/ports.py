@@ -237,6 +237,11 @@ class MethodCalls:
     """The calls' routed time, summed."""
 
 
+ReportedCalls = tuple[dict[str, int], list[int], float]
+"""One method's calls in a heartbeat: count per outcome, count per duration bucket, seconds
+in all."""
+
+
 class RouterMetrics(Protocol):
     """What the router counts as it works: plain in-memory counters on every router (the
     ``stats`` operation reads them), shown as Prometheus series with ``--metrics-port``.
@@ -254,6 +259,11 @@ class RouterMetrics(Protocol):
 
     def call_refused(self, service: str, method: str, code: str, seconds: float) -> None:
         """The router answered a call itself with the error ``code`` (an ``ErrorCode``)."""
+        ...
+
+    def calls_reported(self, service: str, calls: Mapping[str, ReportedCalls]) -> None:
+        """An instance of ``service`` reported the calls it answered since its last
+        heartbeat (``Heartbeat.calls``: method -> outcome counts, bucket counts, seconds)."""
         ...
 
     def call_redelivered(self) -> None:
@@ -284,6 +294,9 @@ class NoRouterMetrics:
         """Count nothing."""
 
     def call_refused(self, service: str, method: str, code: str, seconds: float) -> None:
+        """Count nothing."""
+
+    def calls_reported(self, service: str, calls: Mapping[str, ReportedCalls]) -> None:
         """Count nothing."""
 
     def call_redelivered(self) -> None:

@@ -18,10 +18,19 @@ Label values stay bounded:
 
 from __future__ import annotations
 
-import msgpack
+import math
+from collections.abc import Mapping
 
-from ipc_client_sdk.protocol import OTHER, CallTally, ErrorCode, LabelCap
-from ipc_router.application.ports import MethodCalls, RouterState
+from ipc_client_sdk.protocol import (
+    DURATION_BUCKETS,
+    OTHER,
+    CallTally,
+    ErrorCode,
+    LabelCap,
+    outcome_of_code,
+    reply_outcome,
+)
+from ipc_router.application.ports import MethodCalls, ReportedCalls, RouterState
 from ipc_router.domain import InstanceEvent, Role, RoleEvent
 
 DEFAULT_MAX_LABEL_SETS = 256
@@ -30,26 +39,22 @@ DEFAULT_MAX_LABEL_SETS = 256
 FAILOVER_REASONS = frozenset({"failover", "handover", "promote", "removed"})
 """Role-change reasons that move an active role from one instance to another."""
 
-_OUTCOMES = {code.value: code.value.lower() for code in ErrorCode}
+_LABELS = frozenset({"ok", "other"} | {code.value.lower() for code in ErrorCode})
+"""The outcome label values: ``ok``, an ``ErrorCode`` in lower case, ``other``."""
+
+_MAX_REPORTED = 1_000_000_000
+"""A count in one heartbeat above this is not believed (the report is dropped)."""
 
 
-def reply_outcome(reply: bytes) -> str:
-    """``ok``, or the lower-case error code of an encoded ``CallReply``.
-
-    Cheap for a success: only a reply that contains the bytes of the key ``error`` is
-    decoded.
-    """
-    if b"error" not in reply:
-        return "ok"
-    try:
-        envelope = msgpack.unpackb(reply)
-    except Exception:  # the instance's bytes: anything may fail to unpack
-        return "other"
-    error = envelope.get("error") if isinstance(envelope, dict) else None
-    if not error:
-        return "ok"
-    code = error.get("code") if isinstance(error, dict) else None
-    return _OUTCOMES.get(code, "other") if isinstance(code, str) else "other"
+def _believable(counts: list[int], outcomes: dict[str, int], seconds: float) -> bool:
+    """Whether one method's report is well formed: a count per bucket, none negative or
+    absurd, as many calls in the buckets as in the outcomes, a finite duration."""
+    if len(counts) != len(DURATION_BUCKETS) + 1 or not (math.isfinite(seconds) and seconds >= 0):
+        return False
+    values = [*counts, *outcomes.values()]
+    if any(n < 0 or n > _MAX_REPORTED for n in values):
+        return False
+    return sum(counts) == sum(outcomes.values())
 
 
 class RouterCounters:
@@ -90,7 +95,25 @@ class RouterCounters:
             state = self.state
             known = state is not None and state.knows(service, method)
             tally = self._tally(service, method, known=known)
-        tally.add(_OUTCOMES.get(code, "other"), seconds)
+        tally.add(outcome_of_code(code), seconds)
+
+    def calls_reported(self, service: str, calls: Mapping[str, ReportedCalls]) -> None:
+        """Add an instance's report of the calls it answered; a method's report that is not
+        well formed is dropped."""
+        state = self.state
+        for method, (outcomes, counts, seconds) in calls.items():
+            if not _believable(counts, outcomes, seconds):
+                continue
+            tally = self.calls.get((service, method))
+            if tally is None:
+                known = state is not None and state.knows(service, method)
+                tally = self._tally(service, method, known=known)
+            for outcome, count in outcomes.items():
+                label = outcome if outcome in _LABELS else "other"
+                tally.outcomes[label] = tally.outcomes.get(label, 0) + count
+            for bucket, count in enumerate(counts):
+                tally.counts[bucket] += count
+            tally.total += seconds
 
     def call_redelivered(self) -> None:
         """Count a redelivery."""

@@ -19,14 +19,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from ipc_client_sdk.protocol import OTHER, counter_family, histogram_family
+from ipc_client_sdk.protocol import OTHER, counter_family, histogram_family, reply_outcome
 from ipc_router.application.ports import CallsBacklog
 from ipc_router.domain import Health, Role
 from ipc_router.infrastructure.counters import (
     DEFAULT_MAX_LABEL_SETS,
     FAILOVER_REASONS,
     RouterCounters,
-    reply_outcome,
 )
 
 __all__ = [
