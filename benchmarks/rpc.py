@@ -2,7 +2,7 @@
 RPC and a bare nats-py floor of the durable protocol, in one run.
 
     uv run python benchmarks/rpc.py [--duration 3] [--rounds 3] [--paths raw,durable,...]
-                                    [--concurrency 1,200] [--metrics] [--json]
+                                    [--concurrency 1,200] [--routers 2] [--metrics] [--json]
 
 It starts its own nats-server (JetStream on, file storage), then measures, with the same
 order-like payload (about 200 bytes of MessagePack) and the caller in this process:
@@ -11,9 +11,11 @@ order-like payload (about 200 bytes of MessagePack) and the caller in this proce
   values, ``nc.request`` it to a plain nats-py responder in a process of its own (which
   answers with a fixed acknowledgement), unpack the answer. No validation, no envelope: the
   physical limit of this stack;
-- **durable**: ``client.call(...)`` through an ``ipc-router`` process to a served instance
-  in a process of its own: accepted into JetStream, claimed and recorded in the results
-  bucket, exactly once;
+- **durable**: ``client.call(...)`` through ``--routers`` ``ipc-router`` processes (2 by
+  default: the first leads, the second routes too as a standby; each one's CPU is printed,
+  ``router`` and ``router2``, and the run ends with each one's share of the forwarded
+  calls) to a served instance in a process of its own: accepted into JetStream, claimed
+  and recorded in the results bucket, exactly once;
 - **direct**: ``client.call(..., durable=False)``: a core request straight to the owning
   instance, found in the SDK's routing cache (at most once);
 - **faststream**: FastStream's NATS RPC, the nearest peer: ``broker.request(order, ...)``
@@ -59,6 +61,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -262,33 +265,45 @@ async def serve_faststream(url: str) -> None:
 
 
 class Deployment:
-    """One router, one instance process and one caller under a subject prefix."""
+    """``routers`` routers (the first leads; the others route too, as standbys), one
+    instance process and one caller under a subject prefix."""
 
-    def __init__(self, workdir: Path, url: str, prefix: str, *, metrics: bool) -> None:
+    def __init__(
+        self, workdir: Path, url: str, prefix: str, *, metrics: bool, routers: int = 1
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.metrics = metrics
         self.metrics_port = free_port() if metrics else None
-        args = ["--prefix", prefix]
-        if self.metrics_port is not None:
-            args += ["--metrics-port", str(self.metrics_port)]
-        self.router = RouterProcess(
-            url, workdir / f"router-{prefix}.log", router_id=f"bench-{prefix}", args=tuple(args)
-        )
+        self.routers: list[RouterProcess] = []
+        self.router_ports: list[int] = []
+        for n in range(routers):
+            port = self.metrics_port if n == 0 and self.metrics_port else free_port()
+            args = ["--prefix", prefix, "--metrics-port", str(port)]
+            router_id = f"bench-{prefix}" if n == 0 else f"bench-{prefix}-{n + 1}"
+            log = workdir / f"router-{prefix}-{n + 1}.log"
+            self.routers.append(RouterProcess(url, log, router_id=router_id, args=tuple(args)))
+            self.router_ports.append(port)
         self.peer = Peer(workdir / f"instance-{prefix}.log", SCRIPT)
         self.client: IPCClient | None = None
 
-    async def start(self) -> IPCClient:
-        """Start the router and the instance; connect the caller.
+    @property
+    def router(self) -> RouterProcess:
+        """The leading router (started first)."""
+        return self.routers[0]
 
-        With metrics on, the router and the instance also record spans: the OpenTelemetry
+    async def start(self) -> IPCClient:
+        """Start the routers (the first leads) and the instance; connect the caller.
+
+        With metrics on, the routers and the instance also record spans: the OpenTelemetry
         SDK's tracer provider with no exporter (``OTEL_PYTHON_TRACER_PROVIDER``). The caller
         runs in this process beside the other deployment's, so its own span is not
         recorded (a global provider would trace both deployments' callers alike).
         """
         tracing = {TRACER_VARIABLE: "sdk_tracer_provider"} if self.metrics else {}
         with environment(tracing):
-            await self.router.start()
+            for router in self.routers:
+                await router.start()
             await self.peer.start(
                 "serve-ipc", self.url, "o1", self.prefix, "on" if self.metrics else "off"
             )
@@ -302,17 +317,32 @@ class Deployment:
         if self.client is not None:
             await self.client.close()
         await self.peer.stop()
-        await self.router.stop()
+        for router in reversed(self.routers):
+            await router.stop()
 
     async def scrape(self) -> int:
-        """Read the router's ``/metrics`` once; its size in bytes (0: no metrics)."""
+        """Read the leading router's ``/metrics`` once; its size in bytes (0: no metrics)."""
         if self.metrics_port is None:
             return 0
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
-        page = await reader.read()
-        writer.close()
-        return len(page)
+        return len(await _page(self.metrics_port))
+
+    async def forwarded(self) -> dict[str, float]:
+        """The calls each router has forwarded so far, by router id."""
+        counts: dict[str, float] = {}
+        for router, port in zip(self.routers, self.router_ports, strict=True):
+            page = (await _page(port)).decode(errors="replace")
+            found = re.search(r"^ipc_router_calls_forwarded_total (\S+)$", page, re.MULTILINE)
+            counts[router.router_id] = float(found[1]) if found else math.nan
+        return counts
+
+
+async def _page(port: int) -> bytes:
+    """One ``GET /metrics`` of the router serving ``port``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+    page = await reader.read()
+    writer.close()
+    return page
 
 
 async def bench(
@@ -323,6 +353,8 @@ async def bench(
     rounds: int,
     *,
     metrics: bool = False,
+    routers: int = 2,
+    shares: dict[str, float] | None = None,
 ) -> list[Result]:
     """Measure every path at every level ``rounds`` times, interleaved (so that a change in
     the machine's load hits all paths alike), and keep each figure's median. With
@@ -338,8 +370,8 @@ async def bench(
         bare_instance = Peer(workdir / "bare-instance.log", BARE_SCRIPT)
         bare_paths = [p for p in paths if p in BARE_MODES]
         fs_broker: FastStreamBroker | None = None
-        plain = Deployment(workdir, server.url, "ipc", metrics=False)
-        metered = Deployment(workdir, server.url, METRICS_PREFIX, metrics=True)
+        plain = Deployment(workdir, server.url, "ipc", metrics=False, routers=routers)
+        metered = Deployment(workdir, server.url, METRICS_PREFIX, metrics=True, routers=routers)
         deployments = {"": plain, METERED: metered} if metrics else {"": plain}
         orders = [make_order(n) for n in range(1000)]
         raw_orders = [o.model_dump(mode="json") for o in orders]  # plain values
@@ -433,11 +465,14 @@ async def bench(
                             else:
                                 procs["instance"] = deployment.peer.pid
                             if path.startswith("durable"):
-                                procs["router"] = deployment.router.pid
+                                for n, router in enumerate(deployment.routers):
+                                    procs["router" if n == 0 else f"router{n + 1}"] = router.pid
                             result = await measure(
                                 path, level, calls[path], duration, warmup, cpu_of=procs
                             )
                             runs.setdefault((path, level), []).append(result)
+                if shares is not None:
+                    shares.update(await plain.forwarded())
             finally:
                 if scraper is not None:
                     scraper.cancel()
@@ -495,7 +530,7 @@ def table(results: list[Result]) -> str:
 
 def cpu_table(results: list[Result]) -> str:
     """CPU time per call, by process: where the work is."""
-    names = ["caller", "responder", "router", "instance", "nats-server"]
+    names = ["caller", "responder", "router", "router2", "instance", "nats-server"]
     lines = [
         "CPU per call, µs (user + system):\n"
         + f"{'path':<10} {'conc':>4} "
@@ -506,6 +541,15 @@ def cpu_table(results: list[Result]) -> str:
         cells = " ".join(f"{r.cpu_us[n]:>11.0f}" if n in r.cpu_us else f"{'-':>11}" for n in names)
         lines.append(f"{r.path:<10} {r.concurrency:>4} {cells} {sum(r.cpu_us.values()):>8.0f}")
     return "\n".join(lines)
+
+
+def share_line(shares: dict[str, float]) -> str:
+    """Each router's share of the durable calls forwarded over the whole run."""
+    total = sum(v for v in shares.values() if not math.isnan(v))
+    if not total:
+        return "durable calls forwarded by router: none counted"
+    parts = [f"{router} {count / total:.0%} ({count:.0f})" for router, count in shares.items()]
+    return "durable calls forwarded by router (the first leads): " + ", ".join(parts)
 
 
 def metrics_cost(results: list[Result]) -> dict[tuple[str, int], dict[str, float]]:
@@ -585,6 +629,52 @@ def targets(results: list[Result]) -> list[str]:
     return lines
 
 
+def protocol_targets(results: list[Result]) -> list[str]:
+    """The durable protocol's targets (issue 17), each with its figure and whether it was
+    met: against FastStream and the bare floor of the same protocol (``bare-fwd``) measured
+    in the same run, the leader's CPU per call, and the direct path against raw."""
+    found = {(r.path, r.concurrency): r for r in results}
+    top = max((r.concurrency for r in results), default=0)
+    lines: list[str] = []
+
+    def check(label: str, value: float, op: str, goal: float, unit: str = "") -> None:
+        met = value >= goal if op == ">=" else value <= goal
+        lines.append(
+            f"{label}: {value:.2f}{unit} (target {op} {goal:g}{unit}) "
+            f"{'met' if met else 'NOT MET'}"
+        )
+
+    durable, durable_1 = found.get(("durable", top)), found.get(("durable", 1))
+    faststream, floor = found.get(("faststream", top)), found.get(("bare-fwd", top))
+    floor_1, raw = found.get(("bare-fwd", 1)), found.get(("raw", top))
+    direct = found.get(("direct", top))
+    if durable and faststream:
+        check(
+            f"durable vs faststream x{top} throughput",
+            durable.per_second / faststream.per_second,
+            ">=",
+            1.0,
+        )
+    if durable and floor:
+        check(
+            f"durable vs bare-fwd x{top} throughput",
+            durable.per_second / floor.per_second,
+            ">=",
+            0.9,
+        )
+    if durable_1:
+        check("durable x1 p50", durable_1.p50_ms, "<=", 1.2, " ms")
+        if floor_1:
+            check("durable vs bare-fwd x1 p50", durable_1.p50_ms / floor_1.p50_ms, "<=", 1.15)
+    if durable and "router" in durable.cpu_us:
+        check(
+            f"leading router CPU per durable call x{top}", durable.cpu_us["router"], "<=", 25, " µs"
+        )
+    if direct and raw:
+        check(f"direct vs raw x{top} throughput", direct.per_second / raw.per_second, ">=", 0.6)
+    return lines
+
+
 def main() -> None:
     """Parse the command line and run the benchmark (or one of its serving processes)."""
     if len(sys.argv) > 1 and sys.argv[1] == "serve-raw":
@@ -611,6 +701,12 @@ def main() -> None:
         action="store_true",
         help="also measure each AegisIPC path with router and SDK metrics on (<path>+m)",
     )
+    parser.add_argument(
+        "--routers",
+        type=int,
+        default=2,
+        help="routers of the AegisIPC deployment (the first leads, the others route too)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args()
     paths = [p for p in args.paths.split(",") if p]
@@ -621,6 +717,8 @@ def main() -> None:
         levels = [int(c) for c in args.concurrency.split(",") if c]
     except ValueError:
         parser.error("--concurrency takes comma-separated integers")
+    if args.routers < 1:
+        parser.error("--routers must be >= 1")
     if not levels or min(levels) < 1 or args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
         parser.error("concurrency and rounds must be >= 1, duration > 0, warmup >= 0")
     skipped = faststream_missing() if "faststream" in paths else None
@@ -628,8 +726,18 @@ def main() -> None:
         paths.remove("faststream")
         print(skipped, file=sys.stderr if args.json else sys.stdout)
     started = time.monotonic()
+    shares: dict[str, float] = {}
     results = asyncio.run(
-        bench(paths, levels, args.duration, args.warmup, args.rounds, metrics=args.metrics)
+        bench(
+            paths,
+            levels,
+            args.duration,
+            args.warmup,
+            args.rounds,
+            metrics=args.metrics,
+            routers=args.routers,
+            shares=shares,
+        )
     )
     took = time.monotonic() - started
     if args.json:
@@ -639,8 +747,10 @@ def main() -> None:
                     "results": [asdict(r) for r in results],
                     "ratios": {f"{p}@{c}": v for (p, c), v in ratios(results).items()},
                     "targets": targets(results),
+                    "protocol_targets": protocol_targets(results),
                     "metrics_cost": {f"{p}@{c}": v for (p, c), v in metrics_cost(results).items()},
                     "durable_vs": {f"{p}@{c}": v for (p, c), v in durable_vs(results).items()},
+                    "forwarded_by_router": shares,
                     "skipped": skipped,
                     "seconds": round(took, 1),
                 },
@@ -651,8 +761,10 @@ def main() -> None:
         print(table(results))
         print()
         print(cpu_table(results))
-        for line in durable_lines(results) + targets(results) + metrics_lines(results):
+        report = durable_lines(results) + protocol_targets(results) + targets(results)
+        for line in report + metrics_lines(results):
             print(line)
+        print(share_line(shares))
         print(f"({took:.0f}s in all)")
     if any(r.failed for r in results):
         sys.exit(1)

@@ -57,8 +57,7 @@ _REFUSALS = {
     "fenced": "instance {instance} is fenced: it has not heard the router within its lease",
     "stale-epoch": "call {call_id} was routed under epoch {epoch}, before the roles of "
     "instance {instance} changed",
-    "draining": "instance {instance} is handing its roles over: direct call {call_id} goes "
-    "through the router",
+    "draining": "instance {instance} is handing its roles over: call {call_id} is routed " "again",
     "not-owner": "instance {instance} does not hold the role direct call {call_id} needs",
 }
 

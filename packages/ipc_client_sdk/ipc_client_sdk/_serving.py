@@ -602,6 +602,10 @@ class ServiceInstance:
             return None
         if request.epoch is not None and request.epoch < self._epoch:
             return "stale-epoch"
+        if self._draining:
+            # A handover waits for this instance to be idle: a call routed here by a router
+            # whose table is behind goes back, to be routed to whoever takes over.
+            return "draining"
         return None
 
     async def _register_again(self) -> None:

@@ -19,6 +19,7 @@ connection's lifetime, provisioning.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,7 @@ from ipc_router.infrastructure.counters import RouterCounters
 from ipc_router.infrastructure.jetstream_probe import JetStreamProbe
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings
 from ipc_router.infrastructure.kv_claims import ResultClaims
+from ipc_router.infrastructure.kv_follow import FollowedTable
 from ipc_router.infrastructure.kv_lease import JetStreamLease
 from ipc_router.infrastructure.kv_registry import (
     JetStreamContractRepository,
@@ -251,6 +253,73 @@ def embedded_server(config: RouterConfig, store: Path) -> NatsServerProcess:
     )
 
 
+class StandbyRouting:
+    """A standby router's share of the call path: it pulls calls from the same consumer as
+    the leader and forwards what its copy of the routing table (``FollowedTable``, fed by
+    the KV buckets the leader writes) can route at once; the rest it naks, and JetStream
+    delivers it again to whichever router pulls next. Runs while the router does not lead
+    (``LeaderDuties`` stops it before taking over, and starts it again after).
+
+    Args:
+        w: the connection and settings.
+    """
+
+    def __init__(self, w: Wiring) -> None:
+        self._w = w
+        self._table: FollowedTable | None = None
+        self._calls: CallConsumer | None = None
+        self._lock = asyncio.Lock()  # leading and stepping down start and stop it
+        self._closed = False
+
+    @property
+    def inflight(self) -> int:
+        """Calls taken and not yet forwarded or left."""
+        return self._calls.inflight if self._calls is not None else 0
+
+    async def start(self) -> None:
+        """Follow the routing table and start taking calls (idempotent; never after
+        ``close``)."""
+        async with self._lock:
+            if self._calls is None and not self._closed:
+                await self._start()
+
+    async def _start(self) -> None:
+        w = self._w
+        self._table = FollowedTable(
+            w.stores.registry, w.stores.routes, w.codec, w.config.heartbeat_timeout
+        )
+        self._table.start()
+        self._calls = CallConsumer(
+            w.nc,
+            w.nc.jetstream(),
+            w.subjects,
+            w.codec,
+            None,
+            ResultClaims(w.stores.results).read,
+            ack_wait=w.config.call_ack_wait,
+            router_id=w.config.router_id,
+            route_now=self._table.route,
+            configure=False,
+            metrics=w.deps.metrics,
+        )
+        await self._calls.start()
+
+    async def stop(self) -> None:
+        """Stop taking calls (those taken are forwarded or left for redelivery)."""
+        async with self._lock:
+            if self._calls is not None:
+                await self._calls.stop(grace=1.0)
+                self._calls = None
+            if self._table is not None:
+                await self._table.stop()
+                self._table = None
+
+    async def close(self) -> None:
+        """Stop for good: the router is stopping."""
+        self._closed = True
+        await self.stop()
+
+
 class RouterServices:
     """What every router serves on its connection: the admin endpoint, and the
     leadership that runs the leader's duties while it holds the lease."""
@@ -261,7 +330,9 @@ class RouterServices:
         leadership: Leadership,
         duties: LeaderDuties,
         probe: JetStreamProbe,
+        standby: StandbyRouting | None = None,
     ) -> None:
+        self._standby = standby
         self._admin = admin
         self._leadership = leadership
         self._duties = duties
@@ -301,9 +372,14 @@ class RouterServices:
         """Answer the admin subjects, then try for the lease."""
         await self._admin.start()
         await self._leadership.start()
+        if self._standby is not None and not self._leadership.leading:
+            await self._standby.start()
 
     async def stop(self) -> None:
-        """Stop leading (releasing the lease); the admin endpoint ends with the connection."""
+        """Stop leading (releasing the lease) and routing; the admin endpoint ends with the
+        connection."""
+        if self._standby is not None:
+            await self._standby.close()
         await self._leadership.stop()
 
 
@@ -323,7 +399,8 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
     )
     lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
     stats = CallStatistics(w.deps.metrics, w.deps.clock, w.config.router_id)
-    duties = LeaderDuties(w, lambda: leadership.in_term(), stats)
+    standby = StandbyRouting(w) if w.config.standby_routing else None
+    duties = LeaderDuties(w, lambda: leadership.in_term(), stats, standby)
     leadership = Leadership(lease, duties, w.storage.lease_ttl_s)
     get_status = GetRouterStatus(
         identity,
@@ -335,7 +412,7 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
     describe = DescribeContracts(w.instance_repository(), w.contract_repository())
     admin = admin_endpoint(w.nc, w.subjects, w.codec, get_status, describe)
     services = RouterServices(
-        admin, leadership, duties, JetStreamProbe(w.nc.jetstream(), w.subjects)
+        admin, leadership, duties, JetStreamProbe(w.nc.jetstream(), w.subjects), standby
     )
     w.deps.metrics.observe(services)
     return services
@@ -349,10 +426,18 @@ class LeaderDuties:
         w: the connection and settings.
         in_term: whether the leadership term still runs (the duties act only then).
         stats: the figures of the ``stats`` operation (the router's, across its terms).
+        standby: the router's standby routing, stopped while it leads.
     """
 
-    def __init__(self, w: Wiring, in_term: Callable[[], bool], stats: CallStatistics) -> None:
+    def __init__(
+        self,
+        w: Wiring,
+        in_term: Callable[[], bool],
+        stats: CallStatistics,
+        standby: StandbyRouting | None = None,
+    ) -> None:
         self._w = w
+        self._standby = standby
         self._in_term = in_term
         self._stats = stats
         self._events: EventPublisher | None = None
@@ -379,6 +464,8 @@ class LeaderDuties:
             StoreUnavailableError: the saved state could not be read.
         """
         w = self._w
+        if self._standby is not None:
+            await self._standby.stop()  # the leader routes by its own table from now on
         table = RoutingTable(w.config.heartbeat_timeout)
 
         def state_of(
@@ -453,3 +540,5 @@ class LeaderDuties:
         if self._events is not None:
             await self._events.stop()
             self._events = None
+        if self._standby is not None:
+            await self._standby.start()

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from ipc_client_sdk import AuthenticationError, Credentials, IPCClient
-from ipc_client_sdk.protocol import AuthDir
+from ipc_client_sdk.protocol import AuthDir, Subjects
 from ipc_router.infrastructure.nats_server import free_port
 from ipc_testing import RouterProcess, eventually
 from ipc_testing.instance import InstanceProcess
@@ -52,6 +52,20 @@ async def test_workflows_1_and_2_and_pubsub_under_least_privilege(tmp_path: Path
                     durable=durable,
                 )
                 assert result.instance_id == "b1" and result.amount == Decimal("7.01")
+            # The instance acked the durable call it answered (its grant allows the acks of
+            # the calls consumer): nothing is left for redelivery.
+            observer = await stack.raw("router")
+            try:
+                js = observer.nc.jetstream()
+                subjects = Subjects(stack.auth.load().prefix)
+
+                async def acked() -> None:
+                    info = await js.consumer_info(subjects.calls_stream, subjects.calls_consumer)
+                    assert (info.num_ack_pending, info.num_redelivered) == (0, 0), info
+
+                await eventually(acked, within=10)
+            finally:
+                await observer.nc.close()
             # Pub/sub: a plain and a durable subscriber.
             plain: asyncio.Queue[Tick] = asyncio.Queue()
             durable_q: asyncio.Queue[Tick] = asyncio.Queue()

@@ -92,6 +92,22 @@ async def router(nats_server: NatsServerProcess, tmp_path: Path) -> AsyncIterato
 
 
 @pytest.fixture
+async def standby(
+    nats_server: NatsServerProcess, router: RouterProcess, tmp_path: Path
+) -> AsyncIterator[RouterProcess]:
+    """A second router, ``second``, started after ``router`` (which leads): a standby (which
+    routes calls too, with standby routing on)."""
+    second = RouterProcess(nats_server.url, tmp_path / "second.log", router_id="second")
+    try:
+        await second.start()
+        assert "second waits as standby" in second.log_since(0).decode()
+        yield second
+    finally:
+        router.resume()  # a test may have frozen it
+        await second.stop()
+
+
+@pytest.fixture
 async def clients(
     nats_server: NatsServerProcess, router: RouterProcess
 ) -> AsyncIterator[tuple[IPCClient, IPCClient]]:

@@ -81,6 +81,8 @@ class RouterConfig:
     connect_timeout: float = 5.0
     heartbeat_timeout: float = 1.5
     call_ack_wait: float = 1.0
+    standby_routing: bool = True
+    """Standby routers route calls too (``--standby-routing``)."""
     lease_ttl: float = DEFAULT_LEASE_TTL
     log_level: str = "INFO"
     log_format: str = "text"
@@ -323,6 +325,7 @@ def to_config(settings: RouterSettings, warnings: tuple[str, ...] = ()) -> Route
         connect_timeout=settings.connect_timeout,
         heartbeat_timeout=settings.heartbeat_timeout,
         call_ack_wait=settings.call_ack_wait,
+        standby_routing=settings.standby_routing == "on",
         lease_ttl=settings.lease_ttl,
         log_level=settings.log_level,
         log_format=settings.log_format,

@@ -252,6 +252,7 @@ class CallRelay:
                 if key in headers:
                     forwarded[key] = headers[key]
         await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=forwarded)
+        self._metrics.call_forwarded()
         return True
 
     async def relay(self, msg: Msg, request: CallRequest, reply_to: str) -> str:
@@ -461,6 +462,7 @@ class CallRelay:
         await self._nc.publish(
             inbox, self._codec.encode_envelope(forwarded), reply=reply_to, headers=headers
         )
+        self._metrics.call_forwarded()
         return True
 
 

@@ -176,6 +176,13 @@ class RouterSettings(BaseSettings):
         "hand longer are kept alive",
         env="IPC_CALL_ACK_WAIT",
     )
+    standby_routing: Literal["on", "off"] = setting(
+        "on",
+        "whether standby routers route calls too, from their copy of the routing table "
+        "(routing capacity grows with the routers; what a standby cannot route at once it "
+        "leaves to the leader)",
+        env="IPC_STANDBY_ROUTING",
+    )
     lease_ttl: Seconds = setting(
         DEFAULT_LEASE_TTL,
         "seconds the router leadership lease lives without renewal: a standby leads about "

@@ -270,6 +270,10 @@ class RouterMetrics(Protocol):
         """JetStream delivered a call again (a router died or let it go while it held it)."""
         ...
 
+    def call_forwarded(self) -> None:
+        """This router forwarded a call to its instance."""
+        ...
+
     def heartbeats_missed(self, count: int) -> None:
         """The health sweep found ``count`` instances silent past the heartbeat timeout."""
         ...
@@ -300,6 +304,9 @@ class NoRouterMetrics:
         """Count nothing."""
 
     def call_redelivered(self) -> None:
+        """Count nothing."""
+
+    def call_forwarded(self) -> None:
         """Count nothing."""
 
     def heartbeats_missed(self, count: int) -> None:

@@ -576,6 +576,39 @@ class RoutingTable:
             if not actives:
                 self._fill(table, now, reason="restored")
 
+    def follow(
+        self,
+        records: Iterable[InstanceRecord],
+        claims: dict[tuple[str, str], list[str]],
+        assignments: dict[tuple[str, str], str],
+    ) -> set[tuple[str, str]]:
+        """Load the leading router's saved state as it stands, to route by: a standby
+        router's copy. Health, roles and epochs stay as saved; no role is filled, no epoch
+        changes and nothing is announced, so the copy never routes under an epoch the
+        leader did not give (an instance refuses a call routed under an epoch older than
+        its own: a copy that is behind costs a call routed again, never a call run by two
+        actives). Returns the claimed resources whose saved owner is gone: the leader
+        chooses their next owner, so the copy must not route them.
+        """
+        for record in sorted(records, key=lambda r: (r.queued_at or r.registered_at)):
+            table = self._table(record.service)
+            table.instances[record.instance_id] = record
+            table.epoch = max(table.epoch, record.epoch)
+        orphans: set[tuple[str, str]] = set()
+        for (service, resource), claimants in claims.items():
+            found = self._services.get(service)
+            kept = [c for c in claimants if found is not None and c in found.instances]
+            if found is None or not kept or kept[0] != claimants[0]:
+                orphans.add((service, resource))
+                continue
+            found.claims[resource] = kept
+            found.claims_changed()
+        for (service, resource), instance_id in assignments.items():
+            found = self._services.get(service)
+            if found is not None and instance_id in found.instances:
+                found.assign(resource, instance_id)
+        return orphans
+
     # --- the decision ----------------------------------------------------------------------
     def route(self, service: str, method: str, resource_id: str | None) -> Route:
         """Choose the instance for one call (see the module docstring for the policy).

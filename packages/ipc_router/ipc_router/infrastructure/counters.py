@@ -67,6 +67,7 @@ class RouterCounters:
     Attributes:
         calls: (service, method) -> its calls (read when rendered).
         redeliveries: calls JetStream delivered again.
+        forwarded: calls this router forwarded to their instances.
         heartbeats_missed_total: instances found silent.
         failovers: (service, reason) -> active roles moved.
         state: the router's state (None until ``observe``).
@@ -76,6 +77,7 @@ class RouterCounters:
         self.pairs = LabelCap(max_label_sets)
         self.calls: dict[tuple[str, str], CallTally] = {}
         self.redeliveries = 0
+        self.forwarded = 0
         self.heartbeats_missed_total = 0
         self.failovers: dict[tuple[str, str], int] = {}
         self.state: RouterState | None = None
@@ -114,6 +116,10 @@ class RouterCounters:
             for bucket, count in enumerate(counts):
                 tally.counts[bucket] += count
             tally.total += seconds
+
+    def call_forwarded(self) -> None:
+        """Count a forwarded call."""
+        self.forwarded += 1
 
     def call_redelivered(self) -> None:
         """Count a redelivery."""

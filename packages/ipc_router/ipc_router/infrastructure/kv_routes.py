@@ -23,6 +23,30 @@ _CLAIM = "claim"
 _ASSIGN = "assign"
 
 
+def read_route_entry(
+    key: str,
+    decoded: object,
+    claims: dict[tuple[str, str], list[str]],
+    assignments: dict[tuple[str, str], str],
+) -> None:
+    """Put one decoded entry of the routes bucket into ``claims`` or ``assignments``.
+
+    Raises:
+        ValueError: not a claim or an assignment (whoever may write the bucket chooses
+            these names; the router logs them).
+    """
+    kind, _, rest = key.partition(".")
+    service, _, resource = rest.partition(".")
+    validate_token(service, "service")
+    validate_token(resource, "resource")
+    if kind == _CLAIM and isinstance(decoded, list):
+        claims[(service, resource)] = [validate_token(str(c), "instance_id") for c in decoded]
+    elif kind == _ASSIGN and isinstance(decoded, str):
+        assignments[(service, resource)] = validate_token(decoded, "instance_id")
+    else:
+        raise ValueError("not a claim or an assignment")
+
+
 class JetStreamRouteRepository:
     """Routes backed by a KV bucket (satisfies ``RouteRepository``)."""
 
@@ -39,21 +63,8 @@ class JetStreamRouteRepository:
         claims: dict[tuple[str, str], list[str]] = {}
         assignments: dict[tuple[str, str], str] = {}
         for key, value in entries:
-            kind, _, rest = key.partition(".")
-            service, _, resource = rest.partition(".")
             try:
-                # Whoever may write the bucket chooses these names; the router logs them.
-                validate_token(service, "service")
-                validate_token(resource, "resource")
-                decoded = self._codec.decode(value)
-                if kind == _CLAIM and isinstance(decoded, list):
-                    claims[(service, resource)] = [
-                        validate_token(str(c), "instance_id") for c in decoded
-                    ]
-                elif kind == _ASSIGN and isinstance(decoded, str):
-                    assignments[(service, resource)] = validate_token(decoded, "instance_id")
-                else:
-                    raise ValueError("not a claim or an assignment")
+                read_route_entry(key, self._codec.decode(value), claims, assignments)
             except (CodecError, ValueError) as e:
                 _problems.warning(
                     "unreadable", "skipping unreadable route entry %s: %s", clip(key), clip(e)

@@ -45,6 +45,7 @@ ROUTER_METRICS = (
     "ipc_router_call_duration_seconds",
     "ipc_router_calls_in_flight",
     "ipc_router_redeliveries_total",
+    "ipc_router_calls_forwarded_total",
     "ipc_router_failovers_total",
     "ipc_router_instances",
     "ipc_router_leader",
@@ -110,6 +111,12 @@ class _CountersCollector(Collector):
             "Seconds from taking a call off the calls stream to publishing its answer",
             ("service", "method"),
             calls,
+        )
+        yield counter_family(
+            "ipc_router_calls_forwarded",
+            "Calls this router forwarded to their instances (its share of the routing)",
+            (),
+            [((), m.forwarded)],
         )
         yield counter_family(
             "ipc_router_redeliveries",
