@@ -58,7 +58,6 @@ from ipc_client_sdk._replies import (
     message_too_large,
     store_is_full,
     stream_publish,
-    wait_for_reply,
 )
 from ipc_client_sdk._routes import RouteCache, Target
 from ipc_client_sdk._subjects import new_call_id, validate_call_id, validate_token
@@ -332,7 +331,7 @@ class Caller:
         try:
             await self._publish(subject, call, reply_to, token, trace_headers)
             try:
-                answer = await wait_for_reply(future, call.deadline - time.time())
+                answer = await replies.wait(future, call.deadline - time.time())
             except nats.errors.TimeoutError:
                 raise CallTimeoutError(
                     f"no answer within {timeout:g}s", call_id=call_id, service=service

@@ -83,7 +83,8 @@ def _uuid(obj: uuid.UUID) -> msgpack.ExtType:
 
 def _model(obj: BaseModel) -> Any:
     # by_alias: the receiving side validates by alias (e.g. camelCase wire names).
-    return _packable(obj.model_dump(mode="python", by_alias=True))
+    # ``model_dump(mode="python", by_alias=True)`` without its wrapper's keyword passing.
+    return _packable(obj.__pydantic_serializer__.to_python(obj, by_alias=True))
 
 
 _BY_TYPE: dict[type, Any] = {

@@ -4,7 +4,8 @@ nats-py's ``nc.request`` does the same, but per request it draws a fresh NUID (a
 reads the OS's randomness (a system call), and, where a caller needs the pending reply as an
 object of its own (the router's watchdog cancels it), costs a task to wrap. On the hot path
 of every call that is measurable (``benchmarks/rpc.py``); here a token is a counter, the
-reply is a plain future with one timer, and a "no responders" status is raised as nats-py
+reply is a plain future whose deadline shares a loop timer with the others of its
+millisecond, and a "no responders" status is raised as nats-py
 raises it (``request``) or, for a wait that asks for it, passed over (``expect``).
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import re
 from typing import Any
 
@@ -51,6 +53,7 @@ class ReplyInbox:
         self._sub: Subscription | None = None
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._patient: set[str] = set()
+        self._deadlines = _Deadlines()
         self._tokens = itertools.count(1)
         self._lock = asyncio.Lock()
 
@@ -131,7 +134,7 @@ class ReplyInbox:
             await self._nc.publish(subject, data, reply=reply, headers=headers)
             if pending is not None:
                 pending[future] = tag
-            msg = await wait_for_reply(future, timeout)
+            msg = await self.wait(future, timeout)
         finally:
             self._waiting.pop(reply, None)
             if permissions is not None:
@@ -141,6 +144,22 @@ class ReplyInbox:
         if not msg.data and is_no_responders(msg):
             raise nats.errors.NoRespondersError
         return msg
+
+    async def wait(self, future: asyncio.Future[Msg], timeout: float) -> Msg:
+        """Await a reply's future (from ``expect``) for at most ``timeout`` seconds (and
+        at most a millisecond more).
+
+        Raises:
+            nats.errors.TimeoutError: no reply in time (the future is then failed with it).
+            What the future was failed with: ``PermissionDeniedError``, a closing
+            connection's error.
+        """
+        deadlines = self._deadlines
+        tick = deadlines.add(future, timeout)
+        try:
+            return await future
+        finally:
+            deadlines.remove(future, tick)
 
     async def close(self) -> None:
         """Unsubscribe, and fail every awaited reply. Never raises."""
@@ -173,25 +192,49 @@ def is_no_responders(msg: Msg) -> bool:
     return not msg.data and headers is not None and headers.get(_STATUS) == _NO_RESPONDERS
 
 
-async def wait_for_reply(future: asyncio.Future[Msg], timeout: float) -> Msg:
-    """Await a reply's future for at most ``timeout`` seconds.
+_TICK = 0.001
+"""Seconds per group of deadlines: a wait times out at most this much after its deadline."""
 
-    One timer on the event loop, cancelled when the reply comes: cheaper per call than an
-    ``asyncio.timeout`` block (a context object, a task reschedule and an uncancel).
 
-    Raises:
-        nats.errors.TimeoutError: no reply in time (the future is then failed with it).
+class _Deadlines:
+    """The deadlines of awaited replies, grouped by the millisecond they fall in, with one
+    loop timer per group.
+
+    A timer of its own per wait (``asyncio.timeout``, ``call_later``) costs a few
+    microseconds to make and cancel, on every request and every call. Here a wait joins
+    its group (a set) and leaves it when answered; a group's timer is never cancelled, and
+    fails what is still in its group when it fires (nothing, mostly).
     """
-    timer = future.get_loop().call_later(timeout, _time_out, future)
-    try:
-        return await future
-    finally:
-        timer.cancel()
 
+    __slots__ = ("_groups",)
 
-def _time_out(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError())
+    def __init__(self) -> None:
+        self._groups: dict[int, set[asyncio.Future[Msg]]] = {}
+
+    def add(self, future: asyncio.Future[Msg], timeout: float) -> int:
+        """Fail ``future`` with ``nats.errors.TimeoutError`` once ``timeout`` seconds have
+        passed, unless ``remove`` comes first; the tick to give ``remove``."""
+        loop = future.get_loop()
+        tick = math.ceil((loop.time() + timeout) / _TICK)
+        group = self._groups.get(tick)
+        if group is None:
+            group = self._groups[tick] = set()
+            loop.call_at(tick * _TICK, self._expire, tick)
+        group.add(future)
+        return tick
+
+    def remove(self, future: asyncio.Future[Msg], tick: int) -> None:
+        """``future`` is done with: its deadline no longer matters."""
+        group = self._groups.get(tick)
+        if group is not None:
+            group.discard(future)
+            if not group:
+                del self._groups[tick]
+
+    def _expire(self, tick: int) -> None:
+        for future in self._groups.pop(tick, ()):
+            if not future.done():
+                future.set_exception(nats.errors.TimeoutError())
 
 
 async def stream_publish(

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import nats.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from ipc_client_sdk import IPCClient, Service
 from ipc_client_sdk.protocol import REPLY_TO_HEADER, ReplyInbox
@@ -95,3 +96,30 @@ async def test_a_durable_call_waits_past_no_responders_for_its_answer(
     released.set()
     assert await pending == 42
     assert runs == 1
+
+
+async def test_waits_time_out_on_time_and_answered_ones_leave_no_deadline(
+    raw_nats: NATS,
+) -> None:
+    inbox = ReplyInbox(raw_nats)
+    silent = await raw_nats.subscribe("silent")
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(msg.data)
+
+    await raw_nats.subscribe("echo", cb=echo)
+    try:
+        answers = await asyncio.gather(
+            *(inbox.request("echo", b"%d" % i, timeout=5) for i in range(200))
+        )
+        assert [a.data for a in answers] == [b"%d" % i for i in range(200)]
+        assert inbox._deadlines._groups == {}  # nothing kept for the answered ones
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(nats.errors.TimeoutError):
+            await inbox.request("silent", b"x", timeout=0.2)
+        assert 0.2 <= loop.time() - started < 2
+        assert inbox._deadlines._groups == {}
+    finally:
+        await silent.unsubscribe()
+        await inbox.close()
