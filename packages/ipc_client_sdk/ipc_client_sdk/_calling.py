@@ -387,7 +387,9 @@ class Caller:
         or None when it was not run there (refused unrun, or nobody listens)."""
         link = self._link
         service, call_id = target.service, call.call_id
-        inbox = link.subjects.instance_direct(service, target.instance_id, target.session)
+        inbox = target.inbox or link.subjects.instance_direct(
+            service, target.instance_id, target.session
+        )
         envelope = call.envelope(epoch=target.epoch, direct=True)
         try:
             msg = await link.replies.request(

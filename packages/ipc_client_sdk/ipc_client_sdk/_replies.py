@@ -73,10 +73,13 @@ class ReplyInbox:
         """
         if self._sub is None:
             await self._subscribe()
+        return self._new_wait(ignore_no_responders)
+
+    def _new_wait(self, patient: bool) -> tuple[str, asyncio.Future[Msg]]:
         subject = f"{self._prefix}{next(self._tokens):x}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[subject] = future
-        if ignore_no_responders:
+        if patient:
             self._patient.add(subject)
         return subject, future
 
@@ -126,7 +129,9 @@ class ReplyInbox:
             PermissionDeniedError: NATS refused the publish (at once, not after ``timeout``).
             asyncio.CancelledError: the wait was cancelled.
         """
-        reply, future = await self.expect()
+        if self._sub is None:
+            await self._subscribe()
+        reply, future = self._new_wait(False)
         permissions = self._permissions
         if permissions is not None:
             permissions.watch(future, "publish", subject)
