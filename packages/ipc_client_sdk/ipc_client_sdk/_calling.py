@@ -77,6 +77,10 @@ _NO_STREAM_GRACE = 1.0
 """Seconds to keep trying while no stream answers (a leader election) before giving up."""
 
 
+_SUBJECTS_KEPT = 1024
+"""Call subjects a client remembers (one per target it calls)."""
+
+
 class _Path:
     """Which path a call took, for its metrics: direct until it falls back to the router."""
 
@@ -185,6 +189,7 @@ class Caller:
         self._link = link
         self._route_cache: RouteCache | None = None
         self._checked_caller: str | None = None
+        self._call_subjects: dict[tuple[str, str, str], str] = {}
 
     async def call(
         self,
@@ -324,7 +329,7 @@ class Caller:
         except nats.errors.Error as e:
             raise connection_error(link.servers, e) from e
         token = reply_to.rsplit(".", 1)[-1]
-        subject = link.subjects.call(service, call.method, call.caller)
+        subject = self._call_subject(service, call.method, call.caller)
         if traced is not None:
             traced.set("ipc.path", "durable")
             traced.set("messaging.destination.name", subject)
@@ -369,6 +374,16 @@ class Caller:
             service=call.service,
             fresh_id=f"{msg_id}.{token}",
         )
+
+    def _call_subject(self, service: str, method: str, caller: str) -> str:
+        """``Subjects.call``, remembered for the targets called last."""
+        key = (service, method, caller)
+        subject = self._call_subjects.get(key)
+        if subject is None:
+            if len(self._call_subjects) >= _SUBJECTS_KEPT:
+                self._call_subjects.clear()
+            subject = self._call_subjects[key] = self._link.subjects.call(*key)
+        return subject
 
     @property
     def _routes(self) -> RouteCache:
