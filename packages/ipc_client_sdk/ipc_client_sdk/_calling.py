@@ -10,7 +10,8 @@ responders" status arriving on that subject is not an answer: the wait goes on u
 answer or the deadline.
 
 The envelopes of a call are the ``CallRequest`` and ``CallReply`` contracts, written and read
-here as plain maps on the hot path (a reply of any other shape goes through the model).
+as plain maps on the hot path (``_call_envelopes``; a reply of any other shape goes through
+the model).
 
 A call_id the stream has already seen inside its de-duplication window (the caller retried
 with its own call_id) is accepted again under a fresh message id: executing it twice is
@@ -28,12 +29,11 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
-from pydantic import ValidationError
 
-from ipc_client_sdk._codec import check_type, invalid_envelope
+from ipc_client_sdk._call_envelopes import Outgoing, plain_answer, validated_reply
+from ipc_client_sdk._codec import check_type
 from ipc_client_sdk._contracts import (
     MSG_ID_HEADER,
-    PROTOCOL_VERSION,
     REFUSED_HEADER,
     REPLY_TO_HEADER,
     CallReply,
@@ -88,56 +88,6 @@ class _Path:
 
     def __init__(self) -> None:
         self.direct = False
-
-
-class _Outgoing:
-    """One call as the caller sends it: what every attempt's envelope carries."""
-
-    __slots__ = ("call_id", "caller", "deadline", "method", "payload", "resource_id", "service")
-
-    def __init__(
-        self,
-        call_id: str,
-        service: str,
-        method: str,
-        payload: bytes,
-        resource_id: str | None,
-        deadline: float,
-        caller: str,
-    ) -> None:
-        self.call_id = call_id
-        self.service = service
-        self.method = method
-        self.payload = payload
-        self.resource_id = resource_id
-        self.deadline = deadline
-        self.caller = caller
-
-    def envelope(
-        self, *, reply_to: str | None = None, epoch: int | None = None, direct: bool = False
-    ) -> dict[str, Any]:
-        """The ``CallRequest`` as ``Codec.encode_envelope`` dumps it (its fields in order,
-        None left out), built without the model: the values were checked where the call
-        was made, and the model's validation would cost the caller more than the rest of
-        the envelope's work."""
-        fields: dict[str, Any] = {
-            "v": PROTOCOL_VERSION,
-            "call_id": self.call_id,
-            "service": self.service,
-            "method": self.method,
-            "payload": self.payload,
-        }
-        if self.resource_id is not None:
-            fields["resource_id"] = self.resource_id
-        fields["deadline"] = self.deadline
-        if reply_to is not None:
-            fields["reply_to"] = reply_to
-        fields["caller"] = self.caller
-        if epoch is not None:
-            fields["epoch"] = epoch
-        fields["delivery"] = 1
-        fields["direct"] = direct
-        return fields
 
 
 @functools.lru_cache(maxsize=1024)
@@ -261,7 +211,7 @@ class Caller:
         may_go_direct = durable is not True and call_id is None
         call_id = call_id or new_call_id()
         deadline = time.time() + timeout
-        call = _Outgoing(
+        call = Outgoing(
             call_id, service, method, link.codec.encode(payload), resource_id, deadline, caller
         )
         with sending_call(service, method, call_id, resource_id) as traced:
@@ -289,7 +239,7 @@ class Caller:
 
     async def _dispatch(
         self,
-        call: _Outgoing,
+        call: Outgoing,
         *,
         may_go_direct: bool,
         durable: bool | None,
@@ -348,7 +298,7 @@ class Caller:
     async def _publish(
         self,
         subject: str,
-        call: _Outgoing,
+        call: Outgoing,
         reply_to: str,
         token: str,
         trace_headers: dict[str, str] | None = None,
@@ -394,7 +344,7 @@ class Caller:
     async def _call_direct(
         self,
         target: Target,
-        call: _Outgoing,
+        call: Outgoing,
         timeout: float,
         trace_headers: dict[str, str] | None = None,
     ) -> bytes | None:
@@ -441,7 +391,7 @@ class Caller:
         fields = codec.envelope_fields(raw, CallReply)
         # An answer of the plain shape is read as it is; anything else (an error, a value
         # of another type) goes through the model, with its checks and its messages.
-        reply = None if _plain_answer(fields) else _validated_reply(fields)
+        reply = None if plain_answer(fields) else validated_reply(fields)
         reply_id = fields["call_id"] if reply is None else reply.call_id
         if reply_id != call_id:
             # Only this call's answer counts: a reply naming another call (forged, or sent
@@ -465,33 +415,6 @@ class Caller:
         except IPCError as e:
             e.call_id, e.service, e.instance = call_id, service, instance
             raise
-
-
-def _plain_answer(fields: dict[Any, Any]) -> bool:
-    """Whether a reply's map is a result with no error, each field of the type
-    ``CallReply`` declares: then the model would take every value as it is."""
-    payload = fields.get("payload")
-    service = fields.get("service")
-    instance = fields.get("instance")
-    return (
-        type(fields.get("call_id")) is str
-        and fields.get("error") is None
-        and (payload is None or type(payload) is bytes)
-        and (service is None or type(service) is str)
-        and (instance is None or type(instance) is str)
-    )
-
-
-def _validated_reply(fields: dict[Any, Any]) -> CallReply:
-    """The reply's map validated as a ``CallReply``.
-
-    Raises:
-        CodecError: missing or mistyped fields (as ``Codec.decode_envelope`` says it).
-    """
-    try:
-        return CallReply.model_validate(fields)
-    except ValidationError as e:
-        raise invalid_envelope(CallReply, e) from e
 
 
 async def publish_acked(

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipc_client_sdk import Codec, IPCError, RemoteError
-from ipc_client_sdk._calling import Caller, _Outgoing, error_from_reply
+from ipc_client_sdk._call_envelopes import Outgoing
+from ipc_client_sdk._calling import Caller, error_from_reply
 from ipc_client_sdk._link import Link
 from ipc_client_sdk._subjects import Subjects
 from ipc_client_sdk.protocol import CallReply, CallRequest, ErrorCode
@@ -21,7 +22,7 @@ codec = Codec()
 
 @pytest.mark.parametrize("resource_id", ["acc_1", None])
 def test_the_call_envelopes_are_the_models_byte_for_byte(resource_id: str | None) -> None:
-    call = _Outgoing("c1", "svc", "m", codec.encode(7), resource_id, 1.5e9, "caller")
+    call = Outgoing("c1", "svc", "m", codec.encode(7), resource_id, 1.5e9, "caller")
     common = {
         "call_id": "c1",
         "service": "svc",
