@@ -3,9 +3,15 @@
 A call is published into the calls stream on a subject that ends with the caller's name
 (``<prefix>.call.<service>.<method>.<caller>``: NATS lets an identity publish as itself
 only), with ``Nats-Msg-Id`` set to ``<caller>.<call_id>``, so a publish the SDK repeats
-(after a publish timeout) is stored once and two callers' equal call_ids are two calls. The router takes it from
-the stream, routes it, and relays the instance's reply to this client's reply inbox: one
-wildcard subscription per client, one token per call attempt.
+(after a publish timeout) is stored once and two callers' equal call_ids are two calls. The
+router takes it from the stream, routes it, and relays the instance's reply to this client's
+reply inbox: one wildcard subscription per client, one token per call attempt. A "no
+responders" status arriving on that subject is not an answer: the wait goes on until the
+answer or the deadline.
+
+The envelopes of a call are the ``CallRequest`` and ``CallReply`` contracts, written and read
+as plain maps on the hot path (``_call_envelopes``; a reply of any other shape goes through
+the model).
 
 A call_id the stream has already seen inside its de-duplication window (the caller retried
 with its own call_id) is accepted again under a fresh message id: executing it twice is
@@ -15,6 +21,7 @@ what the serving side prevents, by answering a repeat from its record of the fir
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from typing import Any
@@ -23,13 +30,13 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import PubAck
 
+from ipc_client_sdk._call_envelopes import Outgoing, plain_answer, validated_reply
 from ipc_client_sdk._codec import check_type
 from ipc_client_sdk._contracts import (
     MSG_ID_HEADER,
     REFUSED_HEADER,
     REPLY_TO_HEADER,
     CallReply,
-    CallRequest,
     ErrorCode,
 )
 from ipc_client_sdk._errors import (
@@ -70,6 +77,10 @@ _NO_STREAM_GRACE = 1.0
 """Seconds to keep trying while no stream answers (a leader election) before giving up."""
 
 
+_SUBJECTS_KEPT = 1024
+"""Call subjects a client remembers (one per target it calls)."""
+
+
 class _Path:
     """Which path a call took, for its metrics: direct until it falls back to the router."""
 
@@ -79,14 +90,8 @@ class _Path:
         self.direct = False
 
 
-def parse_target(target: str) -> tuple[str, str]:
-    """Split ``"service.method"``.
-
-    Raises:
-        InvalidArgumentError: not two valid tokens joined by one dot.
-    """
-    if not isinstance(target, str):
-        raise InvalidArgumentError(f"call target must be 'service.method', got {target!r}")
+@functools.lru_cache(maxsize=1024)
+def _split_target(target: str) -> tuple[str, str]:
     service, dot, method = target.partition(".")
     try:
         if not dot:
@@ -98,12 +103,43 @@ def parse_target(target: str) -> tuple[str, str]:
     return service, method
 
 
+def parse_target(target: str) -> tuple[str, str]:
+    """Split ``"service.method"``.
+
+    Raises:
+        InvalidArgumentError: not two valid tokens joined by one dot.
+    """
+    if not isinstance(target, str):
+        raise InvalidArgumentError(f"call target must be 'service.method', got {target!r}")
+    return _split_target(target)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_resource(resource_id: str) -> str:
+    return validate_token(resource_id, "resource_id")
+
+
+def _check_resource(resource_id: object) -> None:
+    """``validate_token(resource_id, "resource_id")``, remembered for the resource ids seen
+    last (a caller calls about the same accounts over and over).
+
+    Raises:
+        ValueError: not a valid resource id.
+    """
+    if type(resource_id) is str:
+        _valid_resource(resource_id)
+    else:
+        validate_token(resource_id, "resource_id")  # type: ignore[arg-type]  # raises
+
+
 class Caller:
     """Sends calls and matches their replies; one per client."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
         self._route_cache: RouteCache | None = None
+        self._checked_caller: str | None = None
+        self._call_subjects: dict[tuple[str, str, str], str] = {}
 
     async def call(
         self,
@@ -118,18 +154,23 @@ class Caller:
     ) -> Any:
         """See ``IPCClient.call``; counted in the client's metrics."""
         service, method = parse_target(target)
-        started = time.perf_counter()
+        metrics = self._link.metrics
         path = _Path()
+        if not metrics.counting:
+            return await self._call(
+                service, method, payload, resource_id, timeout, returns, call_id, durable, path
+            )
+        started = time.perf_counter()
         try:
             result = await self._call(
                 service, method, payload, resource_id, timeout, returns, call_id, durable, path
             )
         except BaseException as e:
             seconds = time.perf_counter() - started
-            self._link.metrics.call_done(service, method, path.direct, outcome_of(e), seconds)
+            metrics.call_done(service, method, path.direct, outcome_of(e), seconds)
             raise
         seconds = time.perf_counter() - started
-        self._link.metrics.call_done(service, method, path.direct, "ok", seconds)
+        metrics.call_done(service, method, path.direct, "ok", seconds)
         return result
 
     async def _call(
@@ -161,27 +202,21 @@ class Caller:
             if returns is not None:
                 check_type(returns)
             if resource_id is not None:
-                validate_token(resource_id, "resource_id")
+                _check_resource(resource_id)
             if call_id is not None:
                 validate_call_id(call_id)
-            caller = validate_token(link.name or ANONYMOUS_CALLER, "the client's name (caller)")
+            caller = self._caller()
         except (TypeError, ValueError) as e:
             raise InvalidArgumentError(str(e), service=service) from e
         may_go_direct = durable is not True and call_id is None
         call_id = call_id or new_call_id()
         deadline = time.time() + timeout
-        fields: dict[str, Any] = {
-            "call_id": call_id,
-            "service": service,
-            "method": method,
-            "payload": link.codec.encode(payload),
-            "resource_id": resource_id,
-            "deadline": deadline,
-            "caller": caller,
-        }
+        call = Outgoing(
+            call_id, service, method, link.codec.encode(payload), resource_id, deadline, caller
+        )
         with sending_call(service, method, call_id, resource_id) as traced:
             return await self._dispatch(
-                fields,
+                call,
                 may_go_direct=may_go_direct,
                 durable=durable,
                 timeout=timeout,
@@ -190,9 +225,21 @@ class Caller:
                 path=path,
             )
 
+    def _caller(self) -> str:
+        """This client's caller token (its name), checked once.
+
+        Raises:
+            ValueError: the name cannot be a subject token.
+        """
+        name = self._link.name or ANONYMOUS_CALLER
+        if name != self._checked_caller:
+            validate_token(name, "the client's name (caller)")
+            self._checked_caller = name
+        return name
+
     async def _dispatch(
         self,
-        fields: dict[str, Any],
+        call: Outgoing,
         *,
         may_go_direct: bool,
         durable: bool | None,
@@ -204,43 +251,43 @@ class Caller:
         """Send the call (direct when it may and the cache finds the instance, else
         durably) and return its result."""
         link = self._link
-        service, method, call_id = fields["service"], fields["method"], fields["call_id"]
-        resource_id, deadline = fields["resource_id"], fields["deadline"]
+        service, call_id = call.service, call.call_id
         trace_headers = traced.headers if traced is not None else None
         if may_go_direct:
             routes = self._routes
-            direct = await routes.ready(min(timeout / 2, _CACHE_WAIT)) and (
-                durable is False or routes.direct_by_default(service, method)
+            direct = (routes.is_ready or await routes.ready(min(timeout / 2, _CACHE_WAIT))) and (
+                durable is False or routes.direct_by_default(service, call.method)
             )
-            found = routes.lookup(service, method, resource_id) if direct else None
+            found = routes.lookup(service, call.method, call.resource_id) if direct else None
             if found is not None:
-                request = CallRequest(**fields, epoch=found.epoch, direct=True)
                 path.direct = True
                 if traced is not None:
                     traced.set("ipc.path", "direct")
                     traced.set("ipc.instance_id", found.instance_id)
-                raw = await self._call_direct(found, request, timeout, trace_headers)
+                raw = await self._call_direct(found, call, timeout, trace_headers)
                 if raw is not None:
                     return self._result(raw, call_id, service, returns)
                 path.direct = False
                 # Refused unrun, or nobody there: the router routes it, exactly once.
         replies = link.replies
         try:
-            reply_to, future = await replies.expect()
+            # A "no responders" status on the reply subject is not the answer: the router
+            # may forward the call with this subject as its NATS reply, and an instance
+            # that is gone then makes nats-server send the status here while JetStream
+            # redelivers the call to be routed again.
+            reply_to, future = await replies.expect(ignore_no_responders=True)
         except nats.errors.Error as e:
             raise connection_error(link.servers, e) from e
-        request = CallRequest(**fields, reply_to=reply_to)
         token = reply_to.rsplit(".", 1)[-1]
-        subject = link.subjects.call(service, method, fields["caller"])
+        subject = self._call_subject(service, call.method, call.caller)
         if traced is not None:
             traced.set("ipc.path", "durable")
             traced.set("messaging.destination.name", subject)
         try:
-            await self._publish(subject, request, reply_to, token, deadline, trace_headers)
+            await self._publish(subject, call, reply_to, token, trace_headers)
             try:
-                async with asyncio.timeout_at(_loop_time_at(deadline)):
-                    answer = await future
-            except TimeoutError:
+                answer = await replies.wait(future, call.deadline - time.time())
+            except nats.errors.TimeoutError:
                 raise CallTimeoutError(
                     f"no answer within {timeout:g}s", call_id=call_id, service=service
                 ) from None
@@ -251,10 +298,9 @@ class Caller:
     async def _publish(
         self,
         subject: str,
-        request: CallRequest,
+        call: Outgoing,
         reply_to: str,
         token: str,
-        deadline: float,
         trace_headers: dict[str, str] | None = None,
     ) -> None:
         """Publish into the calls stream until it acks.
@@ -263,19 +309,31 @@ class Caller:
         another reply address: then this attempt is accepted too, under a fresh message id
         (the serving side runs the handler at most once per caller and call_id).
         """
-        msg_id = f"{request.caller}.{request.call_id}"
+        msg_id = f"{call.caller}.{call.call_id}"
+        headers = dict(trace_headers) if trace_headers else {}
+        headers[REPLY_TO_HEADER] = reply_to
         await publish_acked(
             self._link,
             subject,
-            self._link.codec.encode_envelope(request),
+            self._link.codec.encode_fields(call.envelope(reply_to=reply_to)),
             msg_id=msg_id,
-            deadline=deadline,
-            headers={**(trace_headers or {}), REPLY_TO_HEADER: reply_to},
+            deadline=call.deadline,
+            headers=headers,
             what="the call",
-            call_id=request.call_id,
-            service=request.service,
+            call_id=call.call_id,
+            service=call.service,
             fresh_id=f"{msg_id}.{token}",
         )
+
+    def _call_subject(self, service: str, method: str, caller: str) -> str:
+        """``Subjects.call``, remembered for the targets called last."""
+        key = (service, method, caller)
+        subject = self._call_subjects.get(key)
+        if subject is None:
+            if len(self._call_subjects) >= _SUBJECTS_KEPT:
+                self._call_subjects.clear()
+            subject = self._call_subjects[key] = self._link.subjects.call(*key)
+        return subject
 
     @property
     def _routes(self) -> RouteCache:
@@ -286,21 +344,23 @@ class Caller:
     async def _call_direct(
         self,
         target: Target,
-        request: CallRequest,
+        call: Outgoing,
         timeout: float,
         trace_headers: dict[str, str] | None = None,
     ) -> bytes | None:
         """Send a call straight to the instance the cache names (at most once); its reply,
         or None when it was not run there (refused unrun, or nobody listens)."""
         link = self._link
-        service, call_id = target.service, request.call_id
-        deadline = request.deadline or time.time() + timeout
-        inbox = link.subjects.instance_direct(service, target.instance_id, target.session)
+        service, call_id = target.service, call.call_id
+        inbox = target.inbox or link.subjects.instance_direct(
+            service, target.instance_id, target.session
+        )
+        envelope = call.envelope(epoch=target.epoch, direct=True)
         try:
             msg = await link.replies.request(
                 inbox,
-                link.codec.encode_envelope(request),
-                timeout=deadline - time.time(),
+                link.codec.encode_fields(envelope),
+                timeout=call.deadline - time.time(),
                 headers=trace_headers,
             )
         except nats.errors.NoRespondersError:
@@ -328,24 +388,32 @@ class Caller:
 
     def _result(self, raw: bytes, call_id: str, service: str, returns: Any) -> Any:
         codec = self._link.codec
-        reply = codec.decode_envelope(raw, CallReply)
-        if reply.call_id != call_id:
+        fields = codec.envelope_fields(raw, CallReply)
+        # An answer of the plain shape is read as it is; anything else (an error, a value
+        # of another type) goes through the model, with its checks and its messages.
+        reply = None if plain_answer(fields) else validated_reply(fields)
+        reply_id = fields["call_id"] if reply is None else reply.call_id
+        if reply_id != call_id:
             # Only this call's answer counts: a reply naming another call (forged, or sent
             # to this inbox by mistake) is never taken for this call's result.
             raise RemoteError(
-                f"the reply names another call ({reply.call_id[:128]!r}); not taken",
+                f"the reply names another call ({reply_id[:128]!r}); not taken",
                 code=ErrorCode.INTERNAL,
                 call_id=call_id,
                 service=service,
             )
-        if reply.error is not None:
+        if reply is None:
+            payload, instance = fields.get("payload"), fields.get("instance")
+        elif reply.error is not None:
             raise error_from_reply(reply, call_id, service)
-        if reply.payload is None:
+        else:
+            payload, instance = reply.payload, reply.instance
+        if payload is None:
             return None
         try:
-            return codec.decode(reply.payload, returns)
+            return codec.decode(payload, returns)
         except IPCError as e:
-            e.call_id, e.service, e.instance = call_id, service, reply.instance
+            e.call_id, e.service, e.instance = call_id, service, instance
             raise
 
 
@@ -470,9 +538,3 @@ def error_from_reply(reply: CallReply, call_id: str, service: str) -> IPCError:
     if info.code is ErrorCode.DEADLINE_EXCEEDED:
         return CallTimeoutError(info.message, **context)
     return RemoteError(info.message, **context)
-
-
-def _loop_time_at(deadline: float) -> float:
-    """Convert an absolute Unix deadline to the event loop's clock."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (deadline - time.time())

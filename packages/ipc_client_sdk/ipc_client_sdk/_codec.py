@@ -56,27 +56,71 @@ _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
 
 
+def _decimal(obj: Decimal) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode("ascii"))
+
+
+def _datetime(obj: dt.datetime) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode("ascii"))
+
+
+def _date(obj: dt.date) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode("ascii"))
+
+
+def _time(obj: dt.time) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode("ascii"))
+
+
+def _timedelta(obj: dt.timedelta) -> msgpack.ExtType:
+    parts = msgpack.packb([obj.days, obj.seconds, obj.microseconds])
+    return msgpack.ExtType(_EXT_TIMEDELTA, parts)
+
+
+def _uuid(obj: uuid.UUID) -> msgpack.ExtType:
+    return msgpack.ExtType(_EXT_UUID, obj.bytes)
+
+
+def _model(obj: BaseModel) -> Any:
+    # by_alias: the receiving side validates by alias (e.g. camelCase wire names).
+    # ``model_dump(mode="python", by_alias=True)`` without its wrapper's keyword passing.
+    return _packable(obj.__pydantic_serializer__.to_python(obj, by_alias=True))
+
+
+_BY_TYPE: dict[type, Any] = {
+    Decimal: _decimal,
+    dt.datetime: _datetime,
+    dt.date: _date,
+    dt.time: _time,
+    dt.timedelta: _timedelta,
+    uuid.UUID: _uuid,
+}
+"""The exact types ``_default`` maps without a chain of ``isinstance`` tests (every
+payload's prices and timestamps pass through it)."""
+
+
 def _default(obj: Any) -> Any:
     """Map a value MessagePack cannot pack to one it can (called by msgpack)."""
-    # datetime is a subclass of date, so it must be tested first.
+    exact = _BY_TYPE.get(type(obj))
+    if exact is not None:
+        return exact(obj)
+    if isinstance(obj, BaseModel):
+        return _model(obj)
+    # Subclasses; datetime is a subclass of date, so it must be tested first.
     if isinstance(obj, Decimal):
-        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode("ascii"))
+        return _decimal(obj)
     if isinstance(obj, dt.datetime):
-        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode("ascii"))
+        return _datetime(obj)
     if isinstance(obj, dt.date):
-        return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode("ascii"))
+        return _date(obj)
     if isinstance(obj, dt.time):
-        return msgpack.ExtType(_EXT_TIME, obj.isoformat().encode("ascii"))
+        return _time(obj)
     if isinstance(obj, dt.timedelta):
-        parts = msgpack.packb([obj.days, obj.seconds, obj.microseconds])
-        return msgpack.ExtType(_EXT_TIMEDELTA, parts)
+        return _timedelta(obj)
     if isinstance(obj, uuid.UUID):
-        return msgpack.ExtType(_EXT_UUID, obj.bytes)
+        return _uuid(obj)
     if isinstance(obj, int) and not _INT64_MIN <= obj <= _UINT64_MAX:
         return msgpack.ExtType(_EXT_BIGINT, str(obj).encode("ascii"))
-    if isinstance(obj, BaseModel):
-        # by_alias: the receiving side validates by alias (e.g. camelCase wire names).
-        return _packable(obj.model_dump(mode="python", by_alias=True))
     if isinstance(obj, enum.Enum):
         return _packable(obj.value)
     if isinstance(obj, set | frozenset):
@@ -199,7 +243,17 @@ class Codec:
 
     def encode_envelope(self, envelope: Envelope) -> bytes:
         """Encode an envelope; its payload bytes travel as MessagePack binary."""
-        data = self._pack(envelope.model_dump(mode="python", exclude_none=True))
+        return self.encode_fields(envelope.model_dump(mode="python", exclude_none=True))
+
+    def encode_fields(self, fields: dict[str, Any]) -> bytes:
+        """Encode an envelope given as the map ``encode_envelope`` would dump it to (built
+        by the caller on a hot path, without constructing the model).
+
+        Raises:
+            CodecError: a value cannot be encoded.
+            PayloadTooLargeError: the envelope is over the envelope limit.
+        """
+        data = self._pack(fields)
         if len(data) > self.max_envelope:
             raise PayloadTooLargeError(len(data), self.max_envelope)
         return data
@@ -210,6 +264,21 @@ class Codec:
         Raises:
             CodecError: malformed bytes, a protocol version this SDK does not speak, or
                 missing or mistyped fields.
+            PayloadTooLargeError: the bytes are over the envelope limit.
+        """
+        raw = self.envelope_fields(data, kind)
+        try:
+            return kind.model_validate(raw)
+        except ValidationError as e:
+            raise invalid_envelope(kind, e) from e
+
+    def envelope_fields(self, data: bytes, kind: type[Envelope]) -> dict[Any, Any]:
+        """Decode an envelope of the given kind as a plain map, its size and protocol
+        version checked, its fields not (``decode_envelope`` validates them).
+
+        Raises:
+            CodecError: malformed bytes, not a map, or a protocol version this SDK does not
+                speak.
             PayloadTooLargeError: the bytes are over the envelope limit.
         """
         if len(data) > self.max_envelope:
@@ -227,12 +296,7 @@ class Codec:
                 f"protocol version {version!r} is not supported (this peer speaks "
                 f"{PROTOCOL_VERSION})",
             )
-        try:
-            return kind.model_validate(raw)
-        except ValidationError as e:
-            raise CodecError(
-                CodecReason.INVALID_FIELDS, f"invalid {kind.__name__}: {_describe(e)}"
-            ) from e
+        return raw
 
     def _pack(self, value: Any) -> bytes:
         try:
@@ -259,6 +323,11 @@ def _unpack(data: bytes) -> Any:
     except (ValueError, TypeError, ArithmeticError, msgpack.UnpackException) as e:
         detail = str(e) or type(e).__name__
         raise CodecError(CodecReason.MALFORMED, f"malformed MessagePack: {detail}") from e
+
+
+def invalid_envelope(kind: type[Envelope], error: ValidationError) -> CodecError:
+    """The error for an envelope whose fields do not fit its kind."""
+    return CodecError(CodecReason.INVALID_FIELDS, f"invalid {kind.__name__}: {_describe(error)}")
 
 
 def _describe(error: ValidationError) -> str:

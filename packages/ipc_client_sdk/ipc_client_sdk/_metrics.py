@@ -66,6 +66,8 @@ class NoClientMetrics:
     """Counts nothing: a client's metrics when they are off."""
 
     registry: CollectorRegistry | None = None
+    counting = False
+    """Whether anything is counted: when not, a caller skips timing its calls."""
 
     def call_done(
         self, service: str, method: str, direct: bool, outcome: str, seconds: float
@@ -97,6 +99,8 @@ class PrometheusClientMetrics(NoClientMetrics):
             would clash).
         max_label_sets: (service, method) pairs labelled; later ones count as ``_other``.
     """
+
+    counting = True
 
     def __init__(
         self, registry: CollectorRegistry, *, max_label_sets: int = DEFAULT_MAX_LABEL_SETS

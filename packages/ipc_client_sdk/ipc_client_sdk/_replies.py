@@ -4,7 +4,9 @@ nats-py's ``nc.request`` does the same, but per request it draws a fresh NUID (a
 reads the OS's randomness (a system call), and, where a caller needs the pending reply as an
 object of its own (the router's watchdog cancels it), costs a task to wrap. On the hot path
 of every call that is measurable (``benchmarks/rpc.py``); here a token is a counter, the
-reply is a plain future, and a "no responders" status is raised as nats-py raises it.
+reply is a plain future whose deadline shares a loop timer with the others of its
+millisecond, and a "no responders" status is raised as nats-py
+raises it (``request``) or, for a wait that asks for it, passed over (``expect``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import re
 from typing import Any
 
@@ -49,41 +52,60 @@ class ReplyInbox:
         self._prefix = ""
         self._sub: Subscription | None = None
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._patient: set[str] = set()
+        self._deadlines = _Deadlines()
         self._tokens = itertools.count(1)
         self._lock = asyncio.Lock()
 
-    async def expect(self) -> tuple[str, asyncio.Future[Msg]]:
+    async def expect(
+        self, *, ignore_no_responders: bool = False
+    ) -> tuple[str, asyncio.Future[Msg]]:
         """A fresh reply subject, and the future its first message completes. Call
         ``forget`` with the subject once done with it.
+
+        ``ignore_no_responders``: a "no responders" status arriving on the subject (NATS
+        sends one there when a message carrying it as its reply subject finds nobody) does
+        not complete the future; the wait goes on for a real answer.
 
         Raises:
             nats.errors.Error: subscribing failed.
             PermissionDeniedError: NATS refused the inbox's subscription.
         """
         if self._sub is None:
-            async with self._lock:
-                if self._sub is None:
-                    prefix = self._nc.new_inbox()
-                    sub = await self._nc.subscribe(
-                        f"{prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
-                    )
-                    if self._permissions is not None:
-                        try:
-                            await self._permissions.confirm(self._nc, [sub.subject])
-                        except BaseException:
-                            with contextlib.suppress(nats.errors.Error):
-                                await sub.unsubscribe()
-                            raise
-                    self._sub = sub
-                    self._prefix = prefix + "."
+            await self._subscribe()
+        return self._new_wait(ignore_no_responders)
+
+    def _new_wait(self, patient: bool) -> tuple[str, asyncio.Future[Msg]]:
         subject = f"{self._prefix}{next(self._tokens):x}"
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[subject] = future
+        if patient:
+            self._patient.add(subject)
         return subject, future
+
+    async def _subscribe(self) -> None:
+        async with self._lock:
+            if self._sub is not None:
+                return
+            prefix = self._nc.new_inbox()
+            sub = await self._nc.subscribe(
+                f"{prefix}.*", cb=self._on_reply, pending_msgs_limit=1_000_000
+            )
+            if self._permissions is not None:
+                try:
+                    await self._permissions.confirm(self._nc, [sub.subject])
+                except BaseException:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+                    raise
+            self._sub = sub
+            self._prefix = prefix + "."
 
     def forget(self, subject: str) -> None:
         """Stop waiting for a reply on ``subject``."""
         self._waiting.pop(subject, None)
+        if self._patient:
+            self._patient.discard(subject)
 
     async def request(
         self,
@@ -107,7 +129,9 @@ class ReplyInbox:
             PermissionDeniedError: NATS refused the publish (at once, not after ``timeout``).
             asyncio.CancelledError: the wait was cancelled.
         """
-        reply, future = await self.expect()
+        if self._sub is None:
+            await self._subscribe()
+        reply, future = self._new_wait(False)
         permissions = self._permissions
         if permissions is not None:
             permissions.watch(future, "publish", subject)
@@ -115,20 +139,32 @@ class ReplyInbox:
             await self._nc.publish(subject, data, reply=reply, headers=headers)
             if pending is not None:
                 pending[future] = tag
-            try:
-                async with asyncio.timeout(timeout):
-                    msg = await future
-            except TimeoutError:
-                raise nats.errors.TimeoutError from None
+            msg = await self.wait(future, timeout)
         finally:
-            self.forget(reply)
+            self._waiting.pop(reply, None)
             if permissions is not None:
                 permissions.unwatch(future, "publish", subject)
             if pending is not None:
                 pending.pop(future, None)
-        if not msg.data and msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+        if not msg.data and is_no_responders(msg):
             raise nats.errors.NoRespondersError
         return msg
+
+    async def wait(self, future: asyncio.Future[Msg], timeout: float) -> Msg:
+        """Await a reply's future (from ``expect``) for at most ``timeout`` seconds (and
+        at most a millisecond more).
+
+        Raises:
+            nats.errors.TimeoutError: no reply in time (the future is then failed with it).
+            What the future was failed with: ``PermissionDeniedError``, a closing
+            connection's error.
+        """
+        deadlines = self._deadlines
+        tick = deadlines.add(future, timeout)
+        try:
+            return await future
+        finally:
+            deadlines.remove(future, tick)
 
     async def close(self) -> None:
         """Unsubscribe, and fail every awaited reply. Never raises."""
@@ -144,11 +180,66 @@ class ReplyInbox:
             if not future.done():
                 future.set_exception(error)
         self._waiting.clear()
+        self._patient.clear()
 
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject, None)
+        subject = msg.subject
+        if not msg.data and subject in self._patient and is_no_responders(msg):
+            return  # not an answer: the caller waits on for one
+        future = self._waiting.pop(subject, None)
         if future is not None and not future.done():
             future.set_result(msg)
+
+
+def is_no_responders(msg: Msg) -> bool:
+    """Whether ``msg`` is NATS's "no responders" status (503, no data)."""
+    headers = msg.headers
+    return not msg.data and headers is not None and headers.get(_STATUS) == _NO_RESPONDERS
+
+
+_TICK = 0.001
+"""Seconds per group of deadlines: a wait times out at most this much after its deadline."""
+
+
+class _Deadlines:
+    """The deadlines of awaited replies, grouped by the millisecond they fall in, with one
+    loop timer per group.
+
+    A timer of its own per wait (``asyncio.timeout``, ``call_later``) costs a few
+    microseconds to make and cancel, on every request and every call. Here a wait joins
+    its group (a set) and leaves it when answered; a group's timer is never cancelled, and
+    fails what is still in its group when it fires (nothing, mostly).
+    """
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[int, set[asyncio.Future[Msg]]] = {}
+
+    def add(self, future: asyncio.Future[Msg], timeout: float) -> int:
+        """Fail ``future`` with ``nats.errors.TimeoutError`` once ``timeout`` seconds have
+        passed, unless ``remove`` comes first; the tick to give ``remove``."""
+        loop = future.get_loop()
+        tick = math.ceil((loop.time() + timeout) / _TICK)
+        group = self._groups.get(tick)
+        if group is None:
+            group = self._groups[tick] = set()
+            loop.call_at(tick * _TICK, self._expire, tick)
+        group.add(future)
+        return tick
+
+    def remove(self, future: asyncio.Future[Msg], tick: int) -> None:
+        """``future`` is done with: its deadline no longer matters."""
+        group = self._groups.get(tick)
+        if group is not None:
+            group.discard(future)
+            if not group:
+                del self._groups[tick]
+
+    def _expire(self, tick: int) -> None:
+        for future in self._groups.pop(tick, ()):
+            if not future.done():
+                future.set_exception(nats.errors.TimeoutError())
 
 
 async def stream_publish(

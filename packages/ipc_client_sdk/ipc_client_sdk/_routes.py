@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nats.errors
@@ -37,12 +37,17 @@ _ASSIGN = "assign."
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a direct call goes: an instance's inbox, and the epoch it must hold."""
+    """Where a direct call goes: an instance's inbox, and the epoch it must hold.
+
+    ``inbox``: the instance's direct subject, made once when its record was read (None
+    when its tokens cannot make one: the subject map says why when asked).
+    """
 
     service: str
     instance_id: str
     session: str
     epoch: int
+    inbox: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,7 @@ class _Instance:
     load_balanced: bool
     registered_at: float
     takes_direct: bool
+    inbox: str | None = None
 
     def serves(self, method: str) -> bool:
         return (
@@ -157,7 +163,7 @@ class RouteCache:
             chosen = ready[next(self._turn) % len(ready)] if ready else None
         if chosen is None or not chosen.serves(method):
             return None
-        return Target(service, chosen.instance_id, chosen.session, chosen.epoch)
+        return Target(service, chosen.instance_id, chosen.session, chosen.epoch, chosen.inbox)
 
     # --- watching ----------------------------------------------------------------------
     async def _run(self) -> None:
@@ -222,7 +228,12 @@ class RouteCache:
         if value is None:
             self._services.get(service, {}).pop(instance_id, None)
             return
-        self._services.setdefault(service, {})[instance_id] = _instance(value)
+        found = _instance(value)
+        try:
+            inbox = self._link.subjects.instance_direct(service, found.instance_id, found.session)
+        except ValueError:
+            inbox = None
+        self._services.setdefault(service, {})[instance_id] = replace(found, inbox=inbox)
 
     def _on_route(self, key: str, value: Any) -> None:
         if key.startswith(_CLAIM):

@@ -29,6 +29,7 @@ cut by a process that records nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -73,8 +74,18 @@ class Traced:
 
 def _loaded() -> bool:
     """Whether OpenTelemetry can be in use: something imported it, or the environment
-    names a tracer provider for it to load."""
-    return _API in sys.modules or _PROVIDER_VARIABLE in os.environ
+    names a tracer provider for it to load.
+
+    The environment is read once per process (reading ``os.environ`` costs more than the
+    rest of an untraced call's tracing): like OpenTelemetry itself, which reads it once, when
+    its tracer provider is first asked for, the variable is set before the process starts.
+    """
+    return _API in sys.modules or _provider_named()
+
+
+@functools.cache
+def _provider_named() -> bool:
+    return _PROVIDER_VARIABLE in os.environ
 
 
 def recording() -> bool:
