@@ -1,14 +1,14 @@
 """``CallAcks``: an instance's acks of the calls the router forwards to it.
 
 The router forwards a durable call with the ack subject of its message in the calls stream
-(``Ipc-Ack``). The instance
+(the call's ``ack`` field). The instance
 
 - acks it (``+ACK``) once the outcome is recorded, after answering the caller;
 - naks it (``-NAK`` with a delay that grows with the delivery count) when it refuses the
   call unrun (fenced, routed under an old epoch, stopping): JetStream delivers it again
   and a router routes it again;
 - keeps it alive (``+WPI``, in progress) while its handler runs longer than half of the
-  stream consumer's ``ack_wait`` (``Ipc-Ack-Wait``), so that a slow handler is not taken
+  stream consumer's ``ack_wait`` (the call's ``ack_wait``), so that a slow handler is not taken
   for a dead instance.
 
 An instance that dies does none of these: JetStream delivers the call again after
@@ -21,14 +21,12 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Mapping
 
 import nats.errors
-from nats.aio.msg import Msg
 
-from ipc_client_sdk._contracts import ACK_HEADER, ACK_WAIT_HEADER
 from ipc_client_sdk._errors import IPCError
 from ipc_client_sdk._link import Link
+from ipc_client_sdk._wire import Call
 
 _DEFAULT_ACK_WAIT = 1.0
 """Seconds assumed when the router says nothing (or nothing usable) of its ``ack_wait``."""
@@ -52,11 +50,10 @@ class CallAcks:
         self._wait = _DEFAULT_ACK_WAIT
         self._keeper: asyncio.Task[None] | None = None
 
-    def subject_of(self, msg: Msg) -> str | None:
-        """The ack subject of a forwarded call, or None when the message carries none (or
-        one that is not an ack subject of this deployment's calls stream)."""
-        headers = msg.headers
-        ack = headers.get(ACK_HEADER) if headers else None
+    def subject_of(self, call: Call) -> str | None:
+        """The ack subject of a forwarded call, or None when it carries none (or one that
+        is not an ack subject of this deployment's calls stream)."""
+        ack = call.ack
         if ack is None or not ack.startswith("$JS.ACK."):
             return None
         tokens = ack.split(".")
@@ -65,10 +62,10 @@ class CallAcks:
         stream = tokens[2] if len(tokens) == 9 else tokens[4] if len(tokens) >= 11 else None
         return ack if stream == self._stream else None
 
-    def running(self, ack: str, headers: Mapping[str, str] | None) -> None:
+    def running(self, ack: str, ack_wait: float | None) -> None:
         """A forwarded call starts: keep it alive while it runs."""
         self._running[ack] = time.monotonic()
-        wait = _ack_wait(headers)
+        wait = _ack_wait(ack_wait)
         if wait != self._wait:
             self._wait = wait
         if self._keeper is None or self._keeper.done():
@@ -109,17 +106,11 @@ class CallAcks:
                     await self._send(ack, _IN_PROGRESS)
 
 
-def _ack_wait(headers: Mapping[str, str] | None) -> float:
-    """The router's ``ack_wait`` from a forwarded call's headers (a default when absent or
-    not a sane number of seconds)."""
-    text = headers.get(ACK_WAIT_HEADER) if headers else None
-    if not text:
+def _ack_wait(seconds: float | None) -> float:
+    """The router's ``ack_wait`` (a default when absent or not a sane number of seconds)."""
+    if seconds is None or not (math.isfinite(seconds) and 0.05 <= seconds <= 3600):
         return _DEFAULT_ACK_WAIT
-    try:
-        wait = float(text)
-    except ValueError:
-        return _DEFAULT_ACK_WAIT
-    return wait if math.isfinite(wait) and 0.05 <= wait <= 3600 else _DEFAULT_ACK_WAIT
+    return float(seconds)
 
 
 def _delivered(ack: str) -> int:

@@ -32,20 +32,6 @@ REFUSED_HEADER = "Ipc-Refused"
 out; ``stale-epoch``: routed before its role changed). The router routes such a call again
 instead of relaying the refusal."""
 
-ACK_HEADER = "Ipc-Ack"
-"""NATS header on a call the router forwards to an instance: the JetStream ack subject of
-the call's message in the calls stream. The instance answers the caller itself (the
-forwarded message's reply subject), acks once the outcome is recorded, and naks a call it
-refuses unrun, so that JetStream delivers it again and a router routes it again."""
-
-ACK_WAIT_HEADER = "Ipc-Ack-Wait"
-"""Seconds (decimal text) JetStream waits for that ack before it delivers the call again:
-the instance keeps a longer call alive with in-progress acks."""
-
-ROUTER_HEADER = "Ipc-Router"
-"""NATS header on a forwarded call: the id of the router that routed it (for logs and
-traces; the instance trusts the inbox the call arrived on, not this)."""
-
 MSG_ID_HEADER = "Nats-Msg-Id"
 """JetStream's de-duplication header; the SDK sets it to the call_id."""
 
@@ -158,6 +144,17 @@ class CallRequest(Envelope):
     """Sent straight to the instance by the caller (``durable=False``), not through the
     router: run at most once, neither claimed nor recorded. The instance refuses it unless
     ``epoch`` is its own epoch and it holds the role the call needs."""
+    ack: str | None = None
+    """Set by the router on a call it forwards: the ack subject of the call's message in
+    the calls stream. The instance answers the caller itself (the forwarded message's
+    reply subject), acks once the outcome is recorded, and naks a call it refuses unrun,
+    so that JetStream delivers it again and a router routes it again."""
+    ack_wait: float | None = None
+    """Set with ``ack``: seconds JetStream waits for that ack before it delivers the call
+    again; the instance keeps a longer call alive with in-progress acks."""
+    router: str | None = None
+    """Set with ``ack``: the id of the router that forwarded the call (for logs and
+    traces)."""
 
 
 class CallReply(Envelope):

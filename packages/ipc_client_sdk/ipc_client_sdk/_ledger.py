@@ -79,7 +79,9 @@ _WRONG_LAST = (10071, 10164)
 
 
 class ResultStore(Protocol):
-    """What the ledger needs of the results bucket (a ``KeyValue`` has it)."""
+    """What the ledger needs of the results bucket (a ``KeyValue`` has it). ``create`` and
+    ``update`` are bounded by a timeout of their own (they run on every call, so the ledger
+    sets no second one around them)."""
 
     async def create(self, key: str, value: bytes) -> int: ...
 
@@ -215,11 +217,11 @@ class ResultLedger:
         delay = 0.02
         while True:
             try:
+                try:  # bounded by the store's own timeout
+                    return Claim(key, await self._kv.create(key, claim_value))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
                 async with asyncio.timeout(_TIMEOUT):
-                    try:
-                        return Claim(key, await self._kv.create(key, claim_value))
-                    except nats.js.errors.KeyWrongLastSequenceError:
-                        pass
                     try:
                         entry = await self._kv.get(key)
                     except nats.js.errors.KeyNotFoundError:
@@ -294,9 +296,8 @@ class ResultLedger:
         A reply that could not be recorded still goes to the caller; only a later repeat
         of the call would then find the claim without an outcome.
         """
-        try:
-            async with asyncio.timeout(_TIMEOUT):
-                await self._kv.update(claim.key, reply, last=claim.revision)
+        try:  # bounded by the store's own timeout
+            await self._kv.update(claim.key, reply, last=claim.revision)
         except (TimeoutError, nats.errors.Error):
             return False
         return True

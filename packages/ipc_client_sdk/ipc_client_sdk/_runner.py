@@ -38,7 +38,7 @@ from ipc_client_sdk._metrics import NoClientMetrics
 from ipc_client_sdk._service import CallContext, MethodSpec, Service
 from ipc_client_sdk._subjects import validate_token
 from ipc_client_sdk._tracing import current_trace_id, failed, serving_call
-from ipc_client_sdk._wire import call_request, read_call
+from ipc_client_sdk._wire import Call, call_fields, read_call
 
 _log = logging.getLogger("ipc_client_sdk.serving")
 
@@ -46,7 +46,7 @@ _MAX_ERROR_MESSAGE = 500
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 
-Admission = Callable[[CallRequest], str | None]
+Admission = Callable[[Call], str | None]
 """Why the instance must refuse a call now (``fenced``, ``stale-epoch``), or None."""
 
 Answer = Callable[[bytes], Awaitable[None]]
@@ -105,37 +105,42 @@ class CallRunner:
         self._admit = admit
         self._problems = RateLimitedLog(_log)  # per call, whoever sends them: few lines
 
-    async def handle(
-        self,
-        data: bytes,
-        headers: Mapping[str, str] | None = None,
-        *,
-        direct: bool = False,
-        answer: Answer | None = None,
-    ) -> tuple[bytes, str | None]:
-        """Handle one delivered call; return the encoded reply, and the reason when the call
-        was refused unrun (fenced or stale epoch). Never raises ``Exception``.
+    def read(self, data: bytes, *, direct: bool) -> Call | bytes:
+        """The call a delivered message carries, or the encoded error reply for a body that
+        is not one.
 
-        ``headers``: the message's, where the caller's trace context travels; the call runs
-        in a span that continues it (see ``_tracing``). ``direct``: whether it arrived on the
-        instance's direct subject (from a caller) rather than its inbox (from the router).
-        That, not the body's ``direct`` flag, decides how the call is admitted and run:
-        the body is whatever its sender wrote, the subject is what NATS let it publish on.
-        ``answer``: called with the reply of a handler that ran here, before its outcome is
-        stored (the reply is returned all the same).
+        ``direct``: whether it arrived on the instance's direct subject (from a caller)
+        rather than its inbox (from a router). That, not the body's ``direct`` flag,
+        decides how the call is admitted and run: the body is whatever its sender wrote,
+        the subject is what NATS let it publish on.
         """
-        arrived = time.perf_counter()
         raw = read_call(data, self._codec.max_envelope)
         if raw is not None:
-            raw["direct"] = direct
-            request = call_request(raw)
+            call = call_fields(raw)
         else:
             try:
-                request = self._codec.decode_envelope(data, CallRequest)
+                call = Call.from_request(self._codec.decode_envelope(data, CallRequest))
             except CodecError as e:
-                return self.error("", e.code, e.message), None
-        if request.direct is not direct:
-            request = request.model_copy(update={"direct": direct})
+                return self.error("", e.code, e.message)
+        call.direct = direct
+        return call
+
+    async def run(
+        self,
+        request: Call,
+        headers: Mapping[str, str] | None = None,
+        *,
+        answer: Answer | None = None,
+    ) -> tuple[bytes, str | None]:
+        """Handle one call; return the encoded reply, and the reason when the call was
+        refused unrun (fenced or stale epoch). Never raises ``Exception``.
+
+        ``headers``: the message's, where the caller's trace context travels; the call runs
+        in a span that continues it (see ``_tracing``). ``answer``: called with the reply
+        of a handler that ran here, before its outcome is stored (the reply is returned all
+        the same).
+        """
+        arrived = time.perf_counter()
         with serving_call(
             headers,
             request.service,
@@ -151,14 +156,14 @@ class CallRunner:
                 except _Refused as e:
                     refused = e.reason
                 else:
-                    if not direct:
+                    if not request.direct:
                         self.answered.add(request.method, reply, time.perf_counter() - arrived)
                     return reply, None
             if traced is not None:
                 traced.set("ipc.refused", refused)
             return self._refusal(request, refused), refused
 
-    def _refusal(self, request: CallRequest, reason: str) -> bytes:
+    def _refusal(self, request: Call, reason: str) -> bytes:
         message = _REFUSALS.get(reason, "call {call_id} refused ({reason})").format(
             call_id=request.call_id,
             epoch=request.epoch,
@@ -182,7 +187,7 @@ class CallRunner:
             )
         return self.error(request.call_id, ErrorCode.FAILED_PRECONDITION, message)
 
-    async def _handle(self, request: CallRequest, answer: Answer | None = None) -> bytes:
+    async def _handle(self, request: Call, answer: Answer | None = None) -> bytes:
         call_id = request.call_id
         key = (request.method, request.caller, call_id)
         running = self._running.get(key)
@@ -208,7 +213,7 @@ class CallRunner:
         future.set_result(reply)
         return reply
 
-    async def _execute(self, request: CallRequest, answer: Answer | None = None) -> bytes:
+    async def _execute(self, request: Call, answer: Answer | None = None) -> bytes:
         """Run one call at most once (or find its outcome) and return the encoded reply."""
         codec = self._codec
         call_id = request.call_id
@@ -280,7 +285,7 @@ class CallRunner:
             self._problems.error("not-recorded", "outcome of call %s not recorded", clip(call_id))
         return reply
 
-    async def _run_unrecorded(self, spec: MethodSpec, request: CallRequest) -> bytes:
+    async def _run_unrecorded(self, spec: MethodSpec, request: Call) -> bytes:
         """A direct call: run at most once, neither claimed nor recorded."""
         try:
             argument = self._codec.decode(request.payload, spec.request_type)
@@ -289,9 +294,7 @@ class CallRunner:
         reply, _ = await self._run(spec, argument, request)
         return reply
 
-    async def _run(
-        self, spec: MethodSpec, argument: Any, request: CallRequest
-    ) -> tuple[bytes, bool]:
+    async def _run(self, spec: MethodSpec, argument: Any, request: Call) -> tuple[bytes, bool]:
         """Run the handler; return the reply and whether to record it.
 
         A retryable error the handler raises is not recorded, so a retry runs again.

@@ -53,7 +53,6 @@ from ipc_client_sdk._contracts import (
     REFUSED_HEADER,
     AdminOp,
     AdminReply,
-    CallRequest,
     ErrorCode,
     Heartbeat,
     InstanceState,
@@ -78,6 +77,7 @@ from ipc_client_sdk._schemas import registered_contracts
 from ipc_client_sdk._service import Service
 from ipc_client_sdk._subjects import validate_token
 from ipc_client_sdk._takeover import Takeover, check_takeover
+from ipc_client_sdk._wire import Call
 
 _log = logging.getLogger("ipc_client_sdk.serving")
 _problems = RateLimitedLog(_log)  # what a peer's answers cause: few lines
@@ -583,7 +583,7 @@ class ServiceInstance:
         refused (their callers fall back to the router, which holds them meanwhile)."""
         return self._draining or self._stopped or self._closing
 
-    def _admit(self, request: CallRequest) -> str | None:
+    def _admit(self, request: Call) -> str | None:
         """Why this instance must refuse a call now (None: it may run it)."""
         if self.fenced:
             return "fenced"
@@ -641,7 +641,8 @@ class ServiceInstance:
                 self._slots.release()
         if self._closing:
             # stop() ran out of time draining: refuse what is left, quickly and retryably.
-            ack = None if direct else self._acks.subject_of(msg)
+            call = None if direct else runner.read(msg.data, direct=False)
+            ack = self._acks.subject_of(call) if isinstance(call, Call) else None
             if ack is not None:
                 await self._acks.refused(ack)  # routed again, to whoever takes over
                 return
@@ -661,12 +662,16 @@ class ServiceInstance:
     async def _serve_one(self, msg: Msg, *, direct: bool) -> None:
         runner = self._runner
         assert runner is not None
-        ack = None if direct else self._acks.subject_of(msg)
+        call = runner.read(msg.data, direct=direct)
+        if isinstance(call, bytes):  # not a call: say why to whoever sent it
+            await self._respond(msg, call)
+            return
+        ack = None if direct else self._acks.subject_of(call)
         if ack is None:  # a direct call: answer whoever sent it
-            reply, refused = await runner.handle(msg.data, msg.headers, direct=direct)
+            reply, refused = await runner.run(call, msg.headers)
             await self._respond(msg, reply, refused)
             return
-        # Forwarded by the router: answer the caller as soon as the outcome is known (while
+        # Forwarded by a router: answer the caller as soon as the outcome is known (while
         # it is recorded), then ack; a call refused unrun is nak'ed, to be routed again.
         answered = False
 
@@ -675,9 +680,9 @@ class ServiceInstance:
             answered = True
             await self._respond(msg, reply)
 
-        self._acks.running(ack, msg.headers)
+        self._acks.running(ack, call.ack_wait)
         try:
-            reply, refused = await runner.handle(msg.data, msg.headers, answer=answer)
+            reply, refused = await runner.run(call, msg.headers, answer=answer)
             if refused is not None:
                 await self._acks.refused(ack)
                 return

@@ -8,15 +8,12 @@ from ipc_client_sdk._answered import outcome_of_code, reply_outcome
 from ipc_client_sdk._auth_dir import AuthDir, AuthDirError, AuthManifest
 from ipc_client_sdk._codec import DEFAULT_MAX_PAYLOAD, ENVELOPE_OVERHEAD, Codec
 from ipc_client_sdk._contracts import (
-    ACK_HEADER,
-    ACK_WAIT_HEADER,
     LEASE_FRACTION,
     MAX_CONTRACTS_BYTES,
     MSG_ID_HEADER,
     PROTOCOL_VERSION,
     REFUSED_HEADER,
     REPLY_TO_HEADER,
-    ROUTER_HEADER,
     AdminOp,
     AdminReply,
     AdminRequest,
@@ -79,7 +76,7 @@ from ipc_client_sdk._tally import (
 )
 from ipc_client_sdk._tracing import TRACE_HEADERS, Traced, continue_routed, failed
 from ipc_client_sdk._tracing import _loaded as tracing_loaded
-from ipc_client_sdk._wire import call_request, is_token, read_call
+from ipc_client_sdk._wire import is_token, read_call
 
 __all__ = [
     "CREDENTIAL_ENV_VARS",
@@ -96,13 +93,10 @@ __all__ = [
     "Latencies",
     "counter_family",
     "histogram_family",
-    "ACK_HEADER",
-    "ACK_WAIT_HEADER",
     "MSG_ID_HEADER",
     "PROTOCOL_VERSION",
     "REFUSED_HEADER",
     "REPLY_TO_HEADER",
-    "ROUTER_HEADER",
     "TRACE_HEADERS",
     "AdminOp",
     "AuthDir",
@@ -147,7 +141,6 @@ __all__ = [
     "ServiceInfo",
     "Subjects",
     "Traced",
-    "call_request",
     "claim_holder",
     "is_token",
     "read_call",

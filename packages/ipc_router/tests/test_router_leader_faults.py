@@ -17,7 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from ipc_client_sdk import CodecError, IPCClient, IPCError
-from ipc_client_sdk.protocol import ROUTER_HEADER, CallRequest, Codec, Subjects
+from ipc_client_sdk.protocol import CallRequest, Codec, Subjects
 from ipc_router.infrastructure.nats_server import NatsServerProcess
 from ipc_testing import RouterProcess, until
 from ipc_testing.workload import CountingService, WorkRequest, WorkResult
@@ -110,7 +110,7 @@ class Deliveries:
             request = self.codec.decode_envelope(msg.data, CallRequest)
         except CodecError:
             return  # an instance's control message, not a call
-        router = (msg.headers or {}).get(ROUTER_HEADER, "")
+        router = request.router or ""
         self.by_router.setdefault(router, []).append(request.call_id)
 
 

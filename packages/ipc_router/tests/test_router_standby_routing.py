@@ -15,7 +15,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from ipc_client_sdk import IPCClient
-from ipc_client_sdk.protocol import ROUTER_HEADER, Codec, Subjects
+from ipc_client_sdk.protocol import CallRequest, Codec, Subjects
 from ipc_router.domain import Health, Role
 from ipc_router.infrastructure.jetstream_setup import RouterStores, StorageSettings, provision
 from ipc_router.infrastructure.kv_follow import FollowedTable
@@ -36,7 +36,7 @@ async def test_both_routers_route_and_every_call_runs_once(
 
     async def seen(msg: Msg) -> None:
         if msg.subject.count(".") == 4:  # an instance's inbox, not its .d or .ctl
-            forwarded[(msg.headers or {}).get(ROUTER_HEADER, "")] += 1
+            forwarded[Codec().decode_envelope(msg.data, CallRequest).router or ""] += 1
 
     sniffer = await nats.connect(nats_server.url)
     svc = CountingService()

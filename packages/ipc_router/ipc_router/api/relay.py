@@ -29,10 +29,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from ipc_client_sdk.protocol import (
-    ACK_HEADER,
-    ACK_WAIT_HEADER,
     REPLY_TO_HEADER,
-    ROUTER_HEADER,
     TRACE_HEADERS,
     CallRequest,
     Codec,
@@ -185,7 +182,7 @@ class CallRelay:
     ) -> None:
         self._route_now = route_now
         self._nc = nc
-        self._router_id = router_id
+        self._router_id = router_id or None
         self._in_term = in_term
         self._metrics = metrics or NoRouterMetrics()
         self._subjects = subjects
@@ -193,7 +190,6 @@ class CallRelay:
         self._leaders = registry
         self._claims = claims
         self._ack_wait = ack_wait
-        self._ack_wait_text = f"{ack_wait:g}"
         self._problems = CALL_PROBLEMS
 
     async def forward_now(self, msg: Msg) -> bool:
@@ -243,15 +239,12 @@ class CallRelay:
         except (RoutingError, ValueError, Later):
             return False
         raw["caller"], raw["epoch"], raw["delivery"], raw["direct"] = caller, route.epoch, 1, False
+        raw["ack"], raw["ack_wait"], raw["router"] = ack, self._ack_wait, self._router_id
         raw.pop("abandoned", None)  # the router's word alone (on a first delivery: none)
-        forwarded: dict[str, str] = {ACK_HEADER: ack, ACK_WAIT_HEADER: self._ack_wait_text}
-        if self._router_id:
-            forwarded[ROUTER_HEADER] = self._router_id
+        passed: dict[str, str] | None = None
         if headers:
-            for key in TRACE_HEADERS:
-                if key in headers:
-                    forwarded[key] = headers[key]
-        await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=forwarded)
+            passed = {key: headers[key] for key in TRACE_HEADERS if key in headers} or None
+        await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=passed)
         self._metrics.call_forwarded()
         return True
 
@@ -303,7 +296,7 @@ class CallRelay:
 
     @ack_wait.setter
     def ack_wait(self, seconds: float) -> None:
-        self._ack_wait, self._ack_wait_text = seconds, f"{seconds:g}"
+        self._ack_wait = seconds
 
     async def _relay(
         self, msg: Msg, request: CallRequest, reply_to: str, traced: Traced | None
@@ -313,11 +306,7 @@ class CallRelay:
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
         if self._leaders is None:
             raise Later(STANDBY_RETRY)  # a standby router leaves the call to the leader
-        headers = dict(traced.headers) if traced is not None else {}
-        headers[ACK_HEADER] = msg.reply
-        headers[ACK_WAIT_HEADER] = self._ack_wait_text
-        if self._router_id:
-            headers[ROUTER_HEADER] = self._router_id
+        headers = (traced.headers or None) if traced is not None else None
         if attempts.delivery > 1:
             self._metrics.call_redelivered()
             self._problems.log(
@@ -338,7 +327,7 @@ class CallRelay:
                 raise OutOfTerm
             if traced is not None:
                 traced.set("ipc.instance_id", route.instance_id)
-            if await self._forward(request, route, attempts, reply_to, headers):
+            if await self._forward(request, route, attempts, reply_to, msg.reply, headers):
                 return route.instance_id
 
     def _check(self, msg: Msg, request: CallRequest) -> CallRequest:
@@ -441,10 +430,11 @@ class CallRelay:
         route: Route,
         attempts: _Attempts,
         reply_to: str,
-        headers: dict[str, str],
+        ack: str,
+        headers: dict[str, str] | None,
     ) -> bool:
-        """Forward the call to the routed instance, which answers ``reply_to`` and acks;
-        False when the instance cannot be reached (route it again)."""
+        """Forward the call to the routed instance, which answers ``reply_to`` and acks on
+        ``ack``; False when the instance cannot be reached (route it again)."""
         try:
             inbox = self._subjects.instance_inbox(request.service, route.instance_id, route.session)
         except ValueError:  # a record from an SDK without sessions: cannot be reached
@@ -457,6 +447,9 @@ class CallRelay:
                 "deadline": attempts.deadline,
                 "abandoned": attempts.abandoned,
                 "direct": False,  # the instance goes by the subject; say the same here
+                "ack": ack,
+                "ack_wait": self._ack_wait,
+                "router": self._router_id,
             }
         )
         await self._nc.publish(
