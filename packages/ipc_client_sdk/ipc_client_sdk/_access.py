@@ -166,9 +166,9 @@ def permissions(subjects: Subjects, identity: Identity) -> Grants:
         # The contracts of the services it calls (``ipc call`` checks a request against them).
         subjects.admin(AdminOp.DESCRIBE),
         f"$KV.{results}.{name}.>",
-        # Acks of the calls the router forwards to its instances (see the security notes in
-        # docs/architecture.md: the subject names the stream and consumer, not the service).
-        f"$JS.ACK.{streams['calls']}.{subjects.calls_consumer}.>",
+        # Its instances' reports on the calls a router forwarded to them (the router acks;
+        # no service may publish on the calls stream's ack subjects).
+        f"{p}.done.*.{name}.*",
         # No STREAM.INFO on the results bucket: with a subjects filter it lists every key.
         f"{_API}.INFO",
         f"{_API}.DIRECT.GET.{streams['results']}.$KV.{results}.{name}.>",

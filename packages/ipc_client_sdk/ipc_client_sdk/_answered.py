@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import msgpack
 
-from ipc_client_sdk._contracts import ErrorCode
+from ipc_client_sdk._contracts import MAX_REPORTED_METHODS, ErrorCode
 from ipc_client_sdk._tally import CallTally
 
 _OUTCOMES = {code.value: code.value.lower() for code in ErrorCode}
-
-MAX_REPORTED_METHODS = 256
-"""Methods one heartbeat reports at most (an instance serves its registered ones)."""
 
 
 def reply_outcome(reply: bytes) -> str:

@@ -16,7 +16,7 @@ import hashlib
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -147,11 +147,15 @@ class CallRequest(Envelope):
     ack: str | None = None
     """Set by the router on a call it forwards: the ack subject of the call's message in
     the calls stream. The instance answers the caller itself (the forwarded message's
-    reply subject), acks once the outcome is recorded, and naks a call it refuses unrun,
-    so that JetStream delivers it again and a router routes it again."""
+    reply subject), and reports the end of the call to ``done`` with this as the body:
+    ``ack`` once the outcome is recorded, ``nak`` for a call it refuses unrun (the router
+    then naks it, and JetStream delivers it again to be routed again)."""
+    done: str | None = None
+    """Set with ``ack``: where the instance reports on the call, ``<done>.<service>.<verb>``
+    (the forwarding router's subject; only routers ack the calls stream)."""
     ack_wait: float | None = None
     """Set with ``ack``: seconds JetStream waits for that ack before it delivers the call
-    again; the instance keeps a longer call alive with in-progress acks."""
+    again; the instance reports a longer call as still running (``wpi``)."""
     router: str | None = None
     """Set with ``ack``: the id of the router that forwarded the call (for logs and
     traces)."""
@@ -165,6 +169,11 @@ class CallReply(Envelope):
     error: ErrorInfo | None = None
     service: str | None = None
     instance: str | None = None
+
+
+MAX_REPORTED_METHODS = 256
+"""Methods one heartbeat reports calls for at most (an instance answers for the methods it
+registered); a heartbeat with more is refused whole."""
 
 
 class Heartbeat(Envelope):
@@ -182,7 +191,13 @@ class Heartbeat(Envelope):
     draining: bool = False
     """The instance knows it is draining, and has refused direct calls since: a handover
     waits for a heartbeat that says so and reports no call running."""
-    calls: dict[str, tuple[dict[str, int], list[int], float]] | None = None
+    calls: (
+        Annotated[
+            dict[str, tuple[dict[str, int], list[int], float]],
+            Field(max_length=MAX_REPORTED_METHODS),
+        ]
+        | None
+    ) = None
     """The durable calls answered since the last heartbeat, by method: [count per outcome
     (``ok`` or a lower-case error code), count per duration bucket (``DURATION_BUCKETS``,
     then one past the last bound), seconds in all]; durations run from the call's arrival

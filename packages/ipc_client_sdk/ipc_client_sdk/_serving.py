@@ -150,7 +150,7 @@ class ServiceInstance:
         self._confirmed_at = -_TAKEOVER_CHECK_INTERVAL  # monotonic: when the last check began
         self._runner: CallRunner | None = None
         self._queued = 0  # calls taken off a subscription, waiting for a slot
-        self._acks = CallAcks(link)
+        self._acks = CallAcks(link, service.name)
         self._replaced = False
         self._closing = False
         self._stopped = False
@@ -642,9 +642,8 @@ class ServiceInstance:
         if self._closing:
             # stop() ran out of time draining: refuse what is left, quickly and retryably.
             call = None if direct else runner.read(msg.data, direct=False)
-            ack = self._acks.subject_of(call) if isinstance(call, Call) else None
-            if ack is not None:
-                await self._acks.refused(ack)  # routed again, to whoever takes over
+            if isinstance(call, Call) and (ack := self._acks.subject_of(call)) is not None:
+                await self._acks.refused(ack, call)  # routed again, to whoever takes over
                 return
             message = f"instance {self.instance_id} is stopping"
             await self._respond(msg, runner.error("", ErrorCode.UNAVAILABLE, message), "stopping")
@@ -680,15 +679,15 @@ class ServiceInstance:
             answered = True
             await self._respond(msg, reply)
 
-        self._acks.running(ack, call.ack_wait)
+        self._acks.running(ack, call)
         try:
             reply, refused = await runner.run(call, msg.headers, answer=answer)
             if refused is not None:
-                await self._acks.refused(ack)
+                await self._acks.refused(ack, call)
                 return
             if not answered:
                 await self._respond(msg, reply)
-            await self._acks.done(ack)
+            await self._acks.done(ack, call)
         finally:
             self._acks.finished(ack)
 

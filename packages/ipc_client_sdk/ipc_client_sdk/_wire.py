@@ -27,6 +27,7 @@ _OPTIONAL: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("epoch", (int,)),
     ("abandoned", (str,)),
     ("ack", (str,)),
+    ("done", (str,)),
     ("ack_wait", (float, int)),
     ("router", (str,)),
 )
@@ -79,6 +80,7 @@ class Call:
         "deadline",
         "delivery",
         "direct",
+        "done",
         "epoch",
         "method",
         "payload",
@@ -105,6 +107,7 @@ class Call:
         ack: str | None = None,
         ack_wait: float | None = None,
         router: str | None = None,
+        done: str | None = None,
     ) -> None:
         self.call_id = call_id
         self.service = service
@@ -121,6 +124,7 @@ class Call:
         self.ack = ack
         self.ack_wait = ack_wait
         self.router = router
+        self.done = done
 
     @classmethod
     def from_request(cls, request: CallRequest) -> Call:
@@ -146,4 +150,5 @@ def call_fields(raw: dict[str, Any]) -> Call:
         raw.get("ack"),
         raw.get("ack_wait"),
         raw.get("router"),
+        raw.get("done"),
     )

@@ -34,6 +34,7 @@ from ipc_router.api.admin import OpsEndpoint, admin_endpoint
 from ipc_router.api.calls import CallConsumer
 from ipc_router.api.config import RouterConfig
 from ipc_router.api.control import ControlAPI
+from ipc_router.api.forwarded import ForwardedCalls
 from ipc_router.application.contracts import DescribeContracts
 from ipc_router.application.handover import Handovers
 from ipc_router.application.inflight import InflightTracker
@@ -105,6 +106,8 @@ class LeaderParts:
     tracker: InflightTracker
     in_term: Callable[[], bool]
     """Whether this router's leadership term still runs: ask before each routing action."""
+    forwarded: ForwardedCalls
+    """The calls this router forwarded, acked when their instances report."""
 
 
 CallPathFactory = Callable[[LeaderParts], CallPath]
@@ -141,6 +144,7 @@ def durable_call_path(parts: LeaderParts) -> CallPath:
         w.codec,
         parts.registry,
         ResultClaims(w.stores.results).read,
+        parts.forwarded,
         ack_wait=w.config.call_ack_wait,
         router_id=w.config.router_id,
         in_term=parts.in_term,
@@ -262,10 +266,12 @@ class StandbyRouting:
 
     Args:
         w: the connection and settings.
+        forwarded: the calls this router forwarded (acked when their instances report).
     """
 
-    def __init__(self, w: Wiring) -> None:
+    def __init__(self, w: Wiring, forwarded: ForwardedCalls) -> None:
         self._w = w
+        self._forwarded = forwarded
         self._table: FollowedTable | None = None
         self._calls: CallConsumer | None = None
         self._lock = asyncio.Lock()  # leading and stepping down start and stop it
@@ -296,6 +302,7 @@ class StandbyRouting:
             w.codec,
             None,
             ResultClaims(w.stores.results).read,
+            self._forwarded,
             ack_wait=w.config.call_ack_wait,
             router_id=w.config.router_id,
             route_now=self._table.route,
@@ -330,8 +337,10 @@ class RouterServices:
         leadership: Leadership,
         duties: LeaderDuties,
         probe: JetStreamProbe,
+        forwarded: ForwardedCalls,
         standby: StandbyRouting | None = None,
     ) -> None:
+        self._forwarded = forwarded
         self._standby = standby
         self._admin = admin
         self._leadership = leadership
@@ -371,6 +380,7 @@ class RouterServices:
     async def start(self) -> None:
         """Answer the admin subjects, then try for the lease."""
         await self._admin.start()
+        await self._forwarded.start()  # before any call is forwarded
         await self._leadership.start()
         if self._standby is not None and not self._leadership.leading:
             await self._standby.start()
@@ -381,6 +391,7 @@ class RouterServices:
         if self._standby is not None:
             await self._standby.close()
         await self._leadership.stop()
+        await self._forwarded.stop()
 
 
 def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServices:
@@ -399,8 +410,9 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
     )
     lease = JetStreamLease(w.stores.leases, w.subjects.leases_bucket, w.config.router_id)
     stats = CallStatistics(w.deps.metrics, w.deps.clock, w.config.router_id)
-    standby = StandbyRouting(w) if w.config.standby_routing else None
-    duties = LeaderDuties(w, lambda: leadership.in_term(), stats, standby)
+    forwarded = ForwardedCalls(w.nc, w.subjects, ack_wait=w.config.call_ack_wait)
+    standby = StandbyRouting(w, forwarded) if w.config.standby_routing else None
+    duties = LeaderDuties(w, lambda: leadership.in_term(), stats, forwarded, standby)
     leadership = Leadership(lease, duties, w.storage.lease_ttl_s)
     get_status = GetRouterStatus(
         identity,
@@ -412,7 +424,12 @@ def build_router(w: Wiring, *, embedded: bool, started_at: float) -> RouterServi
     describe = DescribeContracts(w.instance_repository(), w.contract_repository())
     admin = admin_endpoint(w.nc, w.subjects, w.codec, get_status, describe)
     services = RouterServices(
-        admin, leadership, duties, JetStreamProbe(w.nc.jetstream(), w.subjects), standby
+        admin,
+        leadership,
+        duties,
+        JetStreamProbe(w.nc.jetstream(), w.subjects),
+        forwarded,
+        standby,
     )
     w.deps.metrics.observe(services)
     return services
@@ -426,6 +443,7 @@ class LeaderDuties:
         w: the connection and settings.
         in_term: whether the leadership term still runs (the duties act only then).
         stats: the figures of the ``stats`` operation (the router's, across its terms).
+        forwarded: the calls this router forwarded (acked when their instances report).
         standby: the router's standby routing, stopped while it leads.
     """
 
@@ -434,9 +452,11 @@ class LeaderDuties:
         w: Wiring,
         in_term: Callable[[], bool],
         stats: CallStatistics,
+        forwarded: ForwardedCalls,
         standby: StandbyRouting | None = None,
     ) -> None:
         self._w = w
+        self._forwarded = forwarded
         self._standby = standby
         self._in_term = in_term
         self._stats = stats
@@ -513,7 +533,9 @@ class LeaderDuties:
         await self._control.start()
         self._upkeep.start()
         self._stats.start()
-        self._calls = w.deps.call_path(LeaderParts(w, registry, tracker, self._in_term))
+        self._calls = w.deps.call_path(
+            LeaderParts(w, registry, tracker, self._in_term, self._forwarded)
+        )
         await self._calls.start()
 
     async def stop(self, *, grace: float = 5.0) -> None:

@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 
 from ipc_client_sdk.protocol import Codec, Subjects
 from ipc_router.api import calls
+from ipc_router.api.forwarded import ForwardedCalls
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.infrastructure.jetstream_setup import StorageSettings, provision
 from ipc_router.infrastructure.nats_server import NatsServerProcess
@@ -57,7 +58,14 @@ async def consumer(
     await provision(js, SUBJECTS, StorageSettings())
     registry = cast(InstanceRegistry, cast(Any, None))
     pulls = HoldingConsumer(
-        nc, js, SUBJECTS, Codec(), registry, no_claims, max_inflight=MAX_INFLIGHT
+        nc,
+        js,
+        SUBJECTS,
+        Codec(),
+        registry,
+        no_claims,
+        ForwardedCalls(nc, SUBJECTS, ack_wait=5.0),
+        max_inflight=MAX_INFLIGHT,
     )
     pulls.seen = set()
     await pulls.start()
@@ -141,7 +149,15 @@ async def test_calls_are_left_for_the_next_leader_once_the_leadership_term_has_e
     await provision(js, SUBJECTS, StorageSettings())
     registry = cast(InstanceRegistry, cast(Any, None))
     pulls = HoldingConsumer(
-        nc, js, SUBJECTS, Codec(), registry, no_claims, ack_wait=1.0, in_term=lambda: term["open"]
+        nc,
+        js,
+        SUBJECTS,
+        Codec(),
+        registry,
+        no_claims,
+        ForwardedCalls(nc, SUBJECTS, ack_wait=1.0),
+        ack_wait=1.0,
+        in_term=lambda: term["open"],
     )
     pulls.seen = set()
     await pulls.start()

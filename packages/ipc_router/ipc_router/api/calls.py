@@ -11,15 +11,16 @@ For each message of the durable pull consumer the router
    it;
 4. forwards the request, with the epoch, the delivery count and the caller named by the
    subject's last token (never the body's), to the instance's inbox, with the caller's
-   reply address as its reply subject and the message's ack subject in ``Ipc-Ack``.
+   reply address as its reply subject and the message's ack subject (``ack``) and this
+   router's report subject (``done``) in the body.
 
-The instance then answers the caller, records the outcome, and acks the message; a call it
-refuses unrun (fenced, routed under an old epoch, stopping) it naks, and JetStream delivers
-it again to be routed again. Nothing is acked by a router that forwarded the call, so an
-instance that dies holding it, or a forward lost on the way, leaves the message un-acked:
-JetStream delivers it again after ``ack_wait`` to whichever router fetches next. What the
-router answers itself (an error: no such method, no instance, a bad request) it publishes
-to the reply address and then acks.
+The instance then answers the caller, records the outcome, and reports the call done; the
+router acks the message (``api/forwarded.py``). A call the instance refuses unrun (fenced,
+routed under an old epoch, stopping, draining) it reports refused; the router naks it, and
+JetStream delivers it again to be routed again. An instance that dies holding a call, or a
+forward lost on the way, leaves the message un-acked: JetStream delivers it again after
+``ack_wait`` to whichever router pulls next. What the router answers itself (an error: no
+such method, no instance, a bad request) it publishes to the reply address and then acks.
 
 Calls the router holds for longer than half of ``ack_wait`` (waiting for a standby to take
 over) are kept alive with ``in_progress``; so ``ack_wait`` can be short (1 s by default),
@@ -59,6 +60,7 @@ from ipc_client_sdk.protocol import (
     Subjects,
     clip,
 )
+from ipc_router.api.forwarded import ForwardedCalls
 from ipc_router.api.relay import (
     CALL_PROBLEMS,
     CallRelay,
@@ -117,6 +119,7 @@ class CallConsumer:
         registry: routing decisions and instance health.
         max_inflight: calls this router handles at once (and asks JetStream for).
         claims: reads a call's claim in the results bucket (for calls delivered again).
+        forwarded: the calls this router forwarded, acked when their instances report.
         ack_wait: seconds JetStream waits for an ack before it redelivers a call.
         router_id: this router's id, named on each forwarded call.
         route_now: a standby router's routing (``registry`` is then None): what it cannot
@@ -136,6 +139,7 @@ class CallConsumer:
         codec: Codec,
         registry: InstanceRegistry | None,
         claims: ClaimReader,
+        forwarded: ForwardedCalls,
         *,
         max_inflight: int = 1024,
         ack_wait: float = 5.0,
@@ -168,7 +172,17 @@ class CallConsumer:
         self._refused = False  # the server refused a pull request: wait, then re-bind
         self._problems = CALL_PROBLEMS
         self._relay = CallRelay(
-            nc, subjects, codec, registry, claims, ack_wait, router_id, in_term, metrics, route_now
+            nc,
+            subjects,
+            codec,
+            registry,
+            claims,
+            forwarded,
+            ack_wait,
+            router_id,
+            in_term,
+            metrics,
+            route_now,
         )
         self._configure = configure
 

@@ -6,12 +6,13 @@ once; then ``_time_left``, ``_route`` and ``_forward`` per attempt. What the att
 (an instance that died while it held the call) is kept in one ``_Attempts``.
 
 The router is off the reply path: it forwards the call to the instance's inbox with the
-caller's reply address as the message's reply subject and the stream message's ack subject
-in the ``Ipc-Ack`` header; the instance answers the caller, records the outcome and acks
-(or naks a call it refuses unrun, which JetStream then delivers again to be routed again).
-An instance that dies holding a call never acks it: JetStream delivers it again after
-``ack_wait``, and ``_abandoned`` reads the call's claim in the results bucket to tell the
-next instance which one died holding it.
+caller's reply address as the message's reply subject, and the stream message's ack
+subject and its own report subject in the body (``ack``, ``done``); the instance answers
+the caller, records the outcome and reports the call done (or refused unrun), and the
+router acks (or naks it, and JetStream delivers it again to be routed again;
+``api/forwarded.py``). An instance that dies holding a call reports nothing: JetStream
+delivers it again after ``ack_wait``, and ``_abandoned`` reads the call's claim in the
+results bucket to tell the next instance which one died holding it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ipc_client_sdk.protocol import (
     validate_call_id,
     validate_token,
 )
+from ipc_router.api.forwarded import ForwardedCalls
 from ipc_router.application.ports import NoRouterMetrics, RouterMetrics
 from ipc_router.application.registry import InstanceRegistry
 from ipc_router.domain import (
@@ -159,8 +161,9 @@ class CallRelay:
         registry: routing decisions and instance health (the leader's); None on a standby
             router, which routes only with ``route_now`` and leaves the rest to the leader.
         claims: reads a call's claim in the results bucket (for calls delivered again).
+        forwarded: the calls this router forwarded, acked when their instances report.
         ack_wait: seconds JetStream waits for a call's ack (told to the instance).
-        router_id: this router's id, sent with each forwarded call (``Ipc-Router``).
+        router_id: this router's id, sent with each forwarded call (its ``router``).
         in_term: whether this router's leadership term still runs (asked before each
             forward).
         metrics: counts redeliveries.
@@ -174,6 +177,7 @@ class CallRelay:
         codec: Codec,
         registry: InstanceRegistry | None,
         claims: ClaimReader,
+        forwarded: ForwardedCalls,
         ack_wait: float,
         router_id: str = "",
         in_term: Callable[[], bool] = lambda: True,
@@ -189,6 +193,7 @@ class CallRelay:
         self._codec = codec
         self._leaders = registry
         self._claims = claims
+        self._forwarded = forwarded
         self._ack_wait = ack_wait
         self._problems = CALL_PROBLEMS
 
@@ -240,10 +245,12 @@ class CallRelay:
             return False
         raw["caller"], raw["epoch"], raw["delivery"], raw["direct"] = caller, route.epoch, 1, False
         raw["ack"], raw["ack_wait"], raw["router"] = ack, self._ack_wait, self._router_id
+        raw["done"] = self._forwarded.subject
         raw.pop("abandoned", None)  # the router's word alone (on a first delivery: none)
         passed: dict[str, str] | None = None
         if headers:
             passed = {key: headers[key] for key in TRACE_HEADERS if key in headers} or None
+        self._forwarded.note(ack, service)
         await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=passed)
         self._metrics.call_forwarded()
         return True
@@ -296,7 +303,7 @@ class CallRelay:
 
     @ack_wait.setter
     def ack_wait(self, seconds: float) -> None:
-        self._ack_wait = seconds
+        self._ack_wait = self._forwarded.ack_wait = seconds
 
     async def _relay(
         self, msg: Msg, request: CallRequest, reply_to: str, traced: Traced | None
@@ -304,9 +311,16 @@ class CallRelay:
         """``relay``'s steps, in its span."""
         request = self._check(msg, request)
         attempts = _Attempts(self._deadline(request), msg.metadata.num_delivered)
-        if self._leaders is None:
-            raise Later(STANDBY_RETRY)  # a standby router leaves the call to the leader
         headers = (traced.headers or None) if traced is not None else None
+        if self._leaders is None:  # a standby router: its copy routes a first delivery
+            found = self._standby_route(request, attempts)
+            if found is None or not self._in_term():
+                raise Later(STANDBY_RETRY)  # left to the leader
+            if traced is not None:
+                traced.set("ipc.instance_id", found.instance_id)
+            if await self._forward(request, found, attempts, reply_to, msg.reply, headers):
+                return found.instance_id
+            raise Later(STANDBY_RETRY)
         if attempts.delivery > 1:
             self._metrics.call_redelivered()
             self._problems.log(
@@ -398,6 +412,13 @@ class CallRelay:
                 raise Later from e
             raise Refused(ErrorCode.UNAVAILABLE, str(e)) from e
 
+    def _standby_route(self, request: CallRequest, attempts: _Attempts) -> Route | None:
+        """A standby router's route for a call: only a first delivery, by its copy of the
+        table (a call delivered again may have run: the leader reads its claim)."""
+        if attempts.delivery > 1 or self._route_now is None:
+            return None
+        return self._route_now(request.service, request.method, request.resource_id)
+
     async def _abandoned(self, request: CallRequest, attempts: _Attempts) -> None:
         """For a call delivered again: note the instance that claimed it and died (or left,
         or was replaced by another process) before it recorded an outcome. The next
@@ -448,10 +469,12 @@ class CallRelay:
                 "abandoned": attempts.abandoned,
                 "direct": False,  # the instance goes by the subject; say the same here
                 "ack": ack,
+                "done": self._forwarded.subject,
                 "ack_wait": self._ack_wait,
                 "router": self._router_id,
             }
         )
+        self._forwarded.note(ack, request.service)
         await self._nc.publish(
             inbox, self._codec.encode_envelope(forwarded), reply=reply_to, headers=headers
         )

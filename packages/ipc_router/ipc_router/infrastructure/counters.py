@@ -46,15 +46,23 @@ _MAX_REPORTED = 1_000_000_000
 """A count in one heartbeat above this is not believed (the report is dropped)."""
 
 
+_LONGEST_CALL = 3600.0
+"""Seconds a reported call may have taken at most (the router's own bound on a call)."""
+
+
 def _believable(counts: list[int], outcomes: dict[str, int], seconds: float) -> bool:
     """Whether one method's report is well formed: a count per bucket, none negative or
-    absurd, as many calls in the buckets as in the outcomes, a finite duration."""
-    if len(counts) != len(DURATION_BUCKETS) + 1 or not (math.isfinite(seconds) and seconds >= 0):
+    absurd, as many calls in the buckets as in the outcomes, and a duration that is finite
+    and at most an hour per call."""
+    if len(counts) != len(DURATION_BUCKETS) + 1:
         return False
     values = [*counts, *outcomes.values()]
     if any(n < 0 or n > _MAX_REPORTED for n in values):
         return False
-    return sum(counts) == sum(outcomes.values())
+    calls = sum(counts)
+    if calls != sum(outcomes.values()):
+        return False
+    return math.isfinite(seconds) and 0 <= seconds <= calls * _LONGEST_CALL
 
 
 class RouterCounters:

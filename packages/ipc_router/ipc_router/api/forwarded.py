@@ -1,0 +1,154 @@
+"""``ForwardedCalls``: the durable calls a router forwarded, and their acks.
+
+The instance a call is forwarded to answers the caller itself, but only a router acks the
+call's message in the calls stream. A JetStream ack subject names the stream and the
+consumer, not the service, and nats-server reads the verb from the message body: an
+identity allowed to publish there could pull other services' calls (``+NXT``), terminate
+them (``+TERM``) or ack them before they ran. So instances hold no right on ``$JS.ACK``;
+each reports the end of a call to the router that forwarded it, on
+``<prefix>.done.<router token>.<service>.<verb>`` with the call's ack subject as the body
+(``ack``: answered and recorded; ``nak``: refused unrun, to be routed again; ``wpi``:
+still running). NATS lets an identity publish there for its own service only, and the
+router acts on a report only for a call it forwarded to that service: a service can end
+its own calls early (it could as well not answer them), no one else's.
+
+A report the router does not know (it restarted, or the report was late) changes nothing:
+the call is delivered again after ``ack_wait`` and answered from its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ipc_client_sdk.protocol import RateLimitedLog, Subjects, clip
+
+_log = logging.getLogger("ipc_router.calls")
+
+_IN_PROGRESS = b"+WPI"
+_MAX_NAK_DELAY = 0.64
+"""The longest a refused call waits before it is delivered again, in seconds."""
+
+VERBS = ("ack", "nak", "wpi")
+"""What an instance reports of a forwarded call."""
+
+
+class _Forwarded:
+    """One forwarded call: the service it went to, when the router last heard of it."""
+
+    __slots__ = ("heard", "service")
+
+    def __init__(self, service: str, heard: float) -> None:
+        self.service = service
+        self.heard = heard
+
+
+class ForwardedCalls:
+    """The calls one router forwarded and has not heard the end of, by ack subject.
+
+    Args:
+        nc: the router's connection.
+        subjects: the subject map.
+        ack_wait: seconds JetStream waits for an ack; a call nobody reported on for four
+            times that is forgotten (JetStream delivers it again meanwhile).
+    """
+
+    def __init__(self, nc: NATS, subjects: Subjects, *, ack_wait: float) -> None:
+        self._nc = nc
+        self.subject = f"{subjects.prefix}.done.{os.urandom(6).hex()}"
+        """Where this router's instances report: ``<subject>.<service>.<verb>``."""
+        self.ack_wait = ack_wait
+        self._calls: dict[str, _Forwarded] = {}
+        self._sub: Subscription | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._problems = RateLimitedLog(_log)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def start(self) -> None:
+        """Take reports.
+
+        Raises:
+            nats.errors.Error: the subscription failed.
+        """
+        self._sub = await self._nc.subscribe(
+            f"{self.subject}.*.*", cb=self._on_report, pending_msgs_limit=1_000_000
+        )
+        self._sweeper = asyncio.create_task(self._sweep(), name="ipc-router-forwarded")
+
+    async def stop(self) -> None:
+        """Take no more reports."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    def note(self, ack: str, service: str) -> None:
+        """A call was forwarded to an instance of ``service``."""
+        self._calls[ack] = _Forwarded(service, time.monotonic())
+
+    async def _on_report(self, msg: Msg) -> None:
+        subject = msg.subject
+        verb = subject[subject.rfind(".") + 1 :]
+        service = subject[: -len(verb) - 1].rsplit(".", 1)[-1]
+        try:
+            ack = msg.data.decode()
+        except UnicodeDecodeError:
+            return
+        call = self._calls.get(ack)
+        if call is None or call.service != service or verb not in VERBS:
+            self._problems.log(
+                logging.DEBUG,
+                "unknown-report",
+                "ignoring a report (%s) from %s on a call it was not forwarded: %s",
+                clip(verb),
+                clip(service),
+                clip(ack),
+            )
+            return
+        if verb == "wpi":
+            call.heard = time.monotonic()
+            data = _IN_PROGRESS
+        else:
+            del self._calls[ack]
+            data = b"" if verb == "ack" else _nak(ack)
+        with contextlib.suppress(nats.errors.Error):  # not acked: delivered again
+            await self._nc.publish(ack, data)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.ack_wait, 0.5))
+            cutoff = time.monotonic() - 4 * self.ack_wait
+            for ack, call in list(self._calls.items()):
+                if call.heard < cutoff:
+                    del self._calls[ack]
+
+
+def _nak(ack: str) -> bytes:
+    """A nak whose delay grows with the delivery count the ack subject carries."""
+    delay = min(0.02 * 2 ** min(_delivered(ack), 5), _MAX_NAK_DELAY)
+    return b'-NAK {"delay": %d}' % int(delay * 1e9)
+
+
+def _delivered(ack: str) -> int:
+    """The delivery count an ack subject carries (1 when it cannot be read)."""
+    tokens = ack.split(".")
+    index = 4 if len(tokens) == 9 else 6
+    try:
+        return max(1, int(tokens[index]))
+    except (IndexError, ValueError):
+        return 1
