@@ -162,6 +162,15 @@ async def _ack_pending(router: RawConnection) -> int:
     return int(json.loads(info.data)["num_ack_pending"])
 
 
+async def _stays_unacked(d: Deployment, seconds: float) -> None:
+    """Watch for ``seconds`` that b1's running call stays un-acked while its handler runs."""
+    watch_until = time.monotonic() + seconds
+    while time.monotonic() < watch_until:
+        assert d.b1.inflight > 0, "the handler must still run for the check to mean it"
+        assert await _ack_pending(d.router) >= 1  # b1's call is still un-acked
+        await asyncio.sleep(0.05)
+
+
 async def _gone(router: RawConnection, seq: int) -> None:
     """Raises until the calls stream no longer holds message ``seq`` (read as the router)."""
     got = await router.nc.request(
@@ -314,13 +323,8 @@ async def test_a_service_cannot_ack_another_services_call(d: Deployment) -> None
         for seq in range(1, last):
             await x.nc.publish(f"{ACK_PREFIX}.1.{seq}.{seq}.0.0", b"")
         await x.nc.flush()
-        # The consumer takes acks off its own queue: watch for a while that b1's call
-        # stays un-acked while its handler runs.
-        watch_until = time.monotonic() + 0.5
-        while time.monotonic() < watch_until:
-            assert d.b1.inflight > 0, "the handler must still run for the check to mean it"
-            assert await _ack_pending(d.router) >= 1  # b1's call is still un-acked
-            await asyncio.sleep(0.05)
+        # The consumer takes acks off its own queue: watch for a while.
+        await _stays_unacked(d, 0.5)
     finally:
         result = await running
     assert result.call_id
@@ -353,11 +357,7 @@ async def test_a_service_cannot_report_another_services_call_done(d: Deployment)
         await x.nc.publish(f"{done}.service_b.ack", ack.encode())
         await x.nc.flush()
         await x.refused(f"{done}.service_b.ack")
-        watch_until = time.monotonic() + 0.4
-        while time.monotonic() < watch_until:
-            assert d.b1.inflight > 0, "the handler must still run for the check to mean it"
-            assert await _ack_pending(d.router) >= 1  # b1's call is still un-acked
-            await asyncio.sleep(0.05)
+        await _stays_unacked(d, 0.4)
     finally:
         result = await running
     assert result.call_id

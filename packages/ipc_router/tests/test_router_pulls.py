@@ -5,7 +5,7 @@ the server refuses to deliver."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import nats
@@ -47,6 +47,28 @@ async def no_claims(key: str) -> bytes | None:
     return None
 
 
+def holding(
+    nc: NATS,
+    *,
+    max_inflight: int = 1024,
+    ack_wait: float = 5.0,
+    in_term: Callable[[], bool] = lambda: True,
+) -> HoldingConsumer:
+    """A holding consumer with no registry (the test routes nothing) and no claims."""
+    return HoldingConsumer(
+        nc,
+        nc.jetstream(),
+        SUBJECTS,
+        Codec(),
+        cast(InstanceRegistry, cast(Any, None)),  # routes nothing
+        no_claims,
+        ForwardedCalls(nc, SUBJECTS, ack_wait=ack_wait),
+        max_inflight=max_inflight,
+        ack_wait=ack_wait,
+        in_term=in_term,
+    )
+
+
 @pytest.fixture
 async def consumer(
     nats_server: NatsServerProcess, monkeypatch: pytest.MonkeyPatch
@@ -56,17 +78,7 @@ async def consumer(
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     await provision(js, SUBJECTS, StorageSettings())
-    registry = cast(InstanceRegistry, cast(Any, None))
-    pulls = HoldingConsumer(
-        nc,
-        js,
-        SUBJECTS,
-        Codec(),
-        registry,
-        no_claims,
-        ForwardedCalls(nc, SUBJECTS, ack_wait=5.0),
-        max_inflight=MAX_INFLIGHT,
-    )
+    pulls = holding(nc, max_inflight=MAX_INFLIGHT)
     pulls.seen = set()
     await pulls.start()
     try:
@@ -147,18 +159,7 @@ async def test_calls_are_left_for_the_next_leader_once_the_leadership_term_has_e
     nc = await nats.connect(nats_server.url)
     js = nc.jetstream()
     await provision(js, SUBJECTS, StorageSettings())
-    registry = cast(InstanceRegistry, cast(Any, None))
-    pulls = HoldingConsumer(
-        nc,
-        js,
-        SUBJECTS,
-        Codec(),
-        registry,
-        no_claims,
-        ForwardedCalls(nc, SUBJECTS, ack_wait=1.0),
-        ack_wait=1.0,
-        in_term=lambda: term["open"],
-    )
+    pulls = holding(nc, ack_wait=1.0, in_term=lambda: term["open"])
     pulls.seen = set()
     await pulls.start()
     try:
