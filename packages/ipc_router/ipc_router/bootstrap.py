@@ -52,6 +52,7 @@ from ipc_router.application.status import GetRouterStatus, RouterIdentity
 from ipc_router.application.upkeep import RegistryUpkeep
 from ipc_router.domain import InstanceRecord, RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
+from ipc_router.infrastructure.caller_inboxes import CallerInboxes
 from ipc_router.infrastructure.clock import SystemClock
 from ipc_router.infrastructure.counters import RouterCounters
 from ipc_router.infrastructure.jetstream_probe import JetStreamProbe
@@ -146,6 +147,7 @@ def durable_call_path(parts: LeaderParts) -> CallPath:
         ResultClaims(w.stores.results).read,
         parts.forwarded,
         ack_wait=w.config.call_ack_wait,
+        owns=w.caller_inboxes(),
         router_id=w.config.router_id,
         in_term=parts.in_term,
         metrics=w.deps.metrics,
@@ -209,6 +211,13 @@ class Wiring:
             self.codec,
             contracts=self.contract_repository(),
         )
+
+    def caller_inboxes(self) -> Callable[[str, str], bool] | None:
+        """Whether a reply address lies in its caller's own inbox, with ``--auth-dir``
+        (the directory names every identity's key); None without one."""
+        if self.config.auth_dir is None:
+            return None
+        return CallerInboxes(AuthDir(self.config.auth_dir)).owns
 
     def contract_repository(self) -> JetStreamContractRepository:
         """The instances' method contracts in their KV bucket."""
@@ -304,6 +313,7 @@ class StandbyRouting:
             ResultClaims(w.stores.results).read,
             self._forwarded,
             ack_wait=w.config.call_ack_wait,
+            owns=w.caller_inboxes(),
             router_id=w.config.router_id,
             route_now=self._table.route,
             configure=False,

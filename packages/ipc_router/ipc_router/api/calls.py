@@ -124,6 +124,7 @@ class CallConsumer:
         router_id: this router's id, named on each forwarded call.
         route_now: a standby router's routing (``registry`` is then None): what it cannot
             route at once is left to the leader.
+        owns: whether a reply address lies in the caller's own inbox (``--auth-dir``).
         configure: whether to make the consumer, or set its ``ack_wait`` (the leader's
             job); a standby router binds to it as it is.
         in_term: whether this router's leadership term still runs; calls are taken and
@@ -145,6 +146,7 @@ class CallConsumer:
         ack_wait: float = 5.0,
         router_id: str = "",
         route_now: FastRoute | None = None,
+        owns: Callable[[str, str], bool] | None = None,
         configure: bool = True,
         in_term: Callable[[], bool] = lambda: True,
         metrics: RouterMetrics | None = None,
@@ -183,6 +185,7 @@ class CallConsumer:
             in_term,
             metrics,
             route_now,
+            owns,
         )
         self._configure = configure
 
@@ -420,7 +423,10 @@ class CallConsumer:
             await msg.term()
             return
         reply_to = request.reply_to or reply_to
-        if not usable_reply_address(reply_to):
+        caller = msg.subject[msg.subject.rfind(".") + 1 :]
+        owns = self._relay.owns
+        if not usable_reply_address(reply_to) or (owns is not None and not owns(caller, reply_to)):
+            # Not a subject the caller itself can read: nobody is answered there.
             self._problems.warning(
                 "no-reply-address",
                 "call %s on %s has no usable reply address (%s); dropped",

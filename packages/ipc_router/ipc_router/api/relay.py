@@ -168,6 +168,8 @@ class CallRelay:
             forward).
         metrics: counts redeliveries.
         route_now: a standby router's routing (its copy of the table).
+        owns: whether a reply address lies in the caller's own inbox (under
+            ``--auth-dir``); None: any ``_INBOX.`` address is taken.
     """
 
     def __init__(
@@ -183,8 +185,10 @@ class CallRelay:
         in_term: Callable[[], bool] = lambda: True,
         metrics: RouterMetrics | None = None,
         route_now: FastRoute | None = None,
+        owns: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._route_now = route_now
+        self.owns = owns
         self._nc = nc
         self._router_id = router_id or None
         self._in_term = in_term
@@ -223,6 +227,7 @@ class CallRelay:
         now = time.time()
         if (
             not usable_reply_address(reply_to)
+            or (self.owns is not None and not self.owns(caller, reply_to))
             or not is_token(raw["call_id"])
             or not (resource_id is None or is_token(resource_id))
             or not (is_token(service) and is_token(method) and is_token(caller))
