@@ -4,7 +4,8 @@ The router forwards a durable call with the ack subject of its message in the ca
 (the call's ``ack``) and the subject of its own that it takes reports on (``done``). The
 instance, on ``<done>.<service>.<verb>`` with the ack subject as the body, reports
 
-- ``ack`` once the outcome is recorded, after answering the caller;
+- ``ack`` once the outcome is recorded, after answering the caller (the calls done in one
+  turn of the event loop in one report, an ack subject a line);
 - ``nak`` when it refuses the call unrun (fenced, routed under an old epoch, stopping,
   draining): the router naks it, and JetStream delivers it again to be routed again;
 - ``wpi`` (in progress) while its handler runs longer than half of the stream consumer's
@@ -50,6 +51,8 @@ class CallAcks:
         self._running: dict[str, tuple[str, float]] = {}  # ack -> (report subject, arrived)
         self._wait = _DEFAULT_ACK_WAIT
         self._keeper: asyncio.Task[None] | None = None
+        self._batches: dict[str, list[str]] = {}  # report subject -> acks to report
+        self._flush: asyncio.Task[None] | None = None
 
     def subject_of(self, call: Call) -> str | None:
         """The ack subject of a forwarded call, or None when it carries none (or one that
@@ -81,15 +84,38 @@ class CallAcks:
         self._running.pop(ack, None)
 
     async def done(self, ack: str, call: Call) -> None:
-        """Report the call done: its outcome is recorded (or it was answered unrecorded)."""
-        await self._send(f"{call.done}.{self._service}.ack", ack)
+        """Report the call done: its outcome is recorded (or it was answered unrecorded).
+
+        The calls done in one turn of the event loop are reported together, one line each
+        (the caller has its answer already: the ack waits a turn, the router handles one
+        message for many calls)."""
+        subject = f"{call.done}.{self._service}.ack"
+        batch = self._batches.get(subject)
+        if batch is None:
+            self._batches[subject] = [ack]
+        else:
+            batch.append(ack)
+        if self._flush is None:
+            self._flush = asyncio.create_task(self._report_done())
+
+    async def _report_done(self) -> None:
+        """Send the batched reports (after the other calls' work of this loop turn)."""
+        try:
+            await asyncio.sleep(0)
+        finally:
+            batches, self._batches, self._flush = self._batches, {}, None
+            for subject, acks in batches.items():
+                await self._send(subject, "\n".join(acks))
 
     async def refused(self, ack: str, call: Call) -> None:
         """Report the call refused unrun: it is routed again."""
         await self._send(f"{call.done}.{self._service}.nak", ack)
 
     async def close(self) -> None:
-        """Stop reporting running calls."""
+        """Report what is batched, and stop reporting running calls."""
+        if self._flush is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

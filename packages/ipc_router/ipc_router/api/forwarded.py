@@ -8,7 +8,7 @@ them (``+TERM``) or ack them before they ran. So instances hold no right on ``$J
 each reports the end of a call to the router that forwarded it, on
 ``<prefix>.done.<router token>.<service>.<verb>`` with the call's ack subject as the body
 (``ack``: answered and recorded; ``nak``: refused unrun, to be routed again; ``wpi``:
-still running). NATS lets an identity publish there for its own service only, and the
+still running), one ack subject a line. NATS lets an identity publish there for its own service only, and the
 router acts on a report only for a call it forwarded to that service: a service can end
 its own calls early (it could as well not answer them), no one else's.
 
@@ -39,6 +39,10 @@ _MAX_NAK_DELAY = 0.64
 
 VERBS = ("ack", "nak", "wpi")
 """What an instance reports of a forwarded call."""
+
+_MAX_LINES = 4096
+"""Ack subjects one report names at most (an instance reports what it finished in one turn
+of its event loop; the router's consumer has at most 4,096 calls out at once)."""
 
 
 class _Forwarded:
@@ -105,29 +109,33 @@ class ForwardedCalls:
         subject = msg.subject
         verb = subject[subject.rfind(".") + 1 :]
         service = subject[: -len(verb) - 1].rsplit(".", 1)[-1]
+        if verb not in VERBS:
+            return
         try:
-            ack = msg.data.decode()
+            acks = msg.data.decode().split("\n")
         except UnicodeDecodeError:
             return
-        call = self._calls.get(ack)
-        if call is None or call.service != service or verb not in VERBS:
-            self._problems.log(
-                logging.DEBUG,
-                "unknown-report",
-                "ignoring a report (%s) from %s on a call it was not forwarded: %s",
-                clip(verb),
-                clip(service),
-                clip(ack),
-            )
-            return
-        if verb == "wpi":
-            call.heard = time.monotonic()
-            data = _IN_PROGRESS
-        else:
-            del self._calls[ack]
-            data = b"" if verb == "ack" else _nak(ack)
-        with contextlib.suppress(nats.errors.Error):  # not acked: delivered again
-            await self._nc.publish(ack, data)
+        calls = self._calls
+        for ack in acks[:_MAX_LINES]:
+            call = calls.get(ack)
+            if call is None or call.service != service:
+                self._problems.log(
+                    logging.DEBUG,
+                    "unknown-report",
+                    "ignoring a report (%s) from %s on a call it was not forwarded: %s",
+                    clip(verb),
+                    clip(service),
+                    clip(ack),
+                )
+                continue
+            if verb == "wpi":
+                call.heard = time.monotonic()
+                data = _IN_PROGRESS
+            else:
+                del calls[ack]
+                data = b"" if verb == "ack" else _nak(ack)
+            with contextlib.suppress(nats.errors.Error):  # not acked: delivered again
+                await self._nc.publish(ack, data)
 
     async def _sweep(self) -> None:
         while True:
