@@ -102,10 +102,12 @@ class CallAcks:
         """Send the batched reports (after the other calls' work of this loop turn)."""
         try:
             await asyncio.sleep(0)
-        finally:
-            batches, self._batches, self._flush = self._batches, {}, None
-            for subject, acks in batches.items():
-                await self._send(subject, "\n".join(acks))
+        except asyncio.CancelledError:
+            self._batches, self._flush = {}, None  # never acked: delivered again
+            raise
+        batches, self._batches, self._flush = self._batches, {}, None
+        for subject, acks in batches.items():
+            await self._send(subject, "\n".join(acks))
 
     async def refused(self, ack: str, call: Call) -> None:
         """Report the call refused unrun: it is routed again."""
