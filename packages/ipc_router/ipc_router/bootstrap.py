@@ -50,7 +50,7 @@ from ipc_router.application.registry import InstanceRegistry
 from ipc_router.application.stats import CallStatistics
 from ipc_router.application.status import GetRouterStatus, RouterIdentity
 from ipc_router.application.upkeep import RegistryUpkeep
-from ipc_router.domain import InstanceRecord, RoutingTable
+from ipc_router.domain import Health, InstanceRecord, RoutingTable
 from ipc_router.infrastructure.broker_info import NatsBrokerInfo
 from ipc_router.infrastructure.caller_inboxes import CallerInboxes
 from ipc_router.infrastructure.clock import SystemClock
@@ -304,6 +304,7 @@ class StandbyRouting:
             w.stores.registry, w.stores.routes, w.codec, w.config.heartbeat_timeout
         )
         self._table.start()
+        self._forwarded.alive = self._table.alive  # keeps forwarded calls alive meanwhile
         self._calls = CallConsumer(
             w.nc,
             w.nc.jetstream(),
@@ -328,6 +329,7 @@ class StandbyRouting:
                 await self._calls.stop(grace=1.0)
                 self._calls = None
             if self._table is not None:
+                self._forwarded.alive = None
                 await self._table.stop()
                 self._table = None
 
@@ -522,6 +524,14 @@ class LeaderDuties:
                 2 * w.config.heartbeat_timeout,
             )
         self._registry = registry
+
+        def alive(service: str, instance_id: str, session: str) -> bool:
+            record = table.get(service, instance_id)
+            return (
+                record is not None and record.session == session and record.health is Health.HEALTHY
+            )
+
+        self._forwarded.alive = alive  # keeps the calls it forwards alive while they live
         tracker, reports = InflightTracker(), HeartbeatReports()
         self._handovers = Handovers(registry, tracker, reports, notifier)
         self._control = ControlAPI(
@@ -572,5 +582,6 @@ class LeaderDuties:
         if self._events is not None:
             await self._events.stop()
             self._events = None
+        self._forwarded.alive = None
         if self._standby is not None:
             await self._standby.start()

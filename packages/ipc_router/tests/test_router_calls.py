@@ -3,6 +3,7 @@ and a flood of it costs the router's log kilobytes, not megabytes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,6 +12,7 @@ import msgpack
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from ipc_client_sdk import IPCClient
 from ipc_client_sdk.protocol import (
@@ -256,3 +258,43 @@ async def test_a_flood_of_junk_calls_costs_kilobytes_of_log(
     assert "(61,440 characters)" in log
 
     await assert_a_good_call_is_answered(nats_server.url)  # and the router still answers
+
+
+async def test_calls_queued_at_a_busy_instance_are_kept_alive_not_delivered_again(
+    nats_server: NatsServerProcess, router: RouterProcess, raw: NATS
+) -> None:
+    """One call at a time on the instance, six sent at once, each 0.4 s: the last waits in
+    the instance's queue for about two seconds, twice the router's ack_wait. The router
+    keeps the calls it forwarded alive while their instance lives, so none is delivered
+    (and forwarded) again, and each runs once."""
+    svc = CountingService()
+    forwarded: list[str] = []
+
+    async def seen(msg: Msg) -> None:
+        forwarded.append(msgpack.unpackb(msg.data)["call_id"])
+
+    async with (
+        IPCClient(nats_server.url, name="b") as server,
+        IPCClient(nats_server.url, name="a") as caller,
+    ):
+        instance = await server.serve(svc.service, instance_id="b1", concurrency=1)
+        await raw.subscribe(
+            SUBJECTS.instance_inbox("service_b", "b1", instance._session), cb=seen  # noqa: SLF001
+        )
+        await raw.flush()
+        placed = datetime.now(UTC)
+        results = await asyncio.gather(
+            *(
+                caller.call(
+                    "service_b.do_work",
+                    WorkRequest(account="acc_1", amount=Decimal(i), placed_at=placed, delay_s=0.4),
+                    returns=WorkResult,
+                    timeout=20,
+                )
+                for i in range(6)
+            )
+        )
+    await raw.flush()
+    assert len({r.call_id for r in results}) == 6
+    assert set(svc.runs.values()) == {1}
+    assert sorted(forwarded) == sorted(r.call_id for r in results)  # each forwarded once

@@ -14,6 +14,12 @@ its own calls early (it could as well not answer them), no one else's.
 
 A report the router does not know (it restarted, or the report was late) changes nothing:
 the call is delivered again after ``ack_wait`` and answered from its record.
+
+Until the report comes, the router keeps each call alive (``+WPI`` every quarter of
+``ack_wait``) while the instance it went to is alive by the router's table (registered
+under the same session, healthy): a call waiting in a busy instance's queue is not
+delivered again to the same queue. Once the instance is not, the call is left to
+JetStream, which delivers it again after ``ack_wait``.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -45,13 +52,19 @@ _MAX_LINES = 4096
 of its event loop; the router's consumer has at most 4,096 calls out at once)."""
 
 
+Alive = Callable[[str, str, str], bool]
+"""Whether an instance (service, instance id, session) is alive by the router's table."""
+
+
 class _Forwarded:
-    """One forwarded call: the service it went to, when the router last heard of it."""
+    """One forwarded call: where it went, and when it was last kept alive."""
 
-    __slots__ = ("heard", "service")
+    __slots__ = ("heard", "instance_id", "service", "session")
 
-    def __init__(self, service: str, heard: float) -> None:
+    def __init__(self, service: str, instance_id: str, session: str, heard: float) -> None:
         self.service = service
+        self.instance_id = instance_id
+        self.session = session
         self.heard = heard
 
 
@@ -74,6 +87,9 @@ class ForwardedCalls:
         self._sub: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._problems = RateLimitedLog(_log)
+        self.alive: Alive | None = None
+        """The router's table's word on an instance (the leader's, or a standby's copy);
+        None: keep no call alive."""
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -101,9 +117,9 @@ class ForwardedCalls:
                 await self._sub.unsubscribe()
             self._sub = None
 
-    def note(self, ack: str, service: str) -> None:
-        """A call was forwarded to an instance of ``service``."""
-        self._calls[ack] = _Forwarded(service, time.monotonic())
+    def note(self, ack: str, service: str, instance_id: str, session: str) -> None:
+        """A call was forwarded to an instance."""
+        self._calls[ack] = _Forwarded(service, instance_id, session, time.monotonic())
 
     async def _on_report(self, msg: Msg) -> None:
         subject = msg.subject
@@ -138,11 +154,21 @@ class ForwardedCalls:
                 await self._nc.publish(ack, data)
 
     async def _sweep(self) -> None:
+        """Keep alive the calls whose instances live; forget those nobody kept alive for
+        four ``ack_wait`` (JetStream has delivered them again meanwhile)."""
         while True:
-            await asyncio.sleep(max(self.ack_wait, 0.5))
-            cutoff = time.monotonic() - 4 * self.ack_wait
+            await asyncio.sleep(max(self.ack_wait / 4, 0.05))
+            now = time.monotonic()
+            due, cutoff = now - self.ack_wait / 2, now - 4 * self.ack_wait
+            alive = self.alive
             for ack, call in list(self._calls.items()):
-                if call.heard < cutoff:
+                if call.heard >= due:
+                    continue
+                if alive is not None and alive(call.service, call.instance_id, call.session):
+                    call.heard = now
+                    with contextlib.suppress(nats.errors.Error):
+                        await self._nc.publish(ack, _IN_PROGRESS)
+                elif call.heard < cutoff:
                     del self._calls[ack]
 
 

@@ -255,7 +255,7 @@ class CallRelay:
         passed: dict[str, str] | None = None
         if headers:
             passed = {key: headers[key] for key in TRACE_HEADERS if key in headers} or None
-        self._forwarded.note(ack, service)
+        self._forwarded.note(ack, service, route.instance_id, route.session)
         await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=passed)
         self._metrics.call_forwarded()
         return True
@@ -479,7 +479,7 @@ class CallRelay:
                 "router": self._router_id,
             }
         )
-        self._forwarded.note(ack, request.service)
+        self._forwarded.note(ack, request.service, route.instance_id, route.session)
         await self._nc.publish(
             inbox, self._codec.encode_envelope(forwarded), reply=reply_to, headers=headers
         )

@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CodecError
 from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip, is_deletion, watch_bucket
-from ipc_router.domain import InstanceRecord, Route, RoutingError, RoutingTable
+from ipc_router.domain import Health, InstanceRecord, Route, RoutingError, RoutingTable
 from ipc_router.infrastructure.kv_registry import record_from_wire
 from ipc_router.infrastructure.kv_routes import read_route_entry
 
@@ -93,6 +93,12 @@ class FollowedTable:
             self._dirty = True  # the copy made an assignment the leader did not: undo it
             return None
         return route
+
+    def alive(self, service: str, instance_id: str, session: str) -> bool:
+        """Whether the instance is registered under ``session`` and healthy, as the leader
+        last saved it."""
+        record = self._records.get(f"{service}.{instance_id}") if self._ready else None
+        return record is not None and record.session == session and record.health is Health.HEALTHY
 
     def _rebuild(self) -> None:
         claims: dict[tuple[str, str], list[str]] = {}
