@@ -31,6 +31,8 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
+from nats.js.errors import NoKeysError
+from nats.js.kv import KeyValue
 
 from ipc_client_sdk import CallContext, IPCClient, Service, ServiceInstance
 from ipc_client_sdk.protocol import (
@@ -180,8 +182,15 @@ async def test_f1_a_kv_reply_address_makes_the_router_write_nothing(
     assert d.service.runs[call_id] == 1
     async with d.stack.client("router", name="inspector") as inspector:
         kv = await inspector._link.nats.jetstream().key_value(S.results_bucket)  # noqa: SLF001
-        history = await kv.history(record)
-        assert history and all(str(FORGED_AMOUNT).encode() not in (e.value or b"") for e in history)
+
+        async def recorded() -> list[KeyValue.Entry]:
+            # The answer goes out just before the outcome is stored: wait for the outcome.
+            history = await kv.history(record)
+            assert history and not (history[-1].value or b"").startswith(b"\x00"), history
+            return history
+
+        history = await eventually(recorded, within=10, retry_on=(AssertionError, NoKeysError))
+        assert all(str(FORGED_AMOUNT).encode() not in (e.value or b"") for e in history)
     assert (await d.operator.admin.status()).leader is True
     assert "stops routing" not in d.stack.router.log_tail(400)
 
