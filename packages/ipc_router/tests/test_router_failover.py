@@ -144,14 +144,16 @@ async def test_a_frozen_active_is_fenced_and_rejoins_as_standby_and_no_call_runs
     assert refused, b1.log_tail(10)
     assert load.served_by("b1", after=resumed_at) == 0  # no fail-back
     assert_no_call_ran_twice(b1, b2)
-    # A call b1 had started when it froze, and that it had not recorded by the time the
-    # grace after the promotion ran out, is answered UNKNOWN (b1 finishes it on waking; a
-    # retry with its call_id gets that outcome). It is never run on b2. Every other call got
-    # its result.
-    started_on_b1, started_on_b2 = set(b1.runs()), set(b2.runs())
+    # A call b1 had claimed when it froze, and that it had not recorded by the time the
+    # grace after the promotion ran out, is answered UNKNOWN: b1 had started it (and
+    # finishes it on waking; a retry with its call_id gets that outcome), or froze between
+    # the claim and the handler's start (on waking it refuses it unrun, fenced, and releases
+    # the claim), as in the kill -9 test (CI saw both). It is never run on b2. Every other
+    # call got its result.
+    started_on_b2 = set(b2.runs())
     for error in load.failed:
         assert isinstance(error, RemoteError) and error.code is ErrorCode.UNKNOWN, str(error)
-        assert error.call_id in started_on_b1 and error.call_id not in started_on_b2
+        assert error.call_id not in started_on_b2
     assert len(load.failed) <= 4
     assert len(load.served) + len(load.failed) == len(load.call_ids)
 
