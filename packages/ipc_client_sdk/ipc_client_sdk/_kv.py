@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any
 
 import nats.errors
 from nats.js.kv import KeyValue
+
+from ipc_client_sdk._codec import Codec
+from ipc_client_sdk._errors import CodecError
 
 WATCH_INACTIVE_THRESHOLD = 5.0
 """Seconds the server keeps a watch's consumer once nothing listens to it."""
@@ -86,3 +90,56 @@ async def _end(watcher: KeyValue.KeyWatcher) -> None:
 def is_deletion(entry: KeyValue.Entry) -> bool:
     """Whether a watched entry removes its key."""
     return entry.operation in ("DEL", "PURGE")
+
+
+Apply = Callable[[str, Any], None]
+"""Takes one entry of a followed bucket: its key and decoded value (None: deleted)."""
+
+
+async def follow_buckets(
+    codec: Codec,
+    watched: Sequence[tuple[KeyValue, Apply]],
+    *,
+    caught_up: Callable[[], None],
+    unreadable: Callable[[str, Exception], None],
+) -> None:
+    """Watch every bucket of ``watched`` at once, passing each entry, decoded, to its
+    bucket's function; call ``caught_up`` once every watch has read what its bucket held
+    when it began. An entry that does not decode, or that its function refuses
+    (``KeyError``, ``TypeError``, ``ValueError``), goes to ``unreadable`` instead.
+
+    Returns when the first watch ends, raising what ended it; the others are stopped
+    then, and every watch's consumer deleted.
+
+    Raises:
+        nats.errors.Error: JetStream did not answer.
+    """
+    behind = len(watched)
+
+    def one_caught_up() -> None:
+        nonlocal behind
+        behind -= 1
+        if behind == 0:
+            caught_up()
+
+    async def watch(kv: KeyValue, apply: Apply) -> None:
+        async with contextlib.aclosing(watch_bucket(kv)) as entries:
+            async for entry in entries:
+                if entry is None:
+                    one_caught_up()
+                    continue
+                try:
+                    value = None if is_deletion(entry) else codec.decode(entry.value or b"")
+                    apply(entry.key, value)
+                except (CodecError, KeyError, TypeError, ValueError) as e:
+                    unreadable(entry.key, e)
+
+    watches = [asyncio.create_task(watch(kv, apply)) for kv, apply in watched]
+    try:
+        done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in watches:  # one failed (or we are cancelled): stop the others
+            task.cancel()
+        await asyncio.gather(*watches, return_exceptions=True)
+    for task in done:
+        task.result()  # raise what ended it

@@ -23,10 +23,8 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.js.kv import KeyValue
 
-from ipc_client_sdk._errors import CodecError
-from ipc_client_sdk._kv import is_deletion, watch_bucket
+from ipc_client_sdk._kv import follow_buckets
 from ipc_client_sdk._link import Link
 
 _log = logging.getLogger("ipc_client_sdk.routes")
@@ -73,6 +71,10 @@ class _Instance:
             and bool(self.session)
             and method in self.methods
         )
+
+
+def _skip(key: str, error: Exception) -> None:
+    _log.debug("routing cache skips entry %s: %s", key, error)
 
 
 def _instance(data: Any) -> _Instance:
@@ -177,19 +179,12 @@ class RouteCache:
                 self._services.clear()
                 self._owners.clear()
                 self._assigned.clear()
-                first = asyncio.Event()
-                watches = [
-                    asyncio.create_task(self._watch(registry, self._on_instance, first)),
-                    asyncio.create_task(self._watch(routes, self._on_route, first)),
-                ]
-                try:
-                    done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_EXCEPTION)
-                finally:
-                    for watch in watches:  # one failed (or we are closing): stop the other
-                        watch.cancel()
-                    await asyncio.gather(*watches, return_exceptions=True)
-                for watch in done:
-                    watch.result()  # raise what ended it
+                await follow_buckets(
+                    self._link.codec,
+                    [(registry, self._on_instance), (routes, self._on_route)],
+                    caught_up=self._caught_up,
+                    unreadable=_skip,
+                )
             except asyncio.CancelledError:
                 raise
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as e:
@@ -200,28 +195,10 @@ class RouteCache:
             self._settled.set()
             await asyncio.sleep(1.0)
 
-    async def _watch(self, kv: KeyValue, apply: Any, first: asyncio.Event) -> None:
-        """Apply every entry of the bucket, then every change. The watch's consumer is
-        deleted when this ends (a restart of the cache, or its close)."""
-        async with contextlib.aclosing(watch_bucket(kv)) as entries:
-            async for entry in entries:
-                if entry is None:
-                    self._caught_up(first)
-                    continue
-                try:
-                    value = (
-                        None if is_deletion(entry) else self._link.codec.decode(entry.value or b"")
-                    )
-                    apply(entry.key, value)
-                except (CodecError, KeyError, TypeError, ValueError) as e:
-                    _log.debug("routing cache skips entry %s: %s", entry.key, e)
-
-    def _caught_up(self, first: asyncio.Event) -> None:
-        """One of the two watches has read its whole bucket; with both, the cache is ready."""
-        if first.is_set():
-            self._ready.set()
-            self._settled.set()
-        first.set()
+    def _caught_up(self) -> None:
+        """Both watches have read their whole bucket: the cache is ready."""
+        self._ready.set()
+        self._settled.set()
 
     def _on_instance(self, key: str, value: Any) -> None:
         service, _, instance_id = key.partition(".")

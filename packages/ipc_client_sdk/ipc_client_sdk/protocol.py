@@ -45,7 +45,7 @@ from ipc_client_sdk._contracts import (
     contract_version,
 )
 from ipc_client_sdk._credentials import CREDENTIAL_ENV_VARS, lift_url_credentials, reply_prefix
-from ipc_client_sdk._kv import is_deletion, watch_bucket
+from ipc_client_sdk._kv import follow_buckets, is_deletion, watch_bucket
 from ipc_client_sdk._ledger import claim_holder
 from ipc_client_sdk._logs import RateLimitedLog, clip
 from ipc_client_sdk._nats import (
@@ -131,6 +131,7 @@ __all__ = [
     "Registration",
     "RegistrationResult",
     "ReplyInbox",
+    "follow_buckets",
     "is_deletion",
     "watch_bucket",
     "RouteInfo",

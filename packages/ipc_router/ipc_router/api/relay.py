@@ -248,16 +248,12 @@ class CallRelay:
             inbox = self._subjects.instance_inbox(service, route.instance_id, route.session)
         except (RoutingError, ValueError, Later):
             return False
-        raw["caller"], raw["epoch"], raw["delivery"], raw["direct"] = caller, route.epoch, 1, False
-        raw["ack"], raw["ack_wait"], raw["router"] = ack, self._ack_wait, self._router_id
-        raw["done"] = self._forwarded.subject
-        raw.pop("abandoned", None)  # the router's word alone (on a first delivery: none)
+        raw.update(self._stamp(ack, route, 1, None))
+        raw["caller"] = caller
         passed: dict[str, str] | None = None
         if headers:
             passed = {key: headers[key] for key in TRACE_HEADERS if key in headers} or None
-        self._forwarded.note(ack, service, route.instance_id, route.session)
-        await self._nc.publish(inbox, _pack(raw), reply=reply_to, headers=passed)
-        self._metrics.call_forwarded()
+        await self._send(inbox, _pack(raw), reply_to, passed, ack, service, route)
         return True
 
     async def relay(self, msg: Msg, request: CallRequest, reply_to: str) -> str:
@@ -466,25 +462,43 @@ class CallRelay:
         except ValueError:  # a record from an SDK without sessions: cannot be reached
             await self._registry.mark_unreachable(request.service, route.instance_id)
             return False
-        forwarded = request.model_copy(
-            update={
-                "epoch": route.epoch,
-                "delivery": attempts.delivery,
-                "deadline": attempts.deadline,
-                "abandoned": attempts.abandoned,
-                "direct": False,  # the instance goes by the subject; say the same here
-                "ack": ack,
-                "done": self._forwarded.subject,
-                "ack_wait": self._ack_wait,
-                "router": self._router_id,
-            }
-        )
-        self._forwarded.note(ack, request.service, route.instance_id, route.session)
-        await self._nc.publish(
-            inbox, self._codec.encode_envelope(forwarded), reply=reply_to, headers=headers
-        )
-        self._metrics.call_forwarded()
+        stamp = self._stamp(ack, route, attempts.delivery, attempts.abandoned)
+        forwarded = request.model_copy(update={**stamp, "deadline": attempts.deadline})
+        body = self._codec.encode_envelope(forwarded)
+        await self._send(inbox, body, reply_to, headers, ack, request.service, route)
         return True
+
+    def _stamp(
+        self, ack: str, route: Route, delivery: int, abandoned: str | None
+    ) -> dict[str, object]:
+        """The fields the router sets on every call it forwards, whatever the caller's body
+        said (the caller, read off the subject, is set by the caller of this)."""
+        return {
+            "epoch": route.epoch,
+            "delivery": delivery,
+            "abandoned": abandoned,
+            "direct": False,  # the instance goes by the subject; say the same here
+            "ack": ack,
+            "done": self._forwarded.subject,
+            "ack_wait": self._ack_wait,
+            "router": self._router_id,
+        }
+
+    async def _send(
+        self,
+        inbox: str,
+        body: bytes,
+        reply_to: str,
+        headers: dict[str, str] | None,
+        ack: str,
+        service: str,
+        route: Route,
+    ) -> None:
+        """Publish a forwarded call, noted first (the instance's report may come back
+        before the publish returns)."""
+        self._forwarded.note(ack, service, route.instance_id, route.session)
+        await self._nc.publish(inbox, body, reply=reply_to, headers=headers)
+        self._metrics.call_forwarded()
 
 
 _pack = msgpack.Packer(use_bin_type=True).pack

@@ -19,15 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from ipc_client_sdk import CodecError
-from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip, is_deletion, watch_bucket
+from ipc_client_sdk.protocol import Codec, RateLimitedLog, clip, follow_buckets
 from ipc_router.domain import Health, InstanceRecord, Route, RoutingError, RoutingTable
 from ipc_router.infrastructure.kv_registry import record_from_wire
 from ipc_router.infrastructure.kv_routes import read_route_entry
@@ -116,20 +114,13 @@ class FollowedTable:
             try:
                 self._records.clear()
                 self._routes.clear()
-                first = asyncio.Event()
                 registry, routes = self._buckets
-                watches = [
-                    asyncio.create_task(self._watch(registry, self._on_record, first)),
-                    asyncio.create_task(self._watch(routes, self._on_route, first)),
-                ]
-                try:
-                    done, _ = await asyncio.wait(watches, return_when=asyncio.FIRST_EXCEPTION)
-                finally:
-                    for watch in watches:
-                        watch.cancel()
-                    await asyncio.gather(*watches, return_exceptions=True)
-                for watch in done:
-                    watch.result()
+                await follow_buckets(
+                    self._codec,
+                    [(registry, self._on_record), (routes, self._on_route)],
+                    caught_up=self._caught_up,
+                    unreadable=_unreadable,
+                )
             except asyncio.CancelledError:
                 raise
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as e:
@@ -139,34 +130,24 @@ class FollowedTable:
             self._ready = False
             await asyncio.sleep(_RETRY)
 
-    async def _watch(
-        self, kv: KeyValue, apply: Callable[[str, Any], None], first: asyncio.Event
-    ) -> None:
-        async with contextlib.aclosing(watch_bucket(kv)) as entries:
-            async for entry in entries:
-                if entry is None:
-                    if first.is_set():
-                        self._ready = True
-                    first.set()
-                    continue
-                try:
-                    value = None if is_deletion(entry) else self._codec.decode(entry.value or b"")
-                    apply(entry.key, value)
-                except (CodecError, KeyError, TypeError, ValueError) as e:
-                    _problems.warning(
-                        "unreadable", "skipping unreadable entry %s: %s", clip(entry.key), clip(e)
-                    )
-                self._dirty = True
+    def _caught_up(self) -> None:
+        self._ready = True
 
     def _on_record(self, key: str, value: Any) -> None:
+        self._dirty = True
         if value is None:
             self._records.pop(key, None)
         else:
             self._records[key] = record_from_wire(value)
 
     def _on_route(self, key: str, value: Any) -> None:
+        self._dirty = True
         if value is None:
             self._routes.pop(key, None)
         else:
             read_route_entry(key, value, {}, {})  # refuse what is not a route entry
             self._routes[key] = value
+
+
+def _unreadable(key: str, error: Exception) -> None:
+    _problems.warning("unreadable", "skipping unreadable entry %s: %s", clip(key), clip(error))
