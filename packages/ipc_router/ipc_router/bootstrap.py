@@ -532,7 +532,7 @@ class LeaderDuties:
             )
 
         self._forwarded.alive = alive  # keeps the calls it forwards alive while they live
-        tracker, reports = InflightTracker(), HeartbeatReports()
+        tracker, reports = self._forwarded.tracker, HeartbeatReports()
         self._handovers = Handovers(registry, tracker, reports, notifier)
         self._control = ControlAPI(
             w.nc,

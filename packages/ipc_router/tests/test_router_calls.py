@@ -298,3 +298,35 @@ async def test_calls_queued_at_a_busy_instance_are_kept_alive_not_delivered_agai
     assert len({r.call_id for r in results}) == 6
     assert set(svc.runs.values()) == {1}
     assert sorted(forwarded) == sorted(r.call_id for r in results)  # each forwarded once
+
+
+async def test_the_instances_view_counts_the_calls_forwarded_and_not_yet_reported(
+    nats_server: NatsServerProcess, router: RouterProcess
+) -> None:
+    """A call runs on b1 for a while: ``ipc instances`` shows it in flight there (the router
+    forwarded it and the instance has not reported it done), and none once it is."""
+    svc = CountingService()
+    async with (
+        IPCClient(nats_server.url, name="b") as server,
+        IPCClient(nats_server.url, name="a") as caller,
+    ):
+        await server.serve(svc.service, instance_id="b1")
+        slow = WorkRequest(
+            account="acc_1", amount=Decimal(1), placed_at=datetime.now(UTC), delay_s=1.5
+        )
+        running = asyncio.create_task(caller.call("service_b.do_work", slow, returns=WorkResult))
+
+        async def inflight() -> int:
+            (b1,) = await caller.admin.instances("service_b")
+            return b1.inflight
+
+        async def one_in_flight() -> None:
+            assert await inflight() == 1
+
+        await eventually(one_in_flight, within=5, retry_on=(AssertionError,))
+        await running
+
+        async def none_in_flight() -> None:
+            assert await inflight() == 0
+
+        await eventually(none_in_flight, within=5, retry_on=(AssertionError,))

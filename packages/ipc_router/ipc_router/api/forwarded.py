@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ipc_client_sdk.protocol import RateLimitedLog, Subjects, clip
+from ipc_router.application.inflight import InflightTracker
 
 _log = logging.getLogger("ipc_router.calls")
 
@@ -76,10 +77,20 @@ class ForwardedCalls:
         subjects: the subject map.
         ack_wait: seconds JetStream waits for an ack; a call nobody reported on for four
             times that is forgotten (JetStream delivers it again meanwhile).
+        tracker: counts the calls in flight to each instance, from their forward to their
+            report (a handover waits on it, the views show it).
     """
 
-    def __init__(self, nc: NATS, subjects: Subjects, *, ack_wait: float) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        *,
+        ack_wait: float,
+        tracker: InflightTracker | None = None,
+    ) -> None:
         self._nc = nc
+        self.tracker = tracker or InflightTracker()
         self.subject = f"{subjects.prefix}.done.{os.urandom(6).hex()}"
         """Where this router's instances report: ``<subject>.<service>.<verb>``."""
         self.ack_wait = ack_wait
@@ -119,7 +130,14 @@ class ForwardedCalls:
 
     def note(self, ack: str, service: str, instance_id: str, session: str) -> None:
         """A call was forwarded to an instance."""
+        if ack in self._calls:
+            return
         self._calls[ack] = _Forwarded(service, instance_id, session, time.monotonic())
+        self.tracker.add(service, instance_id)
+
+    def _forget(self, ack: str, call: _Forwarded) -> None:
+        del self._calls[ack]
+        self.tracker.done(call.service, call.instance_id)
 
     async def _on_report(self, msg: Msg) -> None:
         subject = msg.subject
@@ -148,7 +166,7 @@ class ForwardedCalls:
                 call.heard = time.monotonic()
                 data = _IN_PROGRESS
             else:
-                del calls[ack]
+                self._forget(ack, call)
                 data = b"" if verb == "ack" else _nak(ack)
             with contextlib.suppress(nats.errors.Error):  # not acked: delivered again
                 await self._nc.publish(ack, data)
@@ -169,7 +187,7 @@ class ForwardedCalls:
                     with contextlib.suppress(nats.errors.Error):
                         await self._nc.publish(ack, _IN_PROGRESS)
                 elif call.heard < cutoff:
-                    del self._calls[ack]
+                    self._forget(ack, call)
 
 
 def _nak(ack: str) -> bytes:
