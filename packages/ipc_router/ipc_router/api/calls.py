@@ -157,7 +157,6 @@ class CallConsumer:
         self._js = js
         self._subjects = subjects
         self._codec = codec
-        self._registry = registry
         self._max_inflight = max_inflight
         self._ack_wait = ack_wait
         self._inflight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
